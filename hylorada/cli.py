@@ -1,0 +1,45 @@
+"""`hylorada` command: one subcommand per module, each module exposing
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    # name: (module, one-line help)
+    "train": ("hylorada.train", "train an adapter on a text/jsonl file (progress, checkpoints, resume)"),
+    "export": ("hylorada.export", "write the served form (PEFT LoRA + hylorada side file) from a checkpoint"),
+    "convert-peft": ("hylorada.convert", "convert a PEFT LoRA / rsLoRA / DoRA adapter to the served form"),
+    "merge": ("hylorada.merge", "merge a static served adapter into a standalone transformers model"),
+    "inspect": ("hylorada.inspect_cmd", "validate a served adapter and print a summary (non-zero exit on problems)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hylorada", description="HyLoRADA long-context adapters: train, export, convert, merge, inspect.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The HyLoRADA formulas, once. Training layers, export, the served-form reference and the
+vLLM patches all call these; nothing else writes the math again.
+
+Notation (DESIGN.md §2-3): W [d_out, d_in] frozen, b [d_out] optional, A [r, d_in],
+B [d_out, r], s = alpha/sqrt(r) (rsLoRA), B' = s*B (served form).
+
+    p(pos)  = 1 + sigmoid(w_pos) * tanh(bias[bucket(pos)])            per token
+    delta   = s * p(pos) * B A x
+    n       = ||W + s B A||_row                                      detached
+    m_eff   = g*m + (1-g)*m_init,  g = sigmoid(magnitude_gate)
+    beta    = sigmoid(residual_weight)
+    y       = (1-beta) * (m_eff/n) * (W x + delta) + beta * (W x + delta) + b
+            = c * (W x + delta) + b,    c = 1 + (1-beta) * (m_eff/n - 1)
+
+c is written as 1 + (1-beta)(m_eff/n - 1) (algebraically the blend) so that a fresh layer,
+where m_eff == n exactly, gives c == 1.0 exactly and reproduces the base bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# --- scaling and bucketing -------------------------------------------------------
+
+def lora_scaling(alpha: float, rank: int, use_rslora: bool = True) -> float:
+    """s = alpha/sqrt(r) (rsLoRA, the default) or alpha/r (classic LoRA)."""
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+def position_bucket(pos: Tensor, num_buckets: int = 64, max_position: int = 32768) -> Tensor:
+    """Log bucket of a non-negative position (absolute, or a query-key distance for DAA).
+
+    half = num_buckets // 2
+    bucket(p) = p                                                       p < half
+              = min(nb-1, half + floor(half * ln(p/half) / ln(max_position/half)))  otherwise
+
+    Computed in float64 so every caller (training, export, serving) gets the same integers.
+    pos: any shape, integer; negative values are clamped to 0. Returns int64, same shape.
+    """
+    half = num_buckets // 2
+    p = pos.to(torch.int64).clamp_min(0)
+    pf = p.to(torch.float64).clamp_min(half)  # avoid log(0) in the unused branch
+    log_part = half + torch.floor(half * torch.log(pf / half) / math.log(max_position / half))
+    log_part = log_part.clamp_max(num_buckets - 1).to(torch.int64)
+    return torch.where(p < half, p, log_part)
+
+
+def position_scale(bias: Tensor, w_pos: Tensor, buckets: Tensor) -> Tensor:
+    """p = 1 + sigmoid(w_pos) * tanh(bias[buckets]).
+
+    bias: [nb] (shared by every layer), w_pos: [] (one per layer) or [L] with buckets [..] broadcast
+    by the caller, buckets: int64 [...]. Returns [...] in bias's dtype.
+    """
+    return 1 + torch.sigmoid(w_pos) * torch.tanh(bias[buckets])
+
+
+# --- the linear layer --------------------------------------------------------------
+
+def lora_delta(x: Tensor, A: Tensor, B: Tensor, scaling: float, p: Tensor | None = None) -> Tensor:
+    """delta = scaling * p * (x A^T) B^T.
+
+    x: [..., d_in], A: [r, d_in], B: [d_out, r], p: [...] per token or None (== 1).
+    The rank-r intermediate is scaled by p (cheapest place; the served kernels do the same).
+    """
+    h = x @ A.t()                        # [..., r]
+    if p is not None:
+        h = h * p.unsqueeze(-1).to(h.dtype)
+    return (h @ B.t()) * scaling         # [..., d_out]
+
+
+def weight_norm(W: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+    """n = ||W + s B A|| over d_in for each output row (as PEFT does for nn.Linear), detached.
+
+    W: [d_out, d_in] -> n: [d_out]. Detached per DoRA §4.3 (and PEFT), so gradients match PEFT.
+    """
+    with torch.no_grad():
+        merged = W + scaling * (B @ A).to(W.dtype)
+        return torch.linalg.norm(merged, dim=1).to(W.dtype)
+
+
+def effective_magnitude(m: Tensor, m_init: Tensor, gate_logit: Tensor) -> Tensor:
+    """m_eff = g*m + (1-g)*m_init, g = sigmoid(gate_logit). All [d_out] except the scalar logit."""
+    g = torch.sigmoid(gate_logit)
+    return g * m + (1 - g) * m_init
+
+
+def blend_scale(m_eff: Tensor, n: Tensor, residual_logit: Tensor) -> Tensor:
+    """c = 1 + (1-beta) * (m_eff/n - 1), beta = sigmoid(residual_logit). [d_out].
+
+    Equal to (1-beta)*m_eff/n + beta: the DoRA/LoRA blend as one per-row scale.
+    """
+    beta = torch.sigmoid(residual_logit)
+    return 1 + (1 - beta) * (m_eff / n - 1)
+
+
+def served_linear(x: Tensor, W: Tensor, b: Tensor | None, A: Tensor, B_folded: Tensor,
+                  c: Tensor | None, p: Tensor | None) -> Tensor:
+    """The served form of one layer: y = c * (x W^T + p * (x A^T) B'^T) + b.
+
+    x: [..., d_in], W: [d_out, d_in], A: [r, d_in], B_folded: [d_out, r] (= s*B),
+    c: [d_out] or None (== 1), p: [...] or None (== 1). Returns [..., d_out].
+    """
+    y = F.linear(x, W) + lora_delta(x, A, B_folded, 1.0, p)
+    if c is not None:
+        y = y * c.to(y.dtype)
+    return y if b is None else y + b
+
+
+def hylorada_linear(x: Tensor, W: Tensor, b: Tensor | None, A: Tensor, B: Tensor, scaling: float,
+                    m: Tensor, m_init: Tensor, gate_logit: Tensor, residual_logit: Tensor,
+                    p: Tensor | None = None, lora_x: Tensor | None = None) -> Tensor:
+    """Training form: y = c * (W x + s * p * B A x') + b with c from the gated DoRA blend.
+
+    lora_x: the LoRA branch's input (x after dropout); defaults to x.
+    """
+    c = blend_scale(effective_magnitude(m, m_init, gate_logit), weight_norm(W, A, B, scaling), residual_logit)
+    y = F.linear(x, W) + lora_delta(x if lora_x is None else lora_x, A, B, scaling, p)
+    y = y * c.to(y.dtype)
+    return y if b is None else y + b
+
+
+def fold_to_served(W: Tensor, A: Tensor, B: Tensor, scaling: float, m: Tensor, m_init: Tensor,
+                   gate_logit: Tensor, residual_logit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Static parts -> served form: (A, B' = s*B, c). Everything returned is detached."""
+    with torch.no_grad():
+        c = blend_scale(effective_magnitude(m, m_init, gate_logit), weight_norm(W, A, B, scaling), residual_logit)
+        return A.detach().clone(), (scaling * B).detach().clone(), c.detach().clone()
+
+
+def merge_weight(W: Tensor, A: Tensor, B_folded: Tensor, c: Tensor | None) -> Tensor:
+    """W' = diag(c) (W + B' A): a served adapter with no dynamic parts as one dense weight."""
+    merged = W + (B_folded @ A).to(W.dtype)
+    return merged if c is None else merged * c.to(W.dtype).unsqueeze(1)
+
+
+# --- attention-score and memory extensions --------------------------------------------
+
+def daa_scores(scores: Tensor, q_pos: Tensor, k_pos: Tensor, head_scale: Tensor, bucket_bias: Tensor,
+               max_position: int = 32768) -> Tensor:
+    """PositionalDAA: scores'[b,h,i,j] = head_scale[h] * scores[b,h,i,j] + bucket_bias[h, bucket(q_i - k_j)].
+
+    scores: [B, H, Tq, Tk] (already times 1/sqrt(d)), q_pos: [B, Tq], k_pos: [B, Tk],
+    head_scale: [H] (init 1), bucket_bias: [H, nb] (init 0). Distances below 0 (masked anyway)
+    clamp to bucket 0. Identity at initialisation.
+    """
+    nb = bucket_bias.shape[-1]
+    rel = q_pos[:, :, None] - k_pos[:, None, :]                       # [B, Tq, Tk]
+    bias = bucket_bias[:, position_bucket(rel, nb, max_position)]      # [H, B, Tq, Tk]
+    return scores * head_scale.view(1, -1, 1, 1).to(scores.dtype) + bias.permute(1, 0, 2, 3).to(scores.dtype)
+
+
+def landmark_readout(h: Tensor, keys: Tensor, values: Tensor, gate: Tensor) -> Tensor:
+    """LandmarkLoRA read-out for each token from its own hidden state only (no sequence mixing):
+
+        out = tanh(gate) * softmax(h K^T / sqrt(d)) V
+
+    h: [..., d], keys/values: [K, d], gate: [] (init 0: identity, still trainable). O(K*d) per token.
+    """
+    attn = torch.softmax((h @ keys.t().to(h.dtype)) / math.sqrt(h.shape[-1]), dim=-1)  # [..., K]
+    return torch.tanh(gate).to(h.dtype) * (attn @ values.to(h.dtype))
