@@ -1,0 +1,86 @@
+"""Native (training) checkpoint: config + adapter tensors in safetensors, written atomically.
+
+dir/hylorada_config.json          HyLoRADAConfig
+dir/hylorada_state.safetensors    HyLoRADAModel.adapter_state_dict() (names inside the HF model)
+dir/hylorada_base.json            which base it was trained on (name, architecture, shape hash)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .base_id import base_identity, base_shape_hash
+from .config import HyLoRADAConfig
+
+CONFIG_FILE, STATE_FILE, BASE_FILE = "hylorada_config.json", "hylorada_state.safetensors", "hylorada_base.json"
+
+
+def save_checkpoint(model, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write to a sibling temp folder, fsync, then rename over `out_dir`: a crash never leaves a half checkpoint."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict().items()}
+        save_file(state, str(tmp / STATE_FILE))
+        model.config.to_json(tmp / CONFIG_FILE)
+        ident = base_identity(model.base.config, getattr(model, "base_dir", None))
+        (tmp / BASE_FILE).write_text(json.dumps(ident | (extra or {}), indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_checkpoint(ckpt_dir: str | Path) -> tuple[HyLoRADAConfig, dict[str, torch.Tensor], dict]:
+    d = Path(ckpt_dir)
+    for f in (CONFIG_FILE, STATE_FILE, BASE_FILE):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"{d / f}: missing (not a HyLoRADA checkpoint folder)")
+    return HyLoRADAConfig.from_json(d / CONFIG_FILE), load_file(str(d / STATE_FILE)), json.loads((d / BASE_FILE).read_text())
+
+
+def load_checkpoint(ckpt_dir: str | Path, base_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """Rebuild the base (from `base_dir` or the recorded path) and the adapter, then load every tensor strictly."""
+    from .model import HyLoRADAModel
+
+    config, state, ident = read_checkpoint(ckpt_dir)
+    base_dir = base_dir or ident.get("base_model_name_or_path")
+    if not base_dir:
+        raise ValueError(f"{ckpt_dir}: no base recorded; pass base_dir")
+    model = HyLoRADAModel.from_pretrained(base_dir, config, dtype=dtype)
+    if base_shape_hash(model.base.config) != ident.get("shape_hash"):
+        raise ValueError(f"{ckpt_dir}/{BASE_FILE}: made for a base with shape hash {ident.get('shape_hash')}, "
+                         f"but {base_dir} has {base_shape_hash(model.base.config)}")
+    load_adapter_state(model, state, source=str(Path(ckpt_dir) / STATE_FILE))
+    return model
+
+
+def load_adapter_state(model, state: dict[str, torch.Tensor], source: str = "state") -> None:
+    own = model.adapter_state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [f"{k}: shape {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own.keys() & state.keys()
+           if state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(f"{source}: does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, wrong shapes {bad[:5]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
