@@ -1,0 +1,104 @@
+"""Validation of a loaded ServedAdapter: internal consistency, then against a base config.
+
+Split from served.py to keep each file one job. Every failure raises AdapterError naming
+the file, the tensor and the reason; the first problem found is reported.
+"""
+from __future__ import annotations
+
+from .served import (ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, LORA_KEY, META, AdapterError, ServedAdapter,
+                     base_linear_shapes, base_shape_hash, lora_key)
+
+
+def check_consistency(ad: ServedAdapter) -> None:
+    """Names parse, A/B pair up with equal ranks, side-file tensors match the LoRA and hylorada.json."""
+    wf, df, mf = ad.path / ADAPTER_WEIGHTS, ad.path / DYNAMIC, ad.path / META
+    if not ad.lora:
+        raise AdapterError(wf, "holds no LoRA tensors")
+    for k, t in ad.lora.items():
+        m = LORA_KEY.match(k)
+        if not m:
+            raise AdapterError(wf, "unexpected tensor name (want base_model.model.model.layers.{i}.<module>.lora_A|B.weight)", k)
+        if t.dim() != 2:
+            raise AdapterError(wf, f"must be 2-D (got shape {list(t.shape)})", k)
+        other = lora_key(int(m.group(1)), m.group(2), "B" if m.group(3) == "A" else "A")
+        if other not in ad.lora:
+            raise AdapterError(wf, f"has no partner {other!r}", k)
+        if m.group(3) == "A" and t.shape[0] != ad.lora[other].shape[1]:
+            raise AdapterError(wf, f"rank {t.shape[0]} differs from lora_B's {ad.lora[other].shape[1]}", k)
+    mods = set(ad.modules())
+    meta = ad.meta
+    pb, daa, lm = meta.get("position_bias"), meta.get("daa"), meta.get("landmarks")
+    for k, t in ad.dynamic.items():
+        m = DYN_KEY.match(k)
+        if k == "position_bias":
+            if not pb:
+                raise AdapterError(df, "present but hylorada.json has position_bias null", k)
+            if list(t.shape) != [pb.get("num_buckets")]:
+                raise AdapterError(df, f"shape {list(t.shape)} != [num_buckets={pb.get('num_buckets')}]", k)
+            continue
+        if not m:
+            raise AdapterError(df, "unknown tensor name", k)
+        i = int(m.group(1))
+        if m.group(2):
+            mod, what = m.group(2), m.group(3)
+            if (i, mod) not in mods:
+                raise AdapterError(df, f"no LoRA for layers.{i}.{mod} in {ADAPTER_WEIGHTS}", k)
+            if what == "c" and list(t.shape) != [ad.lora[lora_key(i, mod, "B")].shape[0]]:
+                raise AdapterError(df, f"shape {list(t.shape)} != [d_out={ad.lora[lora_key(i, mod, 'B')].shape[0]}]", k)
+            if what == "w_pos" and (t.dim() != 0 or not pb):
+                raise AdapterError(df, "w_pos must be a scalar and needs position_bias in hylorada.json", k)
+        elif m.group(4):
+            if not daa:
+                raise AdapterError(df, "present but hylorada.json has daa null", k)
+            hs = ad.dynamic.get(f"layers.{i}.daa.head_scale")
+            bb = ad.dynamic.get(f"layers.{i}.daa.bucket_bias")
+            if hs is None or bb is None or hs.dim() != 1 or list(bb.shape) != [hs.shape[0], daa.get("num_buckets")]:
+                raise AdapterError(df, f"daa needs head_scale [H] and bucket_bias [H, num_buckets={daa.get('num_buckets')}]", k)
+        else:
+            if not lm:
+                raise AdapterError(df, "present but hylorada.json has landmarks null", k)
+            km, vm, g = (ad.dynamic.get(f"layers.{i}.landmark.{n}") for n in ("keys", "values", "gate"))
+            K = lm.get("num_landmarks")
+            if km is None or vm is None or g is None or km.shape != vm.shape or km.dim() != 2 or km.shape[0] != K or g.dim() != 0:
+                raise AdapterError(df, f"landmark needs keys and values [K={K}, hidden] and gate []", k)
+    if meta.get("has_scale") and not any(k.endswith(".c") for k in ad.dynamic):
+        raise AdapterError(mf, "has_scale is true but no c vector is stored", "c")
+    if pb:
+        if "position_bias" not in ad.dynamic:
+            raise AdapterError(df, "missing (hylorada.json enables position_bias)", "position_bias")
+        for i, mod in sorted(mods):
+            if f"layers.{i}.{mod}.w_pos" not in ad.dynamic:
+                raise AdapterError(df, "missing (position_bias needs one w_pos per adapted module)", f"layers.{i}.{mod}.w_pos")
+    if lm and not any(k.endswith("landmark.keys") for k in ad.dynamic):
+        raise AdapterError(df, "missing (hylorada.json enables landmarks)", "layers.{i}.landmark.keys")
+    if daa and not any(k.endswith("daa.head_scale") for k in ad.dynamic):
+        raise AdapterError(df, "missing (hylorada.json enables daa)", "layers.{i}.daa.head_scale")
+
+
+def check_against_base(ad: ServedAdapter, base_config) -> None:
+    """Every tensor name and shape fits the base; the recorded shape_hash (if any) is the base's."""
+    wf, df, mf = ad.path / ADAPTER_WEIGHTS, ad.path / DYNAMIC, ad.path / META
+    base = ad.meta.get("base") or {}
+    want = base_shape_hash(base_config)
+    if base.get("shape_hash") and base["shape_hash"] != want:
+        raise AdapterError(mf, f"adapter made for another base: shape_hash {base['shape_hash']} (base "
+                           f"{base.get('name')!r}) != this base's {want}", "base.shape_hash")
+    shapes = base_linear_shapes(base_config)
+    for i, mod in ad.modules():
+        name = f"layers.{i}.{mod}"
+        if name not in shapes:
+            raise AdapterError(wf, f"the base has no linear layer {name}", lora_key(i, mod, "A"))
+        d_out, d_in = shapes[name]
+        A, B = ad.layer_lora(i, mod)
+        if A.shape[1] != d_in:
+            raise AdapterError(wf, f"shape {list(A.shape)} does not fit the base ([r, {d_in}])", lora_key(i, mod, "A"))
+        if B.shape[0] != d_out:
+            raise AdapterError(wf, f"shape {list(B.shape)} does not fit the base ([{d_out}, r])", lora_key(i, mod, "B"))
+    hidden, heads, n_layers = base_config.hidden_size, base_config.num_attention_heads, base_config.num_hidden_layers
+    for k, t in ad.dynamic.items():
+        if k.startswith("layers.") and int(k.split(".")[1]) >= n_layers:
+            raise AdapterError(df, f"layer index beyond the base's {n_layers} layers", k)
+        if ".landmark." in k and t.dim() == 2 and t.shape[1] != hidden:
+            raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([K, {hidden}])", k)
+        if k.endswith("daa.head_scale") and t.shape[0] != heads:
+            raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([{heads}] heads)", k)
