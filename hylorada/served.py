@@ -12,7 +12,6 @@ refused by name and never opened.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .base_id import base_shape_hash  # noqa: F401  (one hash, shared with the native checkpoint)
 
 FORMAT_VERSION = 1
 KINDS = ("hylorada", "lora", "dora")
@@ -56,17 +57,6 @@ def lora_key(layer: int, module: str, which: str) -> str:
 
 
 # --- the base model's identity ------------------------------------------------------------
-
-SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "vocab_size", "attention_bias", "mlp_bias")
-
-
-def base_shape_hash(hf_config) -> str:
-    """sha256 (16 hex) over the config fields that fix every adapter tensor's shape. RoPE is not in it."""
-    d = {k: getattr(hf_config, k, None) for k in SHAPE_FIELDS}
-    d["architectures"] = list(getattr(hf_config, "architectures", None) or [])
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
 
 @functools.lru_cache(maxsize=8)
 def _linear_shapes(config_json: str) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,166 @@
+"""The served-form reference: the slow, obviously-correct twin every serving path is tested against.
+
+    ref = ServedReference(base_dir, dtype=torch.float32, rope_scaling=None)
+    ref.logits(input_ids [B, T], adapters: list[ServedAdapter | None], attention_mask=None) -> [B, T, V]
+    ref.greedy(prompts, adapters, max_new_tokens, top_logprobs=5) -> [(token ids, [{id: logprob}] per step)]
+
+Pure torch + transformers. During a call, every adapted nn.Linear of the base is temporarily
+replaced by a `_ServedLinear` that loops over the batch rows:
+
+    for b in range(B):  y[b] = served_linear(x[b], W, bias, A_b, B'_b, c_b, p_b(pos[b]))   (or W x[b] + bias)
+
+with p_b(pos) = position_scale(position_bias_b, w_pos_b, bucket(pos)) and pos the position_ids
+RoPE uses (cumsum(mask) - 1: left padding puts 0 at the first real token). Landmarks add
+landmark_readout(h, K, V, gate) to each MLP's output, h = the MLP's input, per row.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from .positions import PositionContext, track_positions
+from .served import AdapterError, ServedAdapter
+
+
+class _Batch:
+    """What one forward needs: the adapter of each row and the positions RoPE sees ([B or 1, T])."""
+
+    def __init__(self, adapters: list[ServedAdapter | None]):
+        self.adapters = adapters
+        self.positions = PositionContext(2, 4)   # bucket params come from each adapter; only position_ids is used
+
+    def pos(self, b: int) -> Tensor:
+        p = self.positions.position_ids
+        return p[b if p.shape[0] > 1 else 0]
+
+
+class _ServedLinear(nn.Module):
+    """Per-row served form of one base linear (layer `layer`, module e.g. 'self_attn.q_proj')."""
+
+    def __init__(self, base_layer: nn.Linear, layer: int, module: str, batch: _Batch):
+        super().__init__()
+        self.base_layer, self.layer, self.module = base_layer, layer, module
+        self.__dict__["batch"] = batch
+
+    def forward(self, x: Tensor) -> Tensor:                       # x: [B, T, d_in]
+        W, bias = self.base_layer.weight, self.base_layer.bias
+        rows = []
+        for b, ad in enumerate(self.batch.adapters):
+            lo = ad.layer_lora(self.layer, self.module) if ad is not None else None
+            if lo is None:
+                rows.append(nn.functional.linear(x[b], W, bias))
+                continue
+            A, Bf = (t.to(x.dtype) for t in lo)
+            c = ad.c(self.layer, self.module)
+            rows.append(F.served_linear(x[b], W, bias, A, Bf, c, _position_scale(ad, self.layer, self.module, self.batch.pos(b))))
+        return torch.stack(rows)
+
+
+def _position_scale(ad: ServedAdapter, layer: int, module: str, pos: Tensor) -> Tensor | None:
+    """p(pos) [T] for one row, or None when the adapter has no position bias."""
+    pb, w = ad.position_bias, ad.w_pos(layer, module)
+    if pb is None or w is None:
+        return None
+    cfg = ad.meta["position_bias"]
+    return F.position_scale(pb, w, F.position_bucket(pos, cfg["num_buckets"], cfg["max_position"]))
+
+
+def rope_parameters(base_rope: dict, rope_scaling: dict | None) -> dict:
+    """The base config's rope_parameters with a served adapter's rope_scaling applied (transformers 5 keys)."""
+    if not rope_scaling:
+        return dict(base_rope)
+    out = {"rope_theta": base_rope.get("rope_theta", 10000.0), "rope_type": rope_scaling["rope_type"],
+           "factor": float(rope_scaling["factor"])}
+    if rope_scaling.get("original_max_position_embeddings"):
+        out["original_max_position_embeddings"] = int(rope_scaling["original_max_position_embeddings"])
+    return out
+
+
+class ServedReference:
+    """A base model (loaded once) run with any batch of served adapters, one (or none) per sequence."""
+
+    def __init__(self, base_dir: str | Path, dtype: torch.dtype = torch.float32, rope_scaling: dict | None = None):
+        from transformers import AutoConfig, AutoModelForCausalLM
+        cfg = AutoConfig.from_pretrained(str(base_dir))
+        cfg.rope_parameters = rope_parameters(cfg.rope_parameters or {}, rope_scaling)
+        self.rope_scaling = rope_scaling or None
+        self.model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=cfg, dtype=dtype).eval()
+        self.dtype = dtype
+        self.decoder_layers = self.model.model.layers
+
+    # --- one batched forward --------------------------------------------------------------
+    @contextlib.contextmanager
+    def _installed(self, adapters: list[ServedAdapter | None]):
+        """Swap the adapted linears for _ServedLinear and hook landmarks; always restore the base."""
+        batch = _Batch(adapters)
+        wanted = sorted({im for ad in adapters if ad is not None for im in ad.modules()})
+        swapped, hooks = [], [track_positions(self.model, batch.positions)]
+        try:
+            for i, mod in wanted:
+                parent_name, leaf = mod.rsplit(".", 1)
+                parent = self.decoder_layers[i].get_submodule(parent_name)
+                orig = getattr(parent, leaf)
+                setattr(parent, leaf, _ServedLinear(orig, i, mod, batch))
+                swapped.append((parent, leaf, orig))
+            for i, layer in enumerate(self.decoder_layers):
+                if any(ad is not None and ad.landmark(i) is not None for ad in adapters):
+                    hooks.append(layer.mlp.register_forward_hook(self._landmark_hook(i, batch)))
+            yield batch
+        finally:
+            for parent, leaf, orig in swapped:
+                setattr(parent, leaf, orig)
+            for h in hooks:
+                h.remove()
+
+    @staticmethod
+    def _landmark_hook(i: int, batch: _Batch):
+        def hook(_mlp, args, out):                                 # args[0], out: [B, T, hidden]
+            h = args[0]
+            add = [F.landmark_readout(h[b], *lm) if (ad is not None and (lm := ad.landmark(i)) is not None)
+                   else torch.zeros_like(out[b]) for b, ad in enumerate(batch.adapters)]
+            return out + torch.stack(add)
+        return hook
+
+    def _check(self, adapters: list[ServedAdapter | None]) -> None:
+        for ad in adapters:
+            if ad is None:
+                continue
+            if (ad.meta.get("rope_scaling") or None) != self.rope_scaling:
+                raise AdapterError(ad.path / "hylorada.json", f"rope_scaling {ad.meta.get('rope_scaling')!r} differs from "
+                                   f"this reference's {self.rope_scaling!r}", "rope_scaling")
+            if ad.meta.get("daa"):
+                raise NotImplementedError(f"{ad.path}: DAA in the served reference is not implemented yet")
+            if (ad.meta.get("attention") or {}).get("mode", "full") != "full":
+                raise NotImplementedError(f"{ad.path}: attention mode {ad.meta['attention']['mode']!r} in the reference")
+
+    @torch.no_grad()
+    def logits(self, input_ids: Tensor, adapters: list[ServedAdapter | None], attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids [B, T] -> logits [B, T, V] (float32). adapters[b] drives row b (None: the base)."""
+        if len(adapters) != input_ids.shape[0]:
+            raise ValueError(f"{len(adapters)} adapters for a batch of {input_ids.shape[0]}")
+        self._check(adapters)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        with self._installed(adapters):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.logits.float()
+
+    @torch.no_grad()
+    def greedy(self, prompts: list[list[int]], adapters: list[ServedAdapter | None], max_new_tokens: int,
+               top_logprobs: int = 5) -> list[tuple[list[int], list[dict[int, float]]]]:
+        """Greedy decoding, one sequence at a time, full recompute per step, no EOS stop."""
+        results = []
+        for prompt, ad in zip(prompts, adapters, strict=True):
+            ids, steps = list(prompt), []
+            for _ in range(max_new_tokens):
+                logp = torch.log_softmax(self.logits(torch.tensor([ids]), [ad])[0, -1], dim=-1)
+                top = torch.topk(logp, top_logprobs)
+                steps.append({int(t): float(v) for t, v in zip(top.indices, top.values)})
+                ids.append(int(torch.argmax(logp)))
+            results.append((ids[len(prompt):], steps))
+        return results
