@@ -39,10 +39,20 @@ def peft_factory(tiny_base, tmp_path):
 
 @pytest.fixture(scope="session")
 def reference(tiny_base):
-    from hylorada.reference import ServedReference
-    return ServedReference(tiny_base)
+    return reference_for(tiny_base)
 
 
 def base_logits(tiny_base, ids=IDS):
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)(ids).logits
+
+
+_REFS = {}
+
+
+def reference_for(base_dir):
+    """A ServedReference per base folder, cached for the session."""
+    from hylorada.reference import ServedReference
+    if str(base_dir) not in _REFS:
+        _REFS[str(base_dir)] = ServedReference(base_dir)
+    return _REFS[str(base_dir)]

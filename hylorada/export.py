@@ -1,0 +1,126 @@
+"""`hylorada export CHECKPOINT OUT_DIR [--base MODEL_DIR]`: native checkpoint -> served form.
+
+Per adapted linear (checkpoint keys model.layers.{i}.{module}.hylorada.*), functional.fold_to_served:
+
+    A  = lora_A [r, in]                  B' = s * lora_B [out, r]            (adapter_model.safetensors)
+    c  = 1 + (1 - beta) * (m_eff / ||W + s B A|| - 1)   [out]               (hylorada_dynamic.safetensors)
+    w_pos = position_scale []            position_bias = position_bias.bias [nb]
+
+DAA (model.layers.{i}.self_attn.daa.*) and landmarks (model.layers.{i}.mlp.landmark.*) are copied
+under layers.{i}.daa.* / layers.{i}.landmark.*. Trained embeddings or norms are full base tensors a
+LoRA cannot carry: export refuses them and points at `hylorada merge`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from . import functional as F
+from .atomic import OutputExistsError
+from .convert import base_config, read_base_tensors, write_served
+from .served import AdapterError, base_shape_hash
+
+ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
+DAA_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.daa\.(head_scale|bucket_bias)$")
+LANDMARK_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.landmark\.(keys|values|gate)$")
+PARTS = ("lora_A", "lora_B", "magnitude", "magnitude_init", "magnitude_gate", "residual_weight", "position_scale")
+
+
+def served_meta(config, hf_config) -> dict:
+    """hylorada.json fields that come from the training config (dynamic parts, RoPE, attention)."""
+    rope = None
+    if config.rope_scaling_type is not None:
+        rope = {"rope_type": config.rope_scaling_type, "factor": float(config.rope_scaling_factor),
+                "original_max_position_embeddings": int(config.rope_original_max_position or hf_config.max_position_embeddings)}
+    buckets = {"num_buckets": config.num_position_buckets, "max_position": config.bucket_max_position}
+    return {"kind": "hylorada",
+            "position_bias": dict(buckets) if config.position_bias_enabled else None,
+            "daa": dict(buckets) if config.daa_enabled else None,
+            "landmarks": {"num_landmarks": config.num_landmarks} if config.landmark_enabled else None,
+            "rope_scaling": rope,
+            "attention": {"mode": config.attention_mode, "sink_tokens": config.s2_sink_tokens,
+                          "window": config.sink_window, "s2_group_size_ratio": config.s2_group_size_ratio}}
+
+
+def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path, source: str = "state"):
+    """Native state dict -> (lora {(i, module): (A, B')}, c {(i, module): c}, dynamic {name: tensor}).
+
+    All folding in float32 with functional.fold_to_served; W is read from the base's safetensors.
+    """
+    per: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    dynamic: dict[str, torch.Tensor] = {}
+    foreign = []
+    for k, t in state.items():
+        if (m := ADAPTER_KEY.match(k)) and m.group(3) in PARTS:
+            per.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t
+        elif k == "position_bias.bias":
+            dynamic["position_bias"] = t
+        elif (m := DAA_KEY.match(k)):
+            dynamic[f"layers.{m.group(1)}.daa.{m.group(2)}"] = t
+        elif (m := LANDMARK_KEY.match(k)):
+            dynamic[f"layers.{m.group(1)}.landmark.{m.group(2)}"] = t
+        else:
+            foreign.append(k)
+    if foreign:
+        raise AdapterError(source, "a full base tensor (trained embeddings or norms) cannot be carried by a LoRA "
+                           "adapter; use `hylorada merge` to write a standalone model instead "
+                           f"({len(foreign)} such tensors)", foreign[0])
+    W = read_base_tensors(base_dir, [f"model.layers.{i}.{mod}.weight" for i, mod in per])
+    f32 = torch.float32
+    lora, c = {}, {}
+    for (i, mod), p in sorted(per.items()):
+        missing = [n for n in ("lora_A", "lora_B", "magnitude_init") if n not in p]
+        if missing:
+            raise AdapterError(source, "missing", f"model.layers.{i}.{mod}.hylorada.{missing[0]}")
+        zero = torch.zeros((), dtype=f32)
+        m = p.get("magnitude", p["magnitude_init"]).to(f32)
+        A, Bf, c[(i, mod)] = F.fold_to_served(W[f"model.layers.{i}.{mod}.weight"].to(f32), p["lora_A"].to(f32),
+                                              p["lora_B"].to(f32), config.scaling, m, p["magnitude_init"].to(f32),
+                                              p.get("magnitude_gate", zero).to(f32), p.get("residual_weight", zero).to(f32))
+        lora[(i, mod)] = (A, Bf)
+        if config.position_bias_enabled:
+            dynamic[f"layers.{i}.{mod}.w_pos"] = p["position_scale"].to(f32).reshape(())
+    return lora, c, {k: v.to(f32) for k, v in dynamic.items()}
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | None = None,
+           max_rank: int | None = None) -> Path:
+    """Write the served form of a native checkpoint to out_dir (atomically, validated against the base)."""
+    from .checkpoint import BASE_FILE, STATE_FILE, read_checkpoint
+    ckpt = Path(checkpoint)
+    try:
+        config, state, ident = read_checkpoint(ckpt)
+    except FileNotFoundError as e:
+        raise AdapterError(ckpt, str(e)) from None
+    base_dir = base_dir or ident.get("base_model_name_or_path")
+    if not base_dir:
+        raise AdapterError(ckpt / BASE_FILE, "no base recorded; pass --base MODEL_DIR")
+    hf = base_config(base_dir)
+    if ident.get("shape_hash") and ident["shape_hash"] != base_shape_hash(hf):
+        raise AdapterError(ckpt / BASE_FILE, f"checkpoint made for another base: shape_hash {ident['shape_hash']} != "
+                           f"{base_dir}'s {base_shape_hash(hf)}", "shape_hash")
+    lora, c, dynamic = fold_checkpoint(state, config, base_dir, source=str(ckpt / STATE_FILE))
+    arch = (getattr(hf, "architectures", None) or [type(hf).__name__])[0]
+    meta = served_meta(config, hf) | {"base": {"name": str(ident.get("base_model_name_or_path") or base_dir),
+                                               "architecture": arch, "shape_hash": base_shape_hash(hf)}}
+    return write_served(out_dir, lora=lora, c=c, extra_dynamic=dynamic, meta=meta,
+                        base_name=str(ident.get("base_model_name_or_path") or base_dir), base_cfg=hf, max_rank=max_rank)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a native checkpoint folder (hylorada train / model.save)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the served adapter (must not exist or be empty)")
+    p.add_argument("--base", default=None, metavar="MODEL_DIR", help="base model folder (default: the one recorded)")
+    p.add_argument("--max-rank", type=int, default=None, help="refuse adapters above this rank")
+
+
+def run(args) -> int:
+    try:
+        out = export(args.checkpoint, args.out_dir, args.base, max_rank=args.max_rank)
+    except (AdapterError, OutputExistsError) as e:
+        print(f"hylorada export: error: {e}")
+        return 1
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,89 @@
+"""export: a native checkpoint's served form, run by the served-form reference, equals the training
+model's logits (float32, 1e-5) — per position, with left padding, beside other rows."""
+import json
+
+import pytest
+import torch
+
+from hylorada import HyLoRADAConfig, HyLoRADAModel
+from hylorada.export import export
+from hylorada.served import AdapterError, load_served
+from tests.format.conftest import IDS, base_logits
+from tests.helpers import randomize_adapter
+
+CASES = {
+    "default": dict(),                                                    # position bias on, all projections
+    "no_position_bias": dict(position_bias_enabled=False),
+    "classic_scale_subset": dict(use_rslora=False, lora_rank=2, lora_alpha=5.0, target_modules=("k_proj", "up_proj")),
+    "big_positions": dict(num_position_buckets=16, bucket_max_position=256),
+}
+
+
+def trained(tiny_base, seed=0, **kw) -> HyLoRADAModel:
+    model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(**kw)).eval()
+    randomize_adapter(model, seed=seed)
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_equals_training_model(tiny_base, reference, tmp_path, case):
+    model = trained(tiny_base, **CASES[case])
+    model.save(tmp_path / "ckpt")
+    out = export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
+    ad = load_served(out, base_config=reference.model.config)
+    assert ad.kind == "hylorada" and ad.meta["has_scale"]
+    assert (ad.position_bias is not None) == model.config.position_bias_enabled
+    ids = torch.randint(3, 500, (2, 300), generator=torch.Generator().manual_seed(1)) if case == "big_positions" else IDS
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    torch.testing.assert_close(reference.logits(ids, [ad, ad]), want, rtol=1e-5, atol=1e-5)
+    assert (want - base_logits(tiny_base, ids)).abs().max() > 1e-2
+    if ad.position_bias is not None:   # p(pos) matters: dropping it moves the logits past the tolerance
+        no_p = type(ad)(path=ad.path, meta=ad.meta | {"position_bias": None}, peft_config=ad.peft_config, lora=ad.lora,
+                        dynamic={k: v for k, v in ad.dynamic.items() if k.endswith(".c")})
+        assert (reference.logits(ids, [no_p, no_p]) - want).abs().max() > 1e-3
+
+
+def test_left_padding_and_mixed_rows(tiny_base, reference, tmp_path):
+    """Row 0 left-padded (positions restart at its first real token), row 1 has no adapter."""
+    model = trained(tiny_base, seed=2)
+    model.save(tmp_path / "ckpt")
+    ad = load_served(export(tmp_path / "ckpt", tmp_path / "served", tiny_base))
+    mask = torch.ones_like(IDS)
+    mask[0, :5] = 0
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        want = model(input_ids=IDS, attention_mask=mask, position_ids=pos).logits
+    got = reference.logits(IDS, [ad, None], attention_mask=mask)
+    torch.testing.assert_close(got[0, 5:], want[0, 5:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], base_logits(tiny_base)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_exported_lora_part_loads_in_peft(tiny_base, tmp_path):
+    """adapter_config.json + adapter_model.safetensors is a PEFT LoRA; in PEFT it gives W x + B' A x
+    (the LoRA-only outputs: c == 1 and p == 1)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    model = trained(tiny_base, seed=4)
+    model.save(tmp_path / "ckpt")
+    out = export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["lora_alpha"] == cfg["r"] and cfg["use_rslora"] is False and cfg["bias"] == "none"
+    ad = load_served(out)
+    lora_only = type(ad)(path=ad.path, meta=ad.meta | {"position_bias": None, "has_scale": False},
+                         peft_config=ad.peft_config, lora=ad.lora, dynamic={})
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32), out).eval()
+    from tests.format.conftest import reference_for
+    with torch.no_grad():
+        torch.testing.assert_close(peft(input_ids=IDS).logits, reference_for(tiny_base).logits(IDS, [lora_only] * 2),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_trained_embeddings_are_refused_with_a_pointer_to_merge(tiny_base, tmp_path):
+    model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(train_norms=True))
+    model.save(tmp_path / "ckpt")
+    if not any("norm" in k for k in model.adapter_state_dict()):
+        pytest.skip("train_norms not wired into the model yet")
+    with pytest.raises(AdapterError, match=r"hylorada_state\.safetensors: tensor '.*norm.*': .*hylorada merge"):
+        export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
+    assert not (tmp_path / "served").exists() and not list(tmp_path.glob(".served*"))
