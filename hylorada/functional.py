@@ -162,3 +162,41 @@ def landmark_readout(h: Tensor, keys: Tensor, values: Tensor, gate: Tensor) -> T
     """
     attn = torch.softmax((h @ keys.t().to(h.dtype)) / math.sqrt(h.shape[-1]), dim=-1)  # [..., K]
     return torch.tanh(gate).to(h.dtype) * (attn @ values.to(h.dtype))
+
+
+# --- long-context attention patterns (appended for issue 3: attention.py and the served mask_mods) ------
+
+def daa_bias(q_pos: Tensor, k_pos: Tensor, bucket_bias: Tensor, max_position: int = 32768) -> Tensor:
+    """The additive half of daa_scores: bias[b,h,i,j] = bucket_bias[h, bucket(q_i - k_j)].
+
+    q_pos: [B, Tq], k_pos: [B, Tk], bucket_bias: [H, nb] -> [B, H, Tq, Tk].
+    daa_scores(s, ...) == s * head_scale + daa_bias(...) (lets fused kernels take the bias as a mask).
+    """
+    rel = q_pos[:, :, None] - k_pos[:, None, :]                                    # [B, Tq, Tk]
+    return bucket_bias[:, position_bucket(rel, bucket_bias.shape[-1], max_position)].permute(1, 0, 2, 3)
+
+
+def s2_group_size(seq_len: int, ratio: float) -> int:
+    """LongLoRA S²-Attn group size G = max(1, round(ratio * seq_len))."""
+    return max(1, int(round(ratio * seq_len)))
+
+
+def s2_shift(head: int, num_heads: int, group_size: int, seq_len: int) -> int:
+    """Shift of one head's groups: G//2 for the second half of the heads, 0 for the first half,
+    and 0 for every head when one group covers the sequence (S² then equals full attention)."""
+    return group_size // 2 if head >= num_heads // 2 and group_size < seq_len else 0
+
+
+def s2_allowed(q_idx: Tensor, k_idx: Tensor, group_size: int, shift: int, sink_tokens: int) -> Tensor:
+    """S² pattern with sinks (token indices within one training sequence; broadcast shapes):
+
+        allowed(i, j) = j <= i  and  ( (i+shift)//G == (j+shift)//G  or  j < sink_tokens )
+    """
+    same = torch.div(q_idx + shift, group_size, rounding_mode="floor") == torch.div(k_idx + shift, group_size, rounding_mode="floor")
+    return (k_idx <= q_idx) & (same | (k_idx < sink_tokens))
+
+
+def sink_window_allowed(q_pos: Tensor, k_pos: Tensor, sink_tokens: int, window: int) -> Tensor:
+    """`sink` attention mode (StreamingLLM): allowed(i, j) = k_j <= q_i and (k_j < sink_tokens or q_i - k_j < window).
+    Positions (not indices), so left padding keeps the first real tokens as the sinks. Broadcast shapes."""
+    return (k_pos <= q_pos) & ((k_pos < sink_tokens) | (q_pos - k_pos < window))
