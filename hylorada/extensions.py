@@ -1,6 +1,6 @@
 """Install the long-context parts of HyLoRADA on a transformers decoder (issue 3).
 
-    install_extensions(hf_model, cfg, context=None) -> list of hook handles
+    install_extensions(hylorada_model)  or  install_extensions(hf_model, cfg, context=None)
 
   - PositionalDAA as `self_attn.daa` on every layer        (cfg.daa_enabled)
   - LandmarkLoRA as `mlp.landmark` + a forward hook         (cfg.landmark_enabled)
@@ -34,11 +34,15 @@ def needs_hylorada_attention(cfg: HyLoRADAConfig) -> bool:
     return cfg.daa_enabled or cfg.s2_attn_enabled or cfg.attention_mode != "full"
 
 
-def install_extensions(hf_model: nn.Module, cfg: HyLoRADAConfig, context=None) -> list:
+def install_extensions(model: nn.Module, cfg: HyLoRADAConfig | None = None, context=None) -> list:
     """Attach DAA / landmarks / attention spec per cfg; returns the landmark hook handles.
 
+    model: a HyLoRADAModel (cfg and context taken from it) or a plain transformers causal LM with cfg.
     context: the model's PositionContext (a fallback source of positions for the attention function).
     """
+    if cfg is None:                                   # HyLoRADAModel._install_extensions calls install_extensions(self)
+        model, cfg, context = model.base, model.config, model.position_context
+    hf_model = model
     layers = decoder_layers(hf_model)
     hf_config = hf_model.config
     if cfg.daa_enabled:
