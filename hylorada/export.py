@@ -32,8 +32,8 @@ def served_meta(config, hf_config) -> dict:
     """hylorada.json fields that come from the training config (dynamic parts, RoPE, attention)."""
     rope = None
     if config.rope_scaling_type is not None:
-        rope = {"rope_type": config.rope_scaling_type, "factor": float(config.rope_scaling_factor),
-                "original_max_position_embeddings": int(config.rope_original_max_position or hf_config.max_position_embeddings)}
+        from .rope import rope_scaling_meta
+        rope = rope_scaling_meta(config, hf_config)
     buckets = {"num_buckets": config.num_position_buckets, "max_position": config.bucket_max_position}
     return {"kind": "hylorada",
             "position_bias": dict(buckets) if config.position_bias_enabled else None,
@@ -53,6 +53,8 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
     dynamic: dict[str, torch.Tensor] = {}
     foreign = []
     for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise AdapterError(source, "contains NaN or Inf", k)
         if (m := ADAPTER_KEY.match(k)) and m.group(3) in PARTS:
             per.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t
         elif k == "position_bias.bias":

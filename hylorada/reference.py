@@ -11,7 +11,8 @@ replaced by a `_ServedLinear` that loops over the batch rows:
 
 with p_b(pos) = position_scale(position_bias_b, w_pos_b, bucket(pos)) and pos the position_ids
 RoPE uses (cumsum(mask) - 1: left padding puts 0 at the first real token). Landmarks add
-landmark_readout(h, K, V, gate) to each MLP's output, h = the MLP's input, per row.
+landmark_readout(h, K, V, gate) to each MLP's output, h = the MLP's input, per row. DAA and the
+sink / s2 attention modes switch the attention to reference_attn's per-row eager loop.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from . import reference_attn
 from .positions import PositionContext, track_positions
 from .served import AdapterError, ServedAdapter
 
@@ -69,15 +71,8 @@ def _position_scale(ad: ServedAdapter, layer: int, module: str, pos: Tensor) -> 
     return F.position_scale(pb, w, F.position_bucket(pos, cfg["num_buckets"], cfg["max_position"]))
 
 
-def rope_parameters(base_rope: dict, rope_scaling: dict | None) -> dict:
-    """The base config's rope_parameters with a served adapter's rope_scaling applied (transformers 5 keys)."""
-    if not rope_scaling:
-        return dict(base_rope)
-    out = {"rope_theta": base_rope.get("rope_theta", 10000.0), "rope_type": rope_scaling["rope_type"],
-           "factor": float(rope_scaling["factor"])}
-    if rope_scaling.get("original_max_position_embeddings"):
-        out["original_max_position_embeddings"] = int(rope_scaling["original_max_position_embeddings"])
-    return out
+def _mode(ad: ServedAdapter) -> str:
+    return (ad.meta.get("attention") or {}).get("mode", "full")
 
 
 class ServedReference:
@@ -86,7 +81,9 @@ class ServedReference:
     def __init__(self, base_dir: str | Path, dtype: torch.dtype = torch.float32, rope_scaling: dict | None = None):
         from transformers import AutoConfig, AutoModelForCausalLM
         cfg = AutoConfig.from_pretrained(str(base_dir))
-        cfg.rope_parameters = rope_parameters(cfg.rope_parameters or {}, rope_scaling)
+        if rope_scaling:
+            from .rope import apply_rope_scaling      # the one place RoPE scaling is written into a config
+            apply_rope_scaling(cfg, rope_scaling)
         self.rope_scaling = rope_scaling or None
         self.model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=cfg, dtype=dtype).eval()
         self.dtype = dtype
@@ -98,7 +95,7 @@ class ServedReference:
         """Swap the adapted linears for _ServedLinear and hook landmarks; always restore the base."""
         batch = _Batch(adapters)
         wanted = sorted({im for ad in adapters if ad is not None for im in ad.modules()})
-        swapped, hooks = [], [track_positions(self.model, batch.positions)]
+        swapped, hooks, cfg_attn = [], [track_positions(self.model, batch.positions)], None
         try:
             for i, mod in wanted:
                 parent_name, leaf = mod.rsplit(".", 1)
@@ -109,8 +106,17 @@ class ServedReference:
             for i, layer in enumerate(self.decoder_layers):
                 if any(ad is not None and ad.landmark(i) is not None for ad in adapters):
                     hooks.append(layer.mlp.register_forward_hook(self._landmark_hook(i, batch)))
+            if any(ad is not None and (ad.meta.get("daa") or _mode(ad) != "full") for ad in adapters):
+                reference_attn.register()
+                for layer in self.decoder_layers:
+                    layer.self_attn.__dict__["_served_ref_batch"] = batch
+                cfg_attn, self.model.config._attn_implementation = self.model.config._attn_implementation, reference_attn.NAME
             yield batch
         finally:
+            if cfg_attn is not None:
+                self.model.config._attn_implementation = cfg_attn
+                for layer in self.decoder_layers:
+                    layer.self_attn.__dict__.pop("_served_ref_batch", None)
             for parent, leaf, orig in swapped:
                 setattr(parent, leaf, orig)
             for h in hooks:
@@ -132,10 +138,6 @@ class ServedReference:
             if (ad.meta.get("rope_scaling") or None) != self.rope_scaling:
                 raise AdapterError(ad.path / "hylorada.json", f"rope_scaling {ad.meta.get('rope_scaling')!r} differs from "
                                    f"this reference's {self.rope_scaling!r}", "rope_scaling")
-            if ad.meta.get("daa"):
-                raise NotImplementedError(f"{ad.path}: DAA in the served reference is not implemented yet")
-            if (ad.meta.get("attention") or {}).get("mode", "full") != "full":
-                raise NotImplementedError(f"{ad.path}: attention mode {ad.meta['attention']['mode']!r} in the reference")
 
     @torch.no_grad()
     def logits(self, input_ids: Tensor, adapters: list[ServedAdapter | None], attention_mask: Tensor | None = None) -> Tensor:

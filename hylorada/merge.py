@@ -1,0 +1,86 @@
+"""`hylorada merge ADAPTER_DIR --base MODEL_DIR OUT_MODEL_DIR`: a static served adapter -> a standalone model.
+
+Per adapted linear (functional.merge_weight, computed in float32, stored in the base's dtype):
+
+    W' = diag(c) (W + B' A)          so  W' x + b == c * (W x + B' A x) + b   (the served form with p == 1)
+
+Only static adapters merge. A position bias whose vector is all zeros is p == 1 exactly and merges;
+any other position bias, DAA, landmarks or a non-full attention mode act per token or on attention
+scores and are refused (the static part could merge, the per-token part stays a LoRA). The adapter's
+RoPE scaling, if any, is written into the merged model's config.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import functional as F
+from .atomic import OutputExistsError, atomic_dir
+from .convert import base_config
+from .served import AdapterError, ServedAdapter, load_served
+
+SKIP_FROM_BASE = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def unmergeable_parts(ad: ServedAdapter) -> list[str]:
+    """The dynamic parts that keep this adapter from becoming one dense weight per layer."""
+    parts = []
+    pb = ad.position_bias
+    if pb is not None and bool((pb != 0).any()):
+        parts.append("position bias p(pos) (a per-token scale of the LoRA delta)")
+    if ad.meta.get("daa"):
+        parts.append("PositionalDAA (attention-score bias)")
+    if ad.meta.get("landmarks"):
+        parts.append("landmarks (a per-token read-out added to each MLP)")
+    mode = (ad.meta.get("attention") or {}).get("mode", "full")
+    if mode != "full":
+        parts.append(f"attention mode {mode!r}")
+    return parts
+
+
+def merge(adapter_dir: str | Path, base_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write base + adapter as one transformers model folder at out_dir (atomically)."""
+    from transformers import AutoModelForCausalLM
+    cfg = base_config(base_dir)
+    ad = load_served(adapter_dir, base_config=cfg)
+    parts = unmergeable_parts(ad)
+    if parts:
+        raise AdapterError(Path(adapter_dir) / "hylorada.json", "cannot merge into a standalone model: it has "
+                           + "; ".join(parts) + ". The static part (A, B', c) could merge, but the per-token "
+                           "part has no dense-weight form and must stay a LoRA: serve this adapter with hylorada-serve")
+    if ad.meta.get("rope_scaling"):
+        from .rope import apply_rope_scaling
+        apply_rope_scaling(cfg, ad.meta["rope_scaling"])
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=cfg)
+    layers = model.model.layers
+    with torch.no_grad():
+        for i, mod in ad.modules():
+            lin = layers[i].get_submodule(mod)
+            A, Bf = ad.layer_lora(i, mod)
+            c = ad.c(i, mod)
+            W = F.merge_weight(lin.weight.float(), A.float(), Bf.float(), None if c is None else c.float())
+            lin.weight.copy_(W.to(lin.weight.dtype))
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        for f in Path(base_dir).iterdir():        # tokenizer, chat template, ... (never the weights)
+            if f.is_file() and f.name not in SKIP_FROM_BASE and not f.name.startswith("model-") and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+    return Path(out_dir)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="a served adapter (export / convert-peft output)")
+    p.add_argument("out_dir", metavar="OUT_MODEL_DIR", help="new folder for the merged transformers model")
+    p.add_argument("--base", required=True, metavar="MODEL_DIR", help="the base model folder")
+
+
+def run(args) -> int:
+    try:
+        out = merge(args.adapter_dir, args.base, args.out_dir)
+    except (AdapterError, OutputExistsError) as e:
+        print(f"hylorada merge: error: {e}")
+        return 1
+    print(f"wrote {out}")
+    return 0
