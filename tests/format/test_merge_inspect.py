@@ -1,0 +1,70 @@
+"""merge (merged == unmerged served form; dynamic parts refused with the reason) and inspect (summary, exit codes)."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hylorada.cli import main
+from hylorada.convert import convert_peft
+from hylorada.merge import merge
+from hylorada.served import AdapterError, load_served
+from tests.format.conftest import IDS
+
+
+def _merged_logits(out, ids=IDS):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids).logits
+
+
+@pytest.mark.parametrize("kw", [dict(use_dora=True, use_rslora=True), dict(rank_pattern={"layers.1.self_attn.v_proj": 2})])
+def test_merge_equals_unmerged(tiny_base, peft_factory, reference, tmp_path, kw):
+    src, peft_model = peft_factory("p", **kw)
+    ad = load_served(convert_peft(src, tmp_path / "served", tiny_base))
+    out = merge(tmp_path / "served", tiny_base, tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(_merged_logits(out), reference.logits(IDS, [ad, ad]), rtol=1e-5, atol=1e-5)
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(out).chat_template      # a usable standalone model folder
+
+
+def test_merge_static_hylorada_export(tiny_base, reference, tmp_path):
+    """An exported adapter with a zero position bias (p == 1 exactly) merges; a trained one is refused."""
+    from hylorada import HyLoRADAConfig, HyLoRADAModel
+    from hylorada.export import export
+    from tests.helpers import randomize_adapter
+    model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(target_modules=("o_proj", "up_proj"))).eval()
+    randomize_adapter(model, seed=7)
+    model.save(tmp_path / "ckpt")
+    served = export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
+    with pytest.raises(AdapterError, match=r"hylorada\.json: cannot merge .*position bias.*static part .* could merge.*must stay a LoRA"):
+        merge(served, tiny_base, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    dyn = load_file(str(served / "hylorada_dynamic.safetensors"))
+    dyn["position_bias"].zero_()
+    save_file(dyn, str(served / "hylorada_dynamic.safetensors"))
+    ad = load_served(served)
+    out = merge(served, tiny_base, tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(_merged_logits(out), reference.logits(IDS, [ad, ad]), rtol=1e-5, atol=1e-5)
+
+
+def test_inspect_valid_and_invalid(tiny_base, peft_factory, tmp_path, capsys):
+    src, _ = peft_factory("p", use_dora=True, target_modules=["q_proj", "up_proj"])
+    served = convert_peft(src, tmp_path / "served", tiny_base)
+    assert main(["inspect", str(served), "--base", str(tiny_base)]) == 0
+    out = capsys.readouterr().out
+    for want in ("kind", "dora", "rank", "4", "q_proj, up_proj in 2 layers", "c scale vectors (4)", "KiB", "valid"):
+        assert want in out, out
+    assert main(["inspect", str(served), "--max-rank", "2"]) == 1
+    assert "INVALID" in capsys.readouterr().out
+    (served / "hylorada_dynamic.safetensors").unlink()
+    assert main(["inspect", str(served)]) == 1
+    assert "hylorada_dynamic.safetensors: missing file" in capsys.readouterr().out
+
+
+def test_cli_convert_then_merge(tiny_base, peft_factory, tmp_path, capsys):
+    src, _ = peft_factory("p")
+    assert main(["convert-peft", str(src), str(tmp_path / "served"), "--base", str(tiny_base)]) == 0
+    assert main(["convert-peft", str(src), str(tmp_path / "served"), "--base", str(tiny_base)]) == 1   # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().out
+    assert main(["merge", str(tmp_path / "served"), str(tmp_path / "merged"), "--base", str(tiny_base)]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
