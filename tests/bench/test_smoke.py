@@ -1,0 +1,76 @@
+"""bench.serve against the transformers+PEFT baseline server on 127.0.0.1 (tiny model, a handful of requests)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from bench.config import BenchConfig
+from bench.serve import run_bench
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(tiny_base, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = tmp_path_factory.mktemp("peft") / "ad"
+    model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module", params=["single", "mixed"])
+def server(request, tiny_base, peft_adapter):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "bench.peft_server", "--base", str(tiny_base), "--adapter", f"ad={peft_adapter}",
+           "--mode", request.param, "--max-batch", "4", "--threads", "1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("PEFT server did not become ready in 120 s")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_bench_against_peft_server(server, tmp_path):
+    cfg = BenchConfig(url=server, adapters=("ad", "base"), alpha=0.5, rate=20.0, num_requests=6, max_concurrency=3,
+                      prompt_len=(4, 9), output_len=(3, 5), seed=1, warmup=1, max_total_s=120, request_timeout_s=60,
+                      label="smoke", out_dir=str(tmp_path), progress=False)
+    res = run_bench(cfg)
+    o = res["overall"]
+    assert o["errors"] == 0, res["error_samples"]
+    assert o["completed"] == 6
+    assert [r["output_tokens"] for r in res["requests"]] == [r["output_len_requested"] for r in res["requests"]]
+    assert all(r["ttft_s"] > 0 and r["e2e_s"] >= r["ttft_s"] for r in res["requests"])
+    assert o["output_tok_per_s"] > 0 and set(res["per_adapter"]) <= {"ad", "base"}
+    assert (tmp_path / "smoke.json").is_file() and (tmp_path / "smoke_cdf.png").is_file()
+
+
+def test_unknown_model_is_an_error_not_a_hang(server):
+    cfg = BenchConfig(url=server, adapters=("nope",), num_requests=2, warmup=0, output_len=(2, 2), prompt_len=(2, 2),
+                      max_total_s=60, request_timeout_s=30, progress=False)
+    res = run_bench(cfg, write=False)
+    assert res["overall"]["errors"] == 2 and "404" in res["error_samples"][0]
