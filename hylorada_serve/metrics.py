@@ -1,0 +1,69 @@
+"""Per-adapter Prometheus metrics, registered in prometheus_client's default registry, which vLLM's own
+/metrics route exposes (single API-server process), so one scrape returns vLLM's metrics and these.
+
+`adapter` is the public adapter name, or the served base name for base-model requests, or "-" when the request
+named no servable model (404) or failed before resolving one.
+"""
+from __future__ import annotations
+
+import json
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("hylorada_adapter_requests", "Inference requests finished, by adapter and HTTP status",
+                   ["adapter", "code"])
+TOKENS = Counter("hylorada_adapter_generated_tokens",
+                 "Generated tokens by adapter (usage.completion_tokens; for streams without usage, one per chunk)",
+                 ["adapter"])
+LATENCY = Histogram("hylorada_adapter_request_seconds", "Request latency from admission to the last byte",
+                    ["adapter"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+LOAD_EVENTS = Counter("hylorada_adapter_load_events", "Adapter lifecycle events (loaded, refused, removed, unloaded)",
+                      ["adapter", "event"])
+VERSION = Gauge("hylorada_adapter_version", "Version number now serving (0: not serving)", ["adapter"])
+SERVING = Gauge("hylorada_adapters_serving", "Adapters now servable")
+
+
+def on_event(name: str, event: str, version: int | None, serving: int) -> None:
+    LOAD_EVENTS.labels(name, event).inc()
+    VERSION.labels(name).set(version or 0)
+    SERVING.set(serving)
+
+
+class TokenCounter:
+    """Counts generated tokens from a response body: JSON usage, or SSE chunks."""
+
+    def __init__(self, stream: bool):
+        self.stream, self.tokens, self._buf = stream, 0, bytearray()
+        self._usage: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._buf) > (1 << 20):          # bounded: a huge body is not parsed
+            return
+        self._buf += chunk
+        if not self.stream:
+            return
+        while b"\n\n" in self._buf:
+            event, _, rest = bytes(self._buf).partition(b"\n\n")
+            self._buf = bytearray(rest)
+            self._sse(event)
+
+    def _sse(self, event: bytes) -> None:
+        if not event.startswith(b"data: {"):
+            return
+        try:
+            obj = json.loads(event[6:])
+        except ValueError:
+            return
+        if (obj.get("usage") or {}).get("completion_tokens") is not None:
+            self._usage = obj["usage"]["completion_tokens"]
+        for ch in obj.get("choices") or []:
+            if ch.get("text") or (ch.get("delta") or {}).get("content"):
+                self.tokens += 1
+
+    def total(self) -> int:
+        if not self.stream:
+            try:
+                return int(json.loads(bytes(self._buf)).get("usage", {}).get("completion_tokens") or 0)
+            except (ValueError, AttributeError):
+                return 0
+        return self._usage if self._usage is not None else self.tokens

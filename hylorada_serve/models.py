@@ -1,0 +1,91 @@
+"""vLLM's OpenAIServingModels, fed from the AdapterStore and pinned per request.
+
+vLLM's serving classes resolve a request's adapter with `models.lora_requests[request.model]` and name the
+response with `models.model_name(lora_request)`. Here `lora_requests` is a per-request view: the mapping
+captured when the request was admitted (store Ticket), so an adapter replaced or removed after admission does
+not change what the request runs on. The view also records which version the request resolved, for the
+response headers and the per-adapter metrics.
+
+The admission travels in a ContextVar: it is set by AdmissionMiddleware around exactly one HTTP request and
+inherited by the tasks vLLM's handlers start (asyncio copies the context), and reset when the response ends.
+
+vLLM sees one adapter name per version (`name@vN`): its LoRARequest equality is by name, so two versions of one
+adapter in a batch must not share a name. Clients only ever see `name`.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.serve import create_error_response
+from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelPermission
+
+from .store import AdapterStore, Ticket, Version
+
+
+@dataclass
+class Admission:
+    ticket: Ticket
+    used: Version | None = None     # the adapter version the request resolved (None: base model / not yet)
+
+
+ADMISSION: ContextVar[Admission | None] = ContextVar("hylorada_admission", default=None)
+
+
+class _View(dict):
+    """name -> LoRARequest for one request; remembers the first version looked up."""
+
+    def __init__(self, mapping: dict[str, Version], admission: Admission | None):
+        super().__init__((n, v.handle) for n, v in mapping.items())
+        self._versions, self._admission = mapping, admission
+
+    def __getitem__(self, name):
+        handle = super().__getitem__(name)
+        if self._admission is not None and self._admission.used is None:
+            self._admission.used = self._versions[name]
+        return handle
+
+
+class HotSwapModels(OpenAIServingModels):
+    """Adopted in place (`adopt`) so every vLLM handler already holding the models object sees the store."""
+
+    _store: AdapterStore
+
+    @classmethod
+    def adopt(cls, models: OpenAIServingModels, store: AdapterStore) -> "HotSwapModels":
+        models.__dict__.pop("lora_requests", None)
+        models.__class__ = cls
+        models._store = store
+        return models
+
+    @property
+    def lora_requests(self) -> dict:
+        adm = ADMISSION.get()
+        return _View(adm.ticket.mapping if adm is not None else self._store.serving(), adm)
+
+    @lora_requests.setter
+    def lora_requests(self, value) -> None:     # vLLM's __init__ assigns {}; the store is the source of truth
+        pass
+
+    def model_name(self, lora_request=None) -> str:
+        if lora_request is not None:
+            return lora_request.lora_name.rsplit("@v", 1)[0]
+        return self.base_model_paths[0].name
+
+    async def show_available_models(self):
+        cards = await self.registry.show_available_models()
+        base = self.base_model_paths[0].name
+        for name in sorted(self._store.serving()):
+            cards.data.append(ModelCard(id=name, root=f"adapters/{name}", parent=base,
+                                        permission=[ModelPermission()]))
+        return cards
+
+    async def load_lora_adapter(self, request, base_model_name=None):
+        return create_error_response("adapters are loaded from the adapters folder: use POST /v1/adapters/{name}/load",
+                                     err_type="BadRequestError", status_code=HTTPStatus.BAD_REQUEST)
+
+    async def unload_lora_adapter(self, request):
+        return create_error_response("use POST /v1/adapters/{name}/unload",
+                                     err_type="BadRequestError", status_code=HTTPStatus.BAD_REQUEST)

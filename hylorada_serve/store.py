@@ -1,0 +1,264 @@
+"""Hot-swap bookkeeping for the adapters in DIR/: which folders exist, which are complete, which version of
+each one serves, and when a replaced version may be freed. No vLLM, no I/O beyond listdir/stat.
+
+Life of an adapter folder DIR/name:
+
+    seen ──(complete)──> loading ──(staged, validated, engine accepted)──> ready (version n)
+      │                     └──(any check fails)──> refused (same content never retried; a change retries)
+      └─ folder changes again: back to waiting; the serving version keeps serving until the new one is ready
+    ready ──(folder removed / admin unload)──> removed / unloaded (new requests 404; running ones finish)
+
+Completion rule (a folder being copied is never loaded half-written). A folder is complete when either
+  * it holds a `.ready` file whose mtime is >= every other file's mtime (the writer's "done" marker, written
+    last), or
+  * its signature — (relative path, size, mtime_ns) of every file — has not changed for `stable_seconds`
+    of the server's clock (default 2 s), judged across polls.
+Writers that publish with one rename (hylorada.atomic.atomic_dir) are complete either way.
+
+Versions. Every load gets a new version number (per name, never reused) and a new global uid (vLLM's
+lora_int_id), and is served from its own published copy (DESIGN.md §6: prefix-cache keys include
+(lora_name, lora_path), so nothing is ever overwritten in place).
+
+Admission. Each request takes a Ticket: the served mapping at that instant plus its generation. The request
+resolves its adapter from the ticket, so a swap after admission does not change what it runs on. A
+retired version is collectable (engine slot and files freed) once no ticket older than its retirement is open.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+READY_MARKER = ".ready"
+MAX_FILES = 256                     # a folder with more files than this is refused, not walked further
+
+Signature = tuple                   # ((relpath, size, mtime_ns), ...) sorted; () for an empty folder
+
+
+def folder_signature(path: Path) -> Signature | None:
+    """(relpath, size, mtime_ns) of every file under `path` (links not followed), sorted; None if unreadable."""
+    out = []
+    try:
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            dirnames.sort()
+            for f in filenames:
+                st = os.lstat(os.path.join(dirpath, f))
+                out.append((os.path.relpath(os.path.join(dirpath, f), path), st.st_size, st.st_mtime_ns))
+                if len(out) > MAX_FILES:
+                    return tuple(sorted(out))
+    except OSError:
+        return None
+    return tuple(sorted(out))
+
+
+def marker_complete(sig: Signature) -> bool:
+    """True when `.ready` exists and was written after (or with) every other file."""
+    marker = [m for (p, _, m) in sig if p == READY_MARKER]
+    return bool(marker) and all(m <= marker[0] for (p, _, m) in sig if p != READY_MARKER)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One published, engine-accepted copy of DIR/name."""
+    name: str
+    number: int                     # 1, 2, 3 ... per name
+    uid: int                        # globally unique (vLLM lora_int_id), >= 1
+    path: str                       # the published copy vLLM reads (never the watched folder)
+    signature: Signature            # of the source folder when it was copied
+    kind: str = "lora"
+    rank: int = 0
+    size_bytes: int = 0
+    loaded_at: float = 0.0
+    handle: Any = field(default=None, compare=False)    # opaque to the store (the server keeps its LoRARequest)
+
+    @property
+    def engine_name(self) -> str:
+        """The name vLLM sees: unique per version (vLLM's LoRARequest equality is by name)."""
+        return f"{self.name}@v{self.number}"
+
+
+@dataclass
+class Entry:
+    name: str
+    status: str = "waiting"         # waiting | loading | ready | refused | removed | unloaded
+    reason: str | None = None
+    current: Version | None = None
+    seen_sig: Signature | None = None
+    seen_since: float = 0.0
+    refused_sig: Signature | None = None
+    held: bool = False              # admin unload: not reloaded by the watcher until an explicit load
+    blocked: bool = False           # the name itself is refused (bad characters, case clash, outside link)
+    last_number: int = 0
+    events: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    gen: int
+    mapping: dict                   # name -> Version, frozen by convention (the store never mutates it)
+
+
+class AdapterStore:
+    """Bookkeeping for DIR/. Single-threaded: call from one event loop (the server's)."""
+
+    def __init__(self, root: str | Path, stable_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.root = Path(root)
+        self.stable_seconds = stable_seconds
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}
+        self._mapping: dict[str, Version] = {}
+        self._gen = 0
+        self._next_uid = 1
+        self._open: Counter = Counter()          # gen -> open tickets
+        self._retired: list[tuple[Version, int]] = []   # (version, generation at which it left the mapping)
+
+    # ---- scanning ------------------------------------------------------------------------------------------
+    def scan(self) -> tuple[list[str], list[str]]:
+        """Look at DIR/ once. Returns (names complete and ready to load, names whose folder is gone).
+
+        A missing DIR/ itself is treated as a transient (unmounted) state: nothing is removed.
+        """
+        now = self.clock()
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return [], []
+        # names already serving first, so a later case-clashing folder never displaces them
+        names.sort(key=lambda n: (n not in self.entries or self.entries[n].current is None, n))
+        to_load, present, lowered = [], set(), {}
+        for n in names:
+            if n.startswith("."):                # temporaries (atomic_dir writes .name.tmp-*)
+                continue
+            path = self.root / n
+            if not path.is_dir():
+                continue
+            present.add(n)
+            e = self.entries.setdefault(n, Entry(n))
+            e.blocked = False
+            if not NAME_RE.match(n):
+                self._refuse_quietly(e, "name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+                continue
+            if n.lower() in lowered:
+                self._refuse_quietly(e, f"name differs only by case from '{lowered[n.lower()]}'")
+                continue
+            lowered[n.lower()] = n
+            if path.is_symlink() and not _inside(path.resolve(), self.root.resolve()):
+                self._refuse_quietly(e, "symlink pointing outside the adapters folder")
+                continue
+            sig = folder_signature(path)
+            if sig is None:
+                continue
+            if sig != e.seen_sig:
+                e.seen_sig, e.seen_since = sig, now
+            if e.held or e.status == "loading":
+                continue
+            if e.current is not None and sig == e.current.signature:
+                continue
+            if sig == e.refused_sig:
+                continue
+            if marker_complete(sig) or now - e.seen_since >= self.stable_seconds:
+                to_load.append(n)
+            elif e.current is None:
+                e.status, e.reason = "waiting", "folder changed recently; waiting until it is stable"
+        gone = [n for n, e in self.entries.items()
+                if (n not in present and e.status in ("ready", "waiting", "refused", "unloaded"))
+                or (e.blocked and e.current is not None)]
+        return to_load, gone
+
+    def _refuse_quietly(self, e: Entry, reason: str) -> None:
+        e.blocked = True
+        if e.status != "refused" or e.reason != reason:
+            e.status, e.reason = "refused", reason
+            e.events["refused"] += 1
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def begin_load(self, name: str) -> tuple[int, int, Signature | None]:
+        """Mark `name` loading and allocate (version number, uid). Returns the signature seen by the last scan."""
+        e = self.entries.setdefault(name, Entry(name))
+        e.status, e.reason, e.held = "loading", None, False
+        e.last_number += 1
+        uid, self._next_uid = self._next_uid, self._next_uid + 1
+        return e.last_number, uid, e.seen_sig
+
+    def commit(self, version: Version) -> Version | None:
+        """`version` now serves `version.name`. Returns the version it replaced (retired, freed later)."""
+        e = self.entries[version.name]
+        old = e.current
+        e.current, e.status, e.reason, e.refused_sig = version, "ready", None, None
+        e.events["loaded"] += 1
+        self._publish({**self._mapping, version.name: version}, old)
+        return old
+
+    def refuse(self, name: str, signature: Signature | None, reason: str) -> None:
+        """The load failed. The current version (if any) keeps serving; this content is not retried."""
+        e = self.entries.setdefault(name, Entry(name))
+        e.refused_sig, e.reason = signature, reason
+        e.status = "ready" if e.current is not None else "refused"
+        e.events["refused"] += 1
+
+    def remove(self, name: str, status: str = "removed") -> Version | None:
+        """Stop serving `name` (folder gone, or admin unload with status='unloaded')."""
+        e = self.entries.get(name)
+        if e is None:
+            return None
+        old, e.current, e.status, e.reason = e.current, None, status, None
+        e.held = status == "unloaded"
+        if status == "removed":
+            e.seen_sig = e.refused_sig = None
+        e.events[status] += 1
+        if old is not None:
+            self._publish({k: v for k, v in self._mapping.items() if k != name}, old)
+        return old
+
+    def _publish(self, mapping: dict, retired: Version | None) -> None:
+        self._mapping = mapping
+        self._gen += 1
+        if retired is not None:
+            self._retired.append((retired, self._gen))
+
+    # ---- admission -----------------------------------------------------------------------------------------
+    def admit(self) -> Ticket:
+        self._open[self._gen] += 1
+        return Ticket(self._gen, self._mapping)
+
+    def release(self, ticket: Ticket) -> None:
+        self._open[ticket.gen] -= 1
+        if self._open[ticket.gen] <= 0:
+            del self._open[ticket.gen]
+
+    def collectable(self) -> list[Version]:
+        """Retired versions no open ticket can still resolve to; removed from the store's books."""
+        oldest = min(self._open) if self._open else self._gen + 1
+        free = [v for v, g in self._retired if g <= oldest]
+        self._retired = [(v, g) for v, g in self._retired if g > oldest]
+        return free
+
+    def retired_count(self) -> int:
+        return len(self._retired)
+
+    # ---- views ---------------------------------------------------------------------------------------------
+    def serving(self) -> dict[str, Version]:
+        return self._mapping
+
+    def status(self) -> list[dict]:
+        out = []
+        for n, e in sorted(self.entries.items()):
+            v = e.current
+            out.append({"name": n, "status": e.status, "reason": e.reason,
+                        "version": v.number if v else None, "engine_name": v.engine_name if v else None,
+                        "kind": v.kind if v else None, "rank": v.rank if v else None,
+                        "size_bytes": v.size_bytes if v else None, "events": dict(e.events)})
+        return out
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
