@@ -44,10 +44,12 @@ def served_meta(config, hf_config) -> dict:
                           "window": config.sink_window, "s2_group_size_ratio": config.s2_group_size_ratio}}
 
 
-def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path, source: str = "state"):
+def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path, source: str = "state",
+                    full_tensors: dict | None = None):
     """Native state dict -> (lora {(i, module): (A, B')}, c {(i, module): c}, dynamic {name: tensor}).
 
     All folding in float32 with functional.fold_to_served; W is read from the base's safetensors.
+    Full base tensors (trained embeddings / norms) are refused, or collected into `full_tensors` (merge).
     """
     per: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     dynamic: dict[str, torch.Tensor] = {}
@@ -65,7 +67,9 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
             dynamic[f"layers.{m.group(1)}.landmark.{m.group(2)}"] = t
         else:
             foreign.append(k)
-    if foreign:
+    if foreign and full_tensors is not None:
+        full_tensors.update({k: state[k] for k in foreign})
+    elif foreign:
         raise AdapterError(source, "a full base tensor (trained embeddings or norms) cannot be carried by a LoRA "
                            "adapter; use `hylorada merge` to write a standalone model instead "
                            f"({len(foreign)} such tensors)", foreign[0])
@@ -88,8 +92,11 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | None = None,
-           max_rank: int | None = None) -> Path:
-    """Write the served form of a native checkpoint to out_dir (atomically, validated against the base)."""
+           max_rank: int | None = None, full_tensors: dict | None = None) -> Path:
+    """Write the served form of a native checkpoint to out_dir (atomically, validated against the base).
+
+    full_tensors: for `merge` only — receives trained embeddings/norms instead of refusing them.
+    """
     from .checkpoint import BASE_FILE, STATE_FILE, read_checkpoint
     ckpt = Path(checkpoint)
     try:
@@ -103,7 +110,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
     if ident.get("shape_hash") and ident["shape_hash"] != base_shape_hash(hf):
         raise AdapterError(ckpt / BASE_FILE, f"checkpoint made for another base: shape_hash {ident['shape_hash']} != "
                            f"{base_dir}'s {base_shape_hash(hf)}", "shape_hash")
-    lora, c, dynamic = fold_checkpoint(state, config, base_dir, source=str(ckpt / STATE_FILE))
+    lora, c, dynamic = fold_checkpoint(state, config, base_dir, source=str(ckpt / STATE_FILE), full_tensors=full_tensors)
     arch = (getattr(hf, "architectures", None) or [type(hf).__name__])[0]
     meta = served_meta(config, hf) | {"base": {"name": str(ident.get("base_model_name_or_path") or base_dir),
                                                "architecture": arch, "shape_hash": base_shape_hash(hf)}}

@@ -12,6 +12,7 @@ RoPE scaling, if any, is written into the merged model's config.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -41,13 +42,28 @@ def unmergeable_parts(ad: ServedAdapter) -> list[str]:
 
 
 def merge(adapter_dir: str | Path, base_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write base + adapter as one transformers model folder at out_dir (atomically)."""
+    """Write base + adapter as one transformers model folder at out_dir (atomically).
+
+    adapter_dir: a served adapter, or a native checkpoint (then trained embeddings/norms, which a LoRA
+    cannot carry, are copied into the merged model too).
+    """
+    src = Path(adapter_dir)
+    if not (src / "hylorada_state.safetensors").is_file():
+        return _merge_served(src, base_dir, out_dir, {}, src / "hylorada.json")
+    from .export import export
+    full: dict[str, torch.Tensor] = {}
+    with tempfile.TemporaryDirectory() as td:
+        export(src, Path(td) / "served", base_dir, full_tensors=full)
+        return _merge_served(Path(td) / "served", base_dir, out_dir, full, src)
+
+
+def _merge_served(adapter_dir: Path, base_dir, out_dir, full: dict[str, torch.Tensor], blame: Path) -> Path:
     from transformers import AutoModelForCausalLM
     cfg = base_config(base_dir)
     ad = load_served(adapter_dir, base_config=cfg)
     parts = unmergeable_parts(ad)
     if parts:
-        raise AdapterError(Path(adapter_dir) / "hylorada.json", "cannot merge into a standalone model: it has "
+        raise AdapterError(blame, "cannot merge into a standalone model: it has "
                            + "; ".join(parts) + ". The static part (A, B', c) could merge, but the per-token "
                            "part has no dense-weight form and must stay a LoRA: serve this adapter with hylorada-serve")
     if ad.meta.get("rope_scaling"):
@@ -62,6 +78,11 @@ def merge(adapter_dir: str | Path, base_dir: str | Path, out_dir: str | Path) ->
             c = ad.c(i, mod)
             W = F.merge_weight(lin.weight.float(), A.float(), Bf.float(), None if c is None else c.float())
             lin.weight.copy_(W.to(lin.weight.dtype))
+        own = model.state_dict()
+        for k, t in full.items():                  # trained embeddings / norms from a native checkpoint
+            if k not in own or own[k].shape != t.shape:
+                raise AdapterError(blame, "does not fit the base model", k)
+            own[k].copy_(t.to(own[k].dtype))
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         for f in Path(base_dir).iterdir():        # tokenizer, chat template, ... (never the weights)

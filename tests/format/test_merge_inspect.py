@@ -68,3 +68,21 @@ def test_cli_convert_then_merge(tiny_base, peft_factory, tmp_path, capsys):
     assert "refusing to overwrite" in capsys.readouterr().out
     assert main(["merge", str(tmp_path / "served"), str(tmp_path / "merged"), "--base", str(tiny_base)]) == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_merge_native_checkpoint_with_trained_embeddings_and_norms(tiny_base, tmp_path):
+    """export refuses full base tensors and points at merge; merge of the checkpoint equals the training model."""
+    from hylorada import HyLoRADAConfig, HyLoRADAModel
+    from tests.helpers import randomize_adapter
+    cfg = HyLoRADAConfig(position_bias_enabled=False, train_embeddings=True, train_norms=True, target_modules=("v_proj",))
+    model = HyLoRADAModel.from_pretrained(tiny_base, cfg).eval()
+    randomize_adapter(model, seed=8)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for n, p in model.adapter_state_dict().items():
+            if "norm" in n or "embed" in n or "lm_head" in n:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    model.save(tmp_path / "ckpt")
+    out = merge(tmp_path / "ckpt", tiny_base, tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(_merged_logits(out), model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
