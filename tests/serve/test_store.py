@@ -1,0 +1,210 @@
+"""AdapterStore and HotSwapper bookkeeping without vLLM (fast): completion rule, versions, admission pinning,
+refusals, names, and the watcher's stages against a fake engine."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hylorada_serve import publish
+from hylorada_serve.store import AdapterStore, Version
+from hylorada_serve.watcher import HotSwapper
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def write(folder: Path, payload: bytes = b"w", marker: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    (folder / "adapter_model.safetensors").write_bytes(payload)
+    if marker:
+        time.sleep(0.01)
+        (folder / ".ready").write_text("")
+    return folder
+
+
+def commit(store: AdapterStore, name: str) -> Version:
+    number, uid, sig = store.begin_load(name)
+    v = Version(name=name, number=number, uid=uid, path=f"/pub/{name}-{number}", signature=sig)
+    store.commit(v)
+    return v
+
+
+@pytest.fixture
+def env(tmp_path):
+    clock = Clock()
+    return tmp_path, clock, AdapterStore(tmp_path, stable_seconds=2.0, clock=clock)
+
+
+def test_folder_loads_only_after_it_is_stable(env):
+    root, clock, store = env
+    write(root / "a")
+    assert store.scan() == ([], [])                     # first sight: waiting
+    assert store.entries["a"].status == "waiting"
+    clock.t += 1.0
+    (root / "a" / "adapter_model.safetensors").write_bytes(b"more")   # still being written
+    assert store.scan() == ([], [])
+    clock.t += 1.5
+    assert store.scan() == ([], [])                     # 1.5 s since the last change
+    clock.t += 0.6
+    assert store.scan() == (["a"], [])
+
+
+def test_ready_marker_written_last_completes_at_once(env):
+    root, clock, store = env
+    write(root / "a", marker=True)
+    assert store.scan() == (["a"], [])
+    write(root / "b")                                   # marker older than a file: not trusted
+    (root / "b" / ".ready").write_text("")
+    os.utime(root / "b" / ".ready", ns=(1, 1))
+    assert store.scan()[0] == ["a"]
+
+
+def test_versions_pinning_and_collection(env):
+    root, clock, store = env
+    write(root / "a", marker=True)
+    store.scan()
+    v1 = commit(store, "a")
+    t_old = store.admit()                               # a request admitted on v1
+    write(root / "a", b"changed", marker=True)
+    assert store.scan() == (["a"], [])
+    v2 = commit(store, "a")
+    assert (v1.number, v2.number) == (1, 2) and v1.uid != v2.uid and v2.engine_name == "a@v2"
+    assert t_old.mapping["a"] is v1 and store.admit().mapping["a"] is v2
+    assert store.collectable() == []                    # t_old may still resolve v1
+    store.release(t_old)
+    assert store.collectable() == [v1]
+    assert store.collectable() == []
+
+
+def test_removed_folder_is_gone_for_new_tickets_only(env):
+    root, clock, store = env
+    write(root / "a", marker=True)
+    store.scan()
+    v1 = commit(store, "a")
+    t = store.admit()
+    for f in (root / "a").iterdir():
+        f.unlink()
+    (root / "a").rmdir()
+    assert store.scan() == ([], ["a"])
+    store.remove("a")
+    assert "a" not in store.admit().mapping and t.mapping["a"] is v1
+    write(root / "a", b"again", marker=True)            # re-added: a new version number
+    store.scan()
+    assert commit(store, "a").number == 2
+
+
+def test_refused_content_not_retried_and_old_version_keeps_serving(env):
+    root, clock, store = env
+    write(root / "a", marker=True)
+    store.scan()
+    v1 = commit(store, "a")
+    write(root / "a", b"bad", marker=True)
+    assert store.scan()[0] == ["a"]
+    _, _, sig = store.begin_load("a")
+    store.refuse("a", sig, "bad tensor")
+    assert store.entries["a"].status == "ready" and store.serving()["a"] is v1
+    assert store.scan()[0] == []                        # the same bad content is not retried
+    write(root / "a", b"fixed", marker=True)
+    assert store.scan()[0] == ["a"]
+
+
+def test_names_hidden_case_and_symlinks(env, tmp_path_factory):
+    root, clock, store = env
+    write(root / "Good", marker=True)
+    write(root / "good", marker=True)
+    write(root / ".tmp-partial", marker=True)
+    write(root / "bad name", marker=True)
+    outside = write(tmp_path_factory.mktemp("outside") / "x", marker=True)
+    (root / "link").symlink_to(outside)
+    to_load, _ = store.scan()
+    assert to_load == ["Good"]
+    st = {s["name"]: s for s in store.status()}
+    assert ".tmp-partial" not in st
+    assert st["good"]["status"] == "refused" and "case" in st["good"]["reason"]
+    assert st["bad name"]["status"] == "refused"
+    assert st["link"]["status"] == "refused" and "outside" in st["link"]["reason"]
+
+
+def test_missing_root_removes_nothing(env):
+    root, clock, store = env
+    write(root / "a", marker=True)
+    store.scan()
+    commit(store, "a")
+    store.root = root / "unmounted"
+    assert store.scan() == ([], []) and "a" in store.serving()
+
+
+# ---- the watcher against a fake engine -------------------------------------------------------------------
+
+class FakeEngine:
+    def __init__(self):
+        self.added, self.removed, self.fail = [], [], False
+
+    async def add_lora(self, req):
+        if self.fail:
+            raise ValueError("Loading lora a failed: unexpected key\nmore")
+        self.added.append(req)
+
+    async def remove_lora(self, uid):
+        self.removed.append(uid)
+
+
+def test_watcher_stages_loads_refuses_and_frees(tmp_path, monkeypatch):
+    root, pub = tmp_path / "dir", tmp_path / "pub"
+    store = AdapterStore(root, stable_seconds=0.0)
+    engine = FakeEngine()
+    monkeypatch.setattr(publish, "check", lambda path, src, cfg, rank: publish.AdapterInfo("lora", 8, 100))
+    sw = HotSwapper(store, engine, pub, make_request=lambda n, uid, p: (n, uid, p))
+
+    async def go():
+        write(root / "a", b"one")
+        (root / "a" / "adapter_model.bin").write_bytes(b"pickle")        # never copied
+        await sw.step()
+        v1 = store.serving()["a"]
+        assert engine.added == [("a@v1", v1.uid, v1.path)]
+        assert sorted(os.listdir(v1.path)) == ["adapter_config.json", "adapter_model.safetensors"]
+        write(root / "a", b"two")
+        engine.fail = True
+        await sw.step()                                   # engine refuses v2: v1 keeps serving
+        assert store.serving()["a"] is v1 and "engine refused" in store.entries["a"].reason
+        write(root / "a", b"three")
+        engine.fail = False
+        await sw.step()
+        v3 = store.serving()["a"]
+        assert v3.number == 3 and engine.removed == [v1.uid] and not Path(v1.path).exists()
+        st = await sw.unload("a")
+        assert st["status"] == "unloaded" and "a" not in store.serving()
+        await sw.step()
+        assert "a" not in store.serving()                 # held until an explicit load
+        st = await sw.load("a", force=True)
+        assert st["status"] == "ready" and st["version"] == 4
+    asyncio.run(go())
+
+
+def test_pickle_only_and_outside_symlink_are_refused(tmp_path):
+    root = tmp_path / "dir"
+    a = root / "a"
+    a.mkdir(parents=True)
+    (a / "adapter_config.json").write_text("{}")
+    (a / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    publish.stage(a, tmp_path / "pub-a", root, None)
+    with pytest.raises(publish.AdapterRefused, match="never loaded"):
+        publish.check(tmp_path / "pub-a", a, None, None)
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"x")
+    b = root / "b"
+    b.mkdir()
+    (b / "adapter_model.safetensors").symlink_to(secret)
+    with pytest.raises(publish.AdapterRefused, match="outside"):
+        publish.stage(b, tmp_path / "pub-b", root, None)
+    assert not (tmp_path / "pub-b").exists()
