@@ -1,9 +1,22 @@
 """Every change to vLLM's own behaviour lives in this package (import name `hylorada_patches`).
 
-`register()` is the `vllm.general_plugins` entry point; it runs in every engine process.
+`register()` is the `vllm.general_plugins` entry point; it runs in every engine process and
+calls `apply()` (version check + install). One module per vLLM touch point:
+
+    apply.py        version gate, idempotent install
+    layers.py       HyLoRADA-aware subclasses of vLLM's linear LoRA layers (c, p(pos), base-token mask)
+    grouped_cpu.py  grouped multi-adapter LoRA kernel for the CPU (vs vLLM's per-token weight gather)
+    state.py        per-engine slot tables + the current step's per-token data (no globals)
+    positions.py    LoRAModelManager.__init__: state on the punica wrapper, per-step hooks on the model
+    slots.py        LoRAModelManager.activate_adapter: write c / w_pos / position bias / landmarks to slots
+    loading.py      WorkerLoRAManager._load_adapter: validate the served form, attach the side file
+    landmarks.py    per-token landmark read-outs on the MLP blocks
+    rope.py         the engine's RoPE override from a set of adapters
+    tp.py           tensor-parallel sharding of c (pure functions, mirrored by the layers)
 """
 
 
 def register() -> None:
-    """vLLM plugin entry point. The serving patches hook in here (see docs/structure.md)."""
-    return None
+    """vLLM plugin entry point: install the HyLoRADA patches in this process."""
+    from .apply import apply
+    apply()

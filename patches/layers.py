@@ -1,0 +1,147 @@
+"""HyLoRADA-aware subclasses of vLLM's linear LoRA layers (vllm/lora/layers/*), swapped into
+`vllm.lora.utils._all_lora_classes` (read by `from_layer` at call time).
+
+Per token t in slot s (DESIGN.md §3):   out[t] = c[s] ⊙ (base(x[t]) + p_i(pos_t) · B_i[s] A_i[s] x[t]) + bias
+
+  - base(x) without the bias: the quant method's own GEMM (`_get_quant_method().apply(base, x, None)`),
+  - the LoRA delta: grouped_cpu (default) or vLLM's punica ops, its rank-r buffer scaled by p,
+  - c: a [S+1, width] stack beside lora_a_stacked/lora_b_stacked (row S and unused slots = ones),
+    written by `hy_set` right after vLLM's `set_lora` (slots.py) and cleared in `reset_lora`,
+  - base tokens (vLLM index -1) are in no group of HyState: no delta, c = 1 (masks the -1 wrap bug),
+  - plain LoRA adapters: c = 1 and p = 1 (no position bias), i.e. vLLM's own LoRA.
+
+Tensor parallel (tp.py has the same rules as pure functions, tested on 2 simulated shards):
+  column-parallel kinds: c is sliced exactly like B's output rows (the layer's own `slice_lora_b`);
+  row-parallel: B and c keep the full output; c and the bias are applied after the all-reduce.
+The fully-sharded LoRA variants are not wrapped (refused in positions.attach).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from . import grouped_cpu
+
+WRAPPED = ("ColumnParallelLinearWithLoRA", "MergedColumnParallelLinearWithLoRA", "QKVParallelLinearWithLoRA",
+           "MergedQKVParallelLinearWithLoRA", "RowParallelLinearWithLoRA", "ReplicatedLinearWithLoRA",
+           "MergedColumnParallelLinearVariableSliceWithLoRA")
+
+
+class HyLoRADALinearMixin:
+    """Mixed in before a vLLM BaseLinearLayerWithLoRA subclass."""
+    hy_after_reduce = False          # row-parallel: c (and bias) after the all-reduce, in forward()
+
+    def create_lora_weights(self, max_loras, lora_config, model_config=None):
+        super().create_lora_weights(max_loras, lora_config, model_config)
+        self.hy_c = torch.ones(max_loras + 1, sum(self.output_slices), dtype=lora_config.lora_dtype, device=self.device)
+        self.hy_c_slots: set[int] = set()
+        self.hy_rows: tuple[int, ...] = ()
+        self.hy_layer, self.hy_subs = -1, ()
+
+    def hy_register(self, name: str, state, packed_modules_mapping: dict) -> None:
+        """Name -> (layer index, qualified sub-modules per slice); reserve this layer's w_pos rows."""
+        parts = name.split(".")
+        m = re.search(r"layers\.(\d+)\.", name)
+        self.hy_layer = int(m.group(1)) if m else -1
+        subs = packed_modules_mapping.get(parts[-1], [parts[-1]])
+        if len(subs) != self.n_slices:
+            subs = [parts[-1]] * self.n_slices
+        self.hy_subs = tuple(f"{parts[-2]}.{s}" for s in subs)
+        self.hy_rows = state.add_rows(self.n_slices)
+
+    def reset_lora(self, index: int):
+        super().reset_lora(index)
+        self.hy_c[index] = 1
+        self.hy_c_slots.discard(index)
+        st = getattr(self.punica_wrapper, "hylorada", None) if hasattr(self, "punica_wrapper") else None
+        if st is not None and self.hy_rows:
+            st.w_pos[list(self.hy_rows), index] = 0
+
+    def hy_set(self, index: int, served, state) -> None:
+        """Write this adapter's c and w_pos for slot `index` (after vLLM's set_lora / reset_lora)."""
+        if served is None:
+            return
+        for row, sub in zip(self.hy_rows, self.hy_subs):
+            w = served.w_pos(self.hy_layer, sub)
+            state.w_pos[row, index] = 0.0 if w is None else float(w)
+        cs = [served.c(self.hy_layer, sub) for sub in self.hy_subs]
+        if all(c is None for c in cs):
+            return
+        self.hy_c[index] = self.hy_local_c(cs).to(self.hy_c.dtype)
+        self.hy_c_slots.add(index)
+
+    def hy_local_c(self, cs: list) -> torch.Tensor:
+        """Full-size c per slice (None = ones) -> this rank's [width], sliced like B's output rows."""
+        if self.tp_size > 1:
+            if self.n_slices == 1:
+                cs = [None if cs[0] is None else self.slice_lora_b(cs[0].unsqueeze(1)).squeeze(1)]
+            else:
+                cs = [None if c is None else c.squeeze(1)
+                      for c in self.slice_lora_b([None if c is None else c.unsqueeze(1) for c in cs])]
+        return torch.cat([torch.ones(n) if c is None else c.float() for c, n in zip(cs, self.output_slices)])
+
+    # --- forward ---------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        out = self._get_quant_method().apply(self.base_layer, x, None)
+        shape = out.shape
+        x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, shape[-1])
+        st = self.punica_wrapper.hylorada
+        if st.groups:
+            p_rows = [st.P[m] for m in self.hy_rows]
+            if st.grouped:
+                grouped_cpu.grouped_lora_(o2, x2, self.lora_a_stacked, self.lora_b_stacked, self.output_slices,
+                                          p_rows, st.groups, st.ranks)
+            else:
+                grouped_cpu.vllm_lora_(self.punica_wrapper, o2, x2, self.lora_a_stacked, self.lora_b_stacked,
+                                       self.output_slices, p_rows)
+            if not self.hy_after_reduce:
+                grouped_cpu.scale_groups_(o2, st.groups, self.hy_c, self.hy_c_slots)
+        out = o2.view(shape)
+        return out if bias is None else out + bias
+
+
+class HyLoRADARowParallelMixin(HyLoRADALinearMixin):
+    """Row-parallel: y = c ⊙ all_reduce(Σ_ranks partial) + bias (vLLM adds the bias on rank 0 before
+    the reduce; with c it must come after, and so must c itself per DESIGN.md §5)."""
+    hy_after_reduce = True
+
+    def forward(self, input_):
+        from vllm.distributed import split_tensor_along_last_dim, tensor_model_parallel_all_reduce
+        bl = self.base_layer
+        xp = input_ if bl.input_is_parallel else \
+            split_tensor_along_last_dim(input_, num_partitions=self.tp_size)[self.tp_rank].contiguous()
+        out = self.apply(xp, None)
+        reduced = bl.reduce_results or self.tp_size == 1
+        if bl.reduce_results and self.tp_size > 1:
+            out = tensor_model_parallel_all_reduce(out)
+        st = self.punica_wrapper.hylorada
+        if st.groups and self.hy_c_slots:      # c is linear: per-partial is also exact if the caller reduces
+            o2 = out.reshape(-1, out.shape[-1])
+            grouped_cpu.scale_groups_(o2, st.groups, self.hy_c, self.hy_c_slots)
+            out = o2.view(out.shape)
+        if bl.bias is not None and not bl.skip_bias_add and (reduced or self.tp_rank == 0):
+            out = out + bl.bias
+        if not bl.return_bias:
+            return out
+        return out, (bl.bias if bl.skip_bias_add else None)
+
+
+def hylorada_classes() -> dict[type, type]:
+    """vLLM layer class -> its HyLoRADA subclass, for the classes in WRAPPED."""
+    import vllm.lora.layers as L
+    out = {}
+    for name in WRAPPED:
+        base = getattr(L, name, None)
+        if base is None:
+            continue
+        mixin = HyLoRADARowParallelMixin if "RowParallel" in name else HyLoRADALinearMixin
+        out[base] = type("HyLoRADA" + name, (mixin, base), {"__doc__": f"HyLoRADA-aware {name}."})
+    return out
+
+
+def install() -> None:
+    """Swap our subclasses into vllm.lora.utils._all_lora_classes (same order; idempotent)."""
+    import vllm.lora.utils as U
+    mapping = hylorada_classes()
+    U._all_lora_classes = tuple(mapping.get(c, c) for c in U._all_lora_classes)

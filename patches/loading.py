@@ -1,0 +1,55 @@
+"""Wraps `vllm.lora.worker_manager.WorkerLoRAManager._load_adapter` (which calls
+`LoRAModel.from_local_checkpoint` for adapter_model.safetensors): a served-form folder is one
+adapter to vLLM — hylorada.json and hylorada_dynamic.safetensors are read with it.
+
+Order: `hylorada.served.load_served(dir, base_config=<the engine's HF config>, max_rank=max_lora_rank)`
+validates names, shapes, shape hash and rank against the base, plus `check_servable` (parts these
+patches cannot apply, RoPE vs the engine) — all BEFORE vLLM loads anything or touches a slot. Then
+vLLM's own loader runs and the validated adapter (side-file tensors only) is attached to the
+LoRAModel as `.hylorada` for slots.py. A plain PEFT folder loads as kind "lora" (c = 1, p = 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+_ORIG = None
+
+
+def check_servable(served, hf_config) -> None:
+    """Refuse (AdapterError) what the patches would otherwise silently drop."""
+    from hylorada.served import META, AdapterError
+    from .rope import check_engine_rope
+    if served.meta.get("daa"):
+        raise AdapterError(served.path / META, "PositionalDAA is not applied by the vLLM patches yet; this "
+                           "adapter would be served wrongly", "daa")
+    mode = (served.meta.get("attention") or {}).get("mode", "full")
+    if mode != "full":
+        raise AdapterError(served.path / META, f"attention mode {mode!r} is not served by the vLLM patches "
+                           "(full attention only)", "attention")
+    check_engine_rope(served, hf_config)
+
+
+def load_hylorada(path: str, hf_config, max_rank: int | None):
+    """Validated ServedAdapter for `path` with its LoRA tensors dropped (vLLM holds those)."""
+    from hylorada.served import load_served
+    served = load_served(path, base_config=hf_config, max_rank=max_rank)
+    check_servable(served, hf_config)
+    return dataclasses.replace(served, lora={})
+
+
+def install() -> None:
+    global _ORIG
+    from vllm.lora.worker_manager import WorkerLoRAManager
+    if _ORIG is not None:
+        return
+    _ORIG = WorkerLoRAManager._load_adapter
+
+    def _load_adapter(self, lora_request):
+        from vllm.lora.utils import get_adapter_absolute_path
+        path = get_adapter_absolute_path(lora_request.lora_path)
+        served = load_hylorada(path, self._adapter_manager.model.config, self.lora_config.max_lora_rank)
+        lora = _ORIG(self, lora_request)
+        lora.hylorada = served
+        return lora
+
+    WorkerLoRAManager._load_adapter = _load_adapter
