@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from . import functional as F
 from .atomic import atomic_dir
 from .served import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, FORMAT_VERSION, LORA_KEY, META, AdapterError,
-                     _peft_scaling, _read_json, _read_tensors, base_shape_hash, load_served, lora_key)
+                     peft_scaling, read_json, read_tensors, base_shape_hash, load_served, lora_key)
 
 DORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_magnitude_vector(?:\.weight)?$")
 
@@ -104,7 +104,7 @@ def convert_peft(peft_dir: str | Path, out_dir: str | Path, base_dir: str | Path
     """Convert a saved PEFT LoRA/rsLoRA/DoRA adapter (safetensors) into the served form at out_dir."""
     src = Path(peft_dir)
     cf, wf = src / ADAPTER_CONFIG, src / ADAPTER_WEIGHTS
-    cfg = _read_json(cf)
+    cfg = read_json(cf)
     if cfg.get("peft_type") != "LORA":
         raise AdapterError(cf, f"only PEFT LoRA/DoRA adapters convert (peft_type {cfg.get('peft_type')!r})")
     if cfg.get("lora_bias"):
@@ -113,7 +113,7 @@ def convert_peft(peft_dir: str | Path, out_dir: str | Path, base_dir: str | Path
     if cfg.get("modules_to_save"):
         raise AdapterError(cf, f"modules_to_save {cfg['modules_to_save']!r}: full trained modules cannot be "
                            "carried by a LoRA; merge with PEFT instead")
-    state = _read_tensors(wf)
+    state = read_tensors(wf)
     bcfg = base_config(base_dir)
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for k, t in state.items():
@@ -132,8 +132,8 @@ def convert_peft(peft_dir: str | Path, out_dir: str | Path, base_dir: str | Path
             if part not in p:
                 name = lora_key(i, mod, part) if part != "m" else f"base_model.model.model.layers.{i}.{mod}.lora_magnitude_vector"
                 raise AdapterError(wf, "missing" + (" (use_dora is true)" if part == "m" else ""), name)
-        s = _peft_scaling(cfg, i, mod)
         A, B = p["A"], p["B"]
+        s = peft_scaling(cfg, i, mod, A.shape[0])
         lora[(i, mod)] = (A, (s * B).to(B.dtype))
         if dora:
             w = W[f"model.layers.{i}.{mod}.weight"]

@@ -135,7 +135,7 @@ class ServedAdapter:
 
 # --- loading + validation --------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise AdapterError(path, "missing file")
     try:
@@ -147,7 +147,7 @@ def _read_json(path: Path) -> dict:
     return d
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
+def read_tensors(path: Path) -> dict[str, Tensor]:
     """safetensors only; a pickle file in its place is refused by name, never opened."""
     if not path.is_file():
         for suf in PICKLE_SUFFIXES:
@@ -166,16 +166,16 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def _peft_scaling(cfg: dict, layer: int, module: str) -> float:
-    """PEFT's own per-module scale (rank_pattern/alpha_pattern keys match by suffix)."""
+def peft_scaling(cfg: dict, layer: int, module: str, rank: int) -> float:
+    """PEFT's own per-module scale: alpha (alpha_pattern, first key matching as in PEFT)
+    over rank or sqrt(rank). rank: the stored tensor's (equal to rank_pattern's entry for PEFT files)."""
     from .functional import lora_scaling
     path = f"model.layers.{layer}.{module}"
 
-    def pick(pattern: dict, default):
-        hits = [k for k in (pattern or {}) if path == k or path.endswith("." + k) or re.fullmatch(rf"(.*\.)?{k}", path)]
-        return pattern[max(hits, key=len)] if hits else default
-    r = pick(cfg.get("rank_pattern"), cfg["r"])
-    return lora_scaling(pick(cfg.get("alpha_pattern"), cfg["lora_alpha"]), r, bool(cfg.get("use_rslora")))
+    def pick(pattern: dict, default):            # peft.utils.other.get_pattern_key: the first key that matches
+        hit = next((k for k in (pattern or {}) if re.match(rf"(.*\.)?({k})$", path)), None)
+        return default if hit is None else pattern[hit]
+    return lora_scaling(pick(cfg.get("alpha_pattern"), cfg["lora_alpha"]), rank, bool(cfg.get("use_rslora")))
 
 
 def _check_peft_config(path: Path, cfg: dict, plain: bool) -> None:
@@ -219,22 +219,22 @@ def load_served(path: str | Path, base_config=None, max_rank: int | None = None)
     path = Path(path)
     if not path.is_dir():
         raise AdapterError(path, "adapter folder does not exist")
-    cfg = _read_json(path / ADAPTER_CONFIG)
+    cfg = read_json(path / ADAPTER_CONFIG)
     plain = not (path / META).exists()
     _check_peft_config(path, cfg, plain)
     meta = {"format_version": FORMAT_VERSION, "kind": "lora", "base": None, "position_bias": None, "daa": None,
             "landmarks": None, "rope_scaling": None, "attention": {"mode": "full"}, "has_scale": False} \
-        if plain else _read_json(path / META)
+        if plain else read_json(path / META)
     _check_meta(path, meta)
-    lora = _read_tensors(path / ADAPTER_WEIGHTS)
+    lora = read_tensors(path / ADAPTER_WEIGHTS)
     need_dyn = any(meta.get(p) for p in ("position_bias", "daa", "landmarks", "has_scale"))
-    dynamic = _read_tensors(path / DYNAMIC) if (need_dyn or (path / DYNAMIC).exists()) else {}
+    dynamic = read_tensors(path / DYNAMIC) if (need_dyn or (path / DYNAMIC).exists()) else {}
     ad = ServedAdapter(path=path, meta=meta, peft_config=cfg, lora=lora, dynamic=dynamic,
                        target_modules=list(cfg["target_modules"]) if not isinstance(cfg["target_modules"], str) else [cfg["target_modules"]])
     check_consistency(ad)
     if plain:  # fold PEFT's own scale so lora always holds B'
         for (i, mod) in ad.modules():
-            s = _peft_scaling(cfg, i, mod)
+            s = peft_scaling(cfg, i, mod, ad.lora[lora_key(i, mod, "A")].shape[0])
             if s != 1.0:
                 ad.lora[lora_key(i, mod, "B")] = ad.lora[lora_key(i, mod, "B")] * s
     ad.rank = max(a.shape[0] for (a, _) in (ad.layer_lora(i, m) for i, m in ad.modules()))
@@ -247,4 +247,5 @@ def load_served(path: str | Path, base_config=None, max_rank: int | None = None)
 
 
 __all__ = ["AdapterError", "ServedAdapter", "load_served", "base_shape_hash", "base_linear_shapes", "lora_key",
+           "peft_scaling", "read_json", "read_tensors",
            "module_name", "FORMAT_VERSION", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "META", "DYNAMIC"]
