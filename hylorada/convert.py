@@ -29,7 +29,11 @@ DORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora
 # --- the base model's weights, read lazily from safetensors ---------------------------------
 
 def base_config(base_dir: str | Path):
+    """The base's transformers config; AdapterError when base_dir is not a model folder."""
     from transformers import AutoConfig
+    f = Path(base_dir) / "config.json"
+    if not f.is_file():
+        raise AdapterError(f, "missing file (--base must be a local transformers model folder)")
     return AutoConfig.from_pretrained(str(base_dir))
 
 

@@ -99,10 +99,13 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
     """
     from .checkpoint import BASE_FILE, STATE_FILE, read_checkpoint
     ckpt = Path(checkpoint)
+    from .config import ConfigError
     try:
         config, state, ident = read_checkpoint(ckpt)
     except FileNotFoundError as e:
         raise AdapterError(ckpt, str(e)) from None
+    except ConfigError as e:
+        raise AdapterError(ckpt / "hylorada_config.json", str(e)) from None
     base_dir = base_dir or ident.get("base_model_name_or_path")
     if not base_dir:
         raise AdapterError(ckpt / BASE_FILE, "no base recorded; pass --base MODEL_DIR")

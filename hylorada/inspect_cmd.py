@@ -6,8 +6,6 @@ base's shapes and shape hash) and prints a readable summary. Exit 0 when valid, 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from .served import AdapterError, ServedAdapter, load_served
 
 
@@ -57,10 +55,8 @@ def run(args) -> int:
     try:
         cfg = None
         if args.base:
-            from transformers import AutoConfig
-            if not Path(args.base, "config.json").is_file():
-                raise AdapterError(Path(args.base, "config.json"), "missing file (--base must be a transformers model folder)")
-            cfg = AutoConfig.from_pretrained(args.base)
+            from .convert import base_config
+            cfg = base_config(args.base)
         ad = load_served(args.adapter_dir, base_config=cfg, max_rank=args.max_rank)
     except AdapterError as e:
         print(f"hylorada inspect: INVALID: {e}")

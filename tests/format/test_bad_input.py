@@ -3,6 +3,7 @@ command leaves anything (half-)written in OUT_DIR or beside it."""
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +18,20 @@ B0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 C0 = "layers.0.self_attn.q_proj.c"
 
 
+@pytest.fixture(scope="module")
+def good_served(tiny_base, tmp_path_factory):
+    """A valid converted DoRA adapter (it has c vectors, so all four files exist), built once."""
+    from tests.format.conftest import make_peft
+    d = tmp_path_factory.mktemp("good")
+    make_peft(tiny_base, d / "peft", use_dora=True)
+    return convert_peft(d / "peft", d / "served", tiny_base)
+
+
 @pytest.fixture()
-def served(tiny_base, peft_factory, tmp_path):
-    """A valid converted DoRA adapter (it has c vectors, so all four files exist)."""
-    src, _ = peft_factory("dora", use_dora=True)
-    return convert_peft(src, tmp_path / "served", tiny_base)
+def served(good_served, tmp_path):
+    """A private copy of the good adapter for one test to break."""
+    import shutil
+    return Path(shutil.copytree(good_served, tmp_path / "served"))
 
 
 @pytest.fixture()
@@ -178,3 +188,15 @@ def test_atomic_dir_failure_and_existing_output(tmp_path):
         with atomic_dir(tmp_path / "out"):
             pass
     assert os.listdir(tmp_path / "out") == ["keep"]
+
+
+def test_cli_bad_base_and_bad_config(tiny_base, peft_factory, tmp_path, capsys):
+    from hylorada.cli import main
+    src, _ = peft_factory("p")
+    assert main(["convert-peft", str(src), str(tmp_path / "out"), "--base", str(tmp_path / "no-base")]) == 1
+    assert "no-base/config.json: missing file" in capsys.readouterr().out and _clean(tmp_path)
+    from hylorada import HyLoRADAConfig, HyLoRADAModel
+    HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(target_modules=("q_proj",))).save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "hylorada_config.json").write_text('{"lora_rank": -1}')
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
+    assert "hylorada_config.json: invalid HyLoRADAConfig" in capsys.readouterr().out and _clean(tmp_path)
