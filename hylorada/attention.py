@@ -58,17 +58,18 @@ def register() -> None:
 
 
 def positions(module, kwargs: dict, batch: int, tq: int, tk: int, device) -> tuple[Tensor, Tensor]:
-    """(q_pos [B, Tq], k_pos [B, Tk]) int64 for this call."""
+    """(q_pos [B|1, Tq], k_pos [B|1, Tk]) int64 for this call (batch 1 when every row shares positions)."""
     pos = kwargs.get("position_ids")
     if pos is None:
         ctx = getattr(module, "_hylorada_context", None)
         pos = getattr(ctx, "position_ids", None)
     if pos is None or pos.shape[-1] != tq:
         pos = torch.arange(tk - tq, tk, device=device)[None]
-    q_pos = pos.to(device=device, dtype=torch.int64).expand(batch, tq)
+    pos = pos.to(device=device, dtype=torch.int64)
+    q_pos = pos if pos.shape[0] == 1 else pos.expand(batch, tq)                       # [1, Tq] stays [1, Tq]: bias broadcasts
     if tk == tq:
         return q_pos, q_pos
-    past = q_pos[:, :1] - torch.arange(tk - tq, 0, -1, device=device)[None]          # [B, Tk-Tq]
+    past = q_pos[:, :1] - torch.arange(tk - tq, 0, -1, device=device)[None]          # [B|1, Tk-Tq]
     return q_pos, torch.cat([past, q_pos], dim=1)
 
 
@@ -98,6 +99,7 @@ def s2_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, pos: Tens
     """
     B, H, T, _ = q.shape
     G, S = F.s2_group_size(T, spec.s2_ratio), min(spec.sink_tokens, T)
+    pos = pos.expand(B, T)
     out = torch.empty_like(q)
     halves = [(0, H // 2), (H // 2, H)]
     for h0, h1 in halves:
