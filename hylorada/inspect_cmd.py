@@ -9,7 +9,7 @@ from __future__ import annotations
 from .served import AdapterError, ServedAdapter, load_served
 
 
-def summary(ad: ServedAdapter) -> str:
+def summary(ad: ServedAdapter, status: str = "valid") -> str:
     """A few aligned lines: kind, base, rank, targets, dynamic parts, RoPE, attention, size."""
     mods = ad.modules()
     layers = sorted({i for i, _ in mods})
@@ -40,6 +40,7 @@ def summary(ad: ServedAdapter) -> str:
         ("attention", att.get("mode", "full") + (f" (sinks {att.get('sink_tokens')}, window {att.get('window')})"
                                                  if att.get("mode") == "sink" else "")),
         ("size", f"{ad.size_bytes / 1024:.1f} KiB in {len(ad.lora) + len(ad.dynamic)} tensors"),
+        ("status", status),
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
@@ -61,6 +62,5 @@ def run(args) -> int:
     except AdapterError as e:
         print(f"hylorada inspect: INVALID: {e}")
         return 1
-    print(summary(ad))
-    print("status   valid" + (" for this base" if cfg is not None else " (no --base: shapes not checked against a base)"))
+    print(summary(ad, "valid" + (" for this base" if cfg is not None else " (no --base: shapes not checked against a base)")))
     return 0
