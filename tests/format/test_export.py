@@ -87,3 +87,25 @@ def test_trained_embeddings_are_refused_with_a_pointer_to_merge(tiny_base, tmp_p
     with pytest.raises(AdapterError, match=r"hylorada_state\.safetensors: tensor '.*norm.*': .*hylorada merge"):
         export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
     assert not (tmp_path / "served").exists() and not list(tmp_path.glob(".served*"))
+
+
+def test_fresh_adapter_is_the_base_bit_for_bit_and_tensors_round_trip(tiny_base, reference, tmp_path):
+    """A fresh export (B = 0, c == 1, p == 1 exactly) reproduces the base exactly; the stored tensors
+    are exactly fold_to_served's (A unchanged, B' = s*B, c), so export -> load is bit-exact."""
+    from safetensors.torch import load_file
+    from hylorada import functional as F
+    model = trained(tiny_base, seed=0)
+    fresh = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig()).eval()
+    fresh.save(tmp_path / "fresh")
+    ad0 = load_served(export(tmp_path / "fresh", tmp_path / "s0", tiny_base))
+    assert torch.equal(reference.logits(IDS, [ad0, None])[0], reference.logits(IDS, [None, None])[0])
+    model.save(tmp_path / "ckpt")
+    ad = load_served(export(tmp_path / "ckpt", tmp_path / "s1", tiny_base))
+    state = load_file(str(tmp_path / "ckpt" / "hylorada_state.safetensors"))
+    W = load_file(str(tiny_base / "model.safetensors"))["model.layers.1.mlp.gate_proj.weight"]
+    h = {k.rsplit(".", 1)[-1]: v for k, v in state.items() if k.startswith("model.layers.1.mlp.gate_proj.hylorada.")}
+    A, Bf, c = F.fold_to_served(W, h["lora_A"], h["lora_B"], model.config.scaling, h["magnitude"], h["magnitude_init"],
+                                h["magnitude_gate"], h["residual_weight"])
+    got_A, got_B = ad.layer_lora(1, "gate_proj")
+    assert torch.equal(got_A, A) and torch.equal(got_B, Bf) and torch.equal(ad.c(1, "gate_proj"), c)
+    assert torch.equal(ad.w_pos(1, "gate_proj"), h["position_scale"]) and torch.equal(ad.position_bias, state["position_bias.bias"])
