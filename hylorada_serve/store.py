@@ -94,6 +94,7 @@ class Entry:
     held: bool = False              # admin unload: not reloaded by the watcher until an explicit load
     blocked: bool = False           # the name itself is refused (bad characters, case clash, outside link)
     last_number: int = 0
+    since: float = 0.0              # wall time the current status began (time.time())
     events: Counter = field(default_factory=Counter)
 
 
@@ -190,6 +191,7 @@ class AdapterStore:
         e = self.entries[version.name]
         old = e.current
         e.current, e.status, e.reason, e.refused_sig = version, "ready", None, None
+        e.since = time.time()
         e.events["loaded"] += 1
         self._publish({**self._mapping, version.name: version}, old)
         return old
@@ -207,6 +209,7 @@ class AdapterStore:
         if e is None:
             return None
         old, e.current, e.status, e.reason = e.current, None, status, None
+        e.since = time.time()
         e.held = status == "unloaded"
         if status == "removed":
             e.seen_sig = e.refused_sig = None
@@ -252,7 +255,7 @@ class AdapterStore:
             out.append({"name": n, "status": e.status, "reason": e.reason,
                         "version": v.number if v else None, "engine_name": v.engine_name if v else None,
                         "kind": v.kind if v else None, "rank": v.rank if v else None,
-                        "size_bytes": v.size_bytes if v else None, "events": dict(e.events)})
+                        "size_bytes": v.size_bytes if v else None, "since": e.since, "events": dict(e.events)})
         return out
 
 
