@@ -1,0 +1,62 @@
+"""apply(): the version gate and idempotency; the RoPE helpers (engine override, refusal). No engine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hylorada.served import AdapterError, ServedAdapter
+from patches import apply as A
+from patches.rope import check_engine_rope, common_rope_scaling, engine_hf_overrides
+
+
+def test_version_gate():
+    A.check_version("0.32.0", is_cpu=True)
+    for version, cpu in (("0.31.2", True), ("0.33.0", True), ("0.33.0", False), ("0.32.0", False)):
+        with pytest.raises(A.UnsupportedVLLM, match="not supported.*0.32.0"):
+            A.check_version(version, is_cpu=cpu)
+    A.check_version("0.33.0", is_cpu=False, allow_unverified=True)     # intended, unverified: opt-in only
+    with pytest.raises(A.UnsupportedVLLM):
+        A.check_version("0.34.0", is_cpu=False, allow_unverified=True)
+
+
+def test_apply_is_idempotent():
+    import vllm.lora.utils as U
+    from vllm.lora.model_manager import LoRAModelManager
+    A.apply()
+    classes, activate = U._all_lora_classes, LoRAModelManager.activate_adapter
+    A.apply()
+    from patches import register
+    register()
+    assert U._all_lora_classes is classes and LoRAModelManager.activate_adapter is activate
+    assert sum(c.__name__.startswith("HyLoRADA") for c in classes) >= 6
+
+
+def ad(name, rope):
+    return ServedAdapter(path=Path(f"/x/{name}"), meta={"kind": "hylorada", "rope_scaling": rope}, peft_config={}, lora={})
+
+
+class Cfg:
+    def __init__(self, rope):
+        self.rope_parameters = rope
+        self.max_position_embeddings = 4096
+
+
+LIN = {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 4096}
+
+
+def test_engine_rope_override_and_refusals():
+    base = Cfg({"rope_type": "default", "rope_theta": 500000.0})
+    assert engine_hf_overrides([ad("a", None), None], base) == {}
+    over = engine_hf_overrides([ad("a", LIN), ad("b", dict(LIN, factor=4))], base)
+    assert over == {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 500000.0},
+                    "max_position_embeddings": 16384}
+    with pytest.raises(AdapterError, match="rope_scaling.*differs"):
+        common_rope_scaling([ad("a", LIN), ad("b", None)])
+    engine = Cfg(over["rope_parameters"])
+    check_engine_rope(ad("a", LIN), engine)
+    with pytest.raises(AdapterError, match="differs from the running engine"):
+        check_engine_rope(ad("b", None), engine)
+    with pytest.raises(AdapterError, match="differs from the running engine"):
+        check_engine_rope(ad("c", LIN), base)
+    check_engine_rope(ad("d", None), base)

@@ -1,0 +1,123 @@
+"""grouped_cpu (no engine): the grouped per-slot LoRA equals the per-token gather formulation and, token
+by token, functional.served_linear; base tokens (vLLM index -1) get nothing; vLLM's own CPU op gives
+them the last slot's delta (DESIGN.md §6), which the vLLM-path wrapper masks through p = 0."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hylorada.functional import position_bucket, position_scale, served_linear
+from patches.grouped_cpu import grouped_lora_, reference_gather, scale_groups_, vllm_lora_
+from patches.state import HyState
+
+S, R, D_IN = 4, 8, 48
+SLICES = (32, 16, 16)                         # a merged q/k/v with GQA
+
+
+def stacks(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = tuple(torch.randn(S, 1, R, D_IN, generator=g) for _ in SLICES)
+    b = tuple(torch.randn(S, 1, n, R, generator=g) for n in SLICES)
+    return a, b
+
+
+def state_for(token_slots, positions, seed=0):
+    g = torch.Generator().manual_seed(seed + 1)
+    st = HyState(S, grouped=True, num_buckets=16)
+    st.add_rows(len(SLICES))
+    st.w_pos.copy_(torch.randn(st.w_pos.shape, generator=g))
+    for s in (0, 2):                           # slots 0 and 2 have a position bias, 1 and 3 do not
+        st.bias[s] = torch.randn(16, generator=g)
+        st.cfg[s] = (16, 256)
+    st.ranks = [R, 5, R, R]
+    st.begin_step(positions, token_slots)
+    return st
+
+
+CASES = {
+    "contiguous": [0, 0, 0, 1, 1, -1, -1, 2, 3, 3],
+    "interleaved": [0, 1, 0, -1, 2, 1, 3, -1, 0, 2],
+    "all_base": [-1] * 6,
+    "one_slot": [3] * 7,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grouped_equals_gather_and_served_linear(case):
+    slots = torch.tensor(CASES[case])
+    T = slots.shape[0]
+    pos = torch.arange(T) * 29 + 3            # crosses many buckets
+    st = state_for(slots, pos)
+    a, b = stacks()
+    for s, r in enumerate(st.ranks):          # ranks below max are zero-padded, as vLLM stores them
+        for ai, bi in zip(a, b):
+            ai[s, 0, r:] = 0
+            bi[s, 0, :, r:] = 0
+    x = torch.randn(T, D_IN)
+    p_rows = [st.P[m] for m in range(len(SLICES))] if st.P is not None else [torch.zeros(T)] * 3
+    out = torch.zeros(T, sum(SLICES))
+    grouped_lora_(out, x, a, b, SLICES, p_rows, st.groups, st.ranks)
+    torch.testing.assert_close(out, reference_gather(x, a, b, SLICES, p_rows, slots), rtol=1e-5, atol=1e-5)
+    # the slow twin: the formula itself, one token at a time (W = 0 isolates the delta)
+    for t in range(T):
+        s = int(slots[t])
+        if s < 0:
+            assert out[t].abs().max() == 0
+            continue
+        off = 0
+        for i, n in enumerate(SLICES):
+            p = None
+            if st.cfg[s] is not None:
+                p = position_scale(st.bias[s], st.w_pos[i, s], position_bucket(pos[t], *st.cfg[s]))
+            want = served_linear(x[t], torch.zeros(n, D_IN), None, a[i][s, 0], b[i][s, 0], None, p)
+            torch.testing.assert_close(out[t, off:off + n], want, rtol=1e-5, atol=1e-5)
+            off += n
+
+
+def test_scale_groups_only_touches_slots_with_c():
+    slots = torch.tensor(CASES["interleaved"])
+    st = state_for(slots, torch.arange(slots.shape[0]))
+    c = torch.ones(S + 1, 8)
+    c[1] = 2.0
+    c[2] = 3.0
+    out = torch.ones(slots.shape[0], 8)
+    scale_groups_(out, st.groups, c, {1, 2})
+    want = torch.tensor([2.0 if s == 1 else 3.0 if s == 2 else 1.0 for s in slots.tolist()])
+    torch.testing.assert_close(out, want[:, None].expand(-1, 8))
+
+
+class _Punica:
+    """Just enough of PunicaWrapperCPU for decode: vLLM's own bgmv ops on token_lora_indices."""
+
+    def __init__(self, idx):
+        self.idx = idx
+
+    def add_shrink(self, y, x, a_stacked, scale):
+        from vllm.lora.ops.torch_ops import bgmv_shrink
+        for yi, a in zip(y, a_stacked):
+            bgmv_shrink(x, a, yi, self.idx, scale)
+
+    def add_expand(self, y, x, b_stacked, output_slices, add_inputs=True):
+        from vllm.lora.ops.torch_ops import bgmv_expand_slice
+        off = 0
+        for xi, b, n in zip(x, b_stacked, output_slices):
+            bgmv_expand_slice(xi, b, y, self.idx, off, n, add_inputs)
+            off += n
+
+
+def test_vllm_path_masks_the_minus_one_wrap():
+    slots = torch.tensor(CASES["interleaved"])
+    st = state_for(slots, torch.arange(slots.shape[0]) * 7)
+    a, b = stacks(1)
+    x = torch.randn(slots.shape[0], D_IN)
+    p_rows = [st.P[m] for m in range(3)]
+    punica = _Punica(slots)
+    stock = torch.zeros(slots.shape[0], sum(SLICES))
+    punica.add_expand(stock, tuple(torch.einsum("td,trd->tr", x, ai[slots, 0]) for ai in a), b, SLICES)
+    assert stock[slots == -1].abs().max() > 0          # vLLM 0.32: index -1 = the last slot's delta
+    ours = torch.zeros_like(stock)
+    vllm_lora_(punica, ours, x, a, b, SLICES, p_rows)
+    assert ours[slots == -1].abs().max() == 0
+    grouped = torch.zeros_like(stock)
+    grouped_lora_(grouped, x, a, b, SLICES, p_rows, st.groups, [R] * S)
+    torch.testing.assert_close(ours, grouped, rtol=1e-5, atol=1e-5)

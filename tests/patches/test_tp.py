@@ -1,0 +1,71 @@
+"""Tensor-parallel sharding math of the served form on 2 simulated shards (pure torch, no process group).
+
+Column-parallel (merged q/k/v with GQA, merged gate/up): every rank computes c_k ⊙ (W_k x + p B_k A x) + b_k
+with W, B, c, b sliced by the same output rows; the all-gather equals the unsharded served_linear.
+Row-parallel: partials over input columns, summed (the all-reduce), then c and b once — equals the full
+layer. The HyLoRADA layers slice c with vLLM's own slice_lora_b: checked against tp.shard_rows here.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from hylorada.functional import served_linear
+from patches.layers import HyLoRADALinearMixin
+from patches.tp import shard_cols, shard_rows, unshard_rows
+
+WORLD, D_IN, R = 2, 64, 4
+g = torch.Generator().manual_seed(0)
+
+
+def rand(*shape):
+    return torch.randn(*shape, generator=g)
+
+
+def test_column_parallel_merged_qkv_and_gate_up():
+    for sizes in ([64, 32, 32], [96, 96]):
+        d_out = sum(sizes)
+        W, b, c, x, p = rand(d_out, D_IN), rand(d_out), 1 + 0.1 * rand(d_out), rand(5, D_IN), 1 + 0.2 * rand(5)
+        A, Bf = rand(R, D_IN), rand(d_out, R)
+        full = served_linear(x, W, b, A, Bf, c, p)
+        shards = [served_linear(x, shard_rows(W, k, WORLD, sizes), shard_rows(b, k, WORLD, sizes), A,
+                                shard_rows(Bf, k, WORLD, sizes), shard_rows(c, k, WORLD, sizes), p) for k in range(WORLD)]
+        torch.testing.assert_close(unshard_rows(shards, sizes), full, rtol=1e-5, atol=1e-5)
+
+
+def test_row_parallel_c_after_all_reduce():
+    d_out = 48
+    W, b, c, x, p = rand(d_out, D_IN), rand(d_out), 1 + 0.1 * rand(d_out), rand(5, D_IN), 1 + 0.2 * rand(5)
+    A, Bf = rand(R, D_IN), rand(d_out, R)
+    full = served_linear(x, W, b, A, Bf, c, p)
+    partials = [served_linear(shard_cols(x, k, WORLD), shard_cols(W, k, WORLD), None, shard_cols(A, k, WORLD), Bf,
+                              None, p) for k in range(WORLD)]
+    torch.testing.assert_close(c * sum(partials) + b, full, rtol=1e-5, atol=1e-5)
+    # applying the bias per shard before the reduce (vLLM adds it on rank 0 only for this reason) would be wrong
+    wrong = c * sum(pt + b for pt in partials)
+    assert (wrong - full).abs().max() > 1e-2
+
+
+def _merged(cls_name, sizes, rank):
+    """A stand-in for vLLM's merged layer on `rank` of WORLD: only what slice_lora_b reads."""
+    import vllm.lora.layers as L
+    cls = getattr(L, cls_name)
+    slices = tuple(n // WORLD for n in sizes)
+    fake = SimpleNamespace(n_slices=len(sizes), output_slices=slices, output_ids=(rank,) * len(sizes), tp_size=WORLD)
+    fake.slice_lora_b = lambda lb: cls.slice_lora_b(fake, lb)
+    return fake
+
+
+def test_layer_slices_c_like_b_with_vllms_own_slicing():
+    for cls_name, sizes in (("MergedQKVParallelLinearWithLoRA", [64, 32, 32]),
+                            ("MergedColumnParallelLinearWithLoRA", [96, 96])):
+        cs = [1 + rand(n) for n in sizes]
+        for k in range(WORLD):
+            fake = _merged(cls_name, sizes, k)
+            got = HyLoRADALinearMixin.hy_local_c(fake, cs)
+            torch.testing.assert_close(got, shard_rows(torch.cat(cs), k, WORLD, sizes))
+            # a module of the merged layer without c is ones on its rows
+            got = HyLoRADALinearMixin.hy_local_c(fake, [cs[0]] + [None] * (len(sizes) - 1))
+            want = shard_rows(torch.cat([cs[0]] + [torch.ones(n) for n in sizes[1:]]), k, WORLD, sizes)
+            torch.testing.assert_close(got, want)
