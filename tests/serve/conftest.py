@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,42 +79,59 @@ def stop(server: Server, sig=signal.SIGTERM, timeout: float = 90) -> int | None:
     return server.proc.poll()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+def start(root: Path, adapters: Path, base: Path, spare: Path, extra: tuple[str, ...] = ()) -> Server:
+    """Start hylorada-serve and wait (bounded) until /health answers 200."""
     import httpx
 
-    from hylorada_serve.demo import prepare
-
-    root = tmp_path_factory.mktemp("serve")
-    base, built = prepare(root / "cache")
-    adapters = root / "adapters"
-    adapters.mkdir()
-    for name in ("demo-lora", "demo-dora", "demo-hylorada"):
-        shutil.copytree(built / name, adapters / name)
     port = free_port()
-    log = root / "server.log"
+    log = root / f"server-{port}.log"
     cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters),
            "--port", str(port), "--api-key", API_KEY, "--admin-key", ADMIN_KEY, "--stable-seconds", "1",
            "--poll-interval", "0.2", "--max-loras", "4", "--max-cpu-loras", "8",
-           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--shutdown-timeout", "10"]
+           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--shutdown-timeout", "10", *extra]
     env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 cwd=Path(__file__).resolve().parents[2])
-    srv = Server(f"http://127.0.0.1:{port}", proc, base, adapters, log, built)
+    srv = Server(f"http://127.0.0.1:{port}", proc, base, adapters, log, spare)
     deadline = time.time() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            stop(srv)
+            pytest.fail(f"hylorada-serve exited with {proc.returncode} during start-up:\n{srv.log_tail()}")
+        if time.time() > deadline:
+            stop(srv)
+            pytest.fail(f"hylorada-serve not healthy after {START_TIMEOUT_S} s:\n{srv.log_tail()}")
+        try:
+            if httpx.get(srv.url + "/health", timeout=2).status_code == 200:
+                return srv
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(root, base, built demo adapters) — built once per session."""
+    from hylorada_serve.demo import prepare
+
+    root = tmp_path_factory.mktemp("serve")
+    base, built = prepare(root / "cache")
+    return root, base, built
+
+
+def fresh_adapters(root: Path, built: Path) -> Path:
+    adapters = Path(tempfile.mkdtemp(prefix="adapters-", dir=root))
+    for name in ("demo-lora", "demo-dora", "demo-hylorada"):
+        shutil.copytree(built / name, adapters / name)
+    return adapters
+
+
+@pytest.fixture(scope="session")
+def server(demo_files) -> Server:
+    root, base, built = demo_files
+    srv = start(root, fresh_adapters(root, built), base, built)
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"hylorada-serve exited with {proc.returncode} during start-up:\n{srv.log_tail()}")
-            if time.time() > deadline:
-                pytest.fail(f"hylorada-serve not healthy after {START_TIMEOUT_S} s:\n{srv.log_tail()}")
-            try:
-                if httpx.get(srv.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
         yield srv
     finally:
         srv.exit_code.append(stop(srv))

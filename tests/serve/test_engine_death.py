@@ -1,0 +1,53 @@
+"""Engine death (its own server): kill the engine core → /health turns 503 (or the server is already gone),
+no request hangs, and the server exits non-zero so a supervisor restarts it; nothing is left behind."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import API_KEY, fresh_adapters, session_pids, start, stop
+
+pytestmark = pytest.mark.vllm
+
+
+def engine_core_pids(sid: int) -> list[int]:
+    out = []
+    for pid in session_pids(sid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/comm").read_bytes()
+        except OSError:
+            continue
+        if b"EngineCore" in cmd:
+            out.append(pid)
+    return out
+
+
+def test_engine_death_makes_server_unhealthy_and_exit_nonzero(demo_files):
+    root, base, built = demo_files
+    srv = start(root, fresh_adapters(root, built), base, built)
+    try:
+        cores = engine_core_pids(srv.proc.pid)
+        assert cores, "no EngineCore process found"
+        for pid in cores:
+            os.kill(pid, signal.SIGKILL)
+        t0, seen = time.time(), []
+        while time.time() - t0 < 60 and srv.proc.poll() is None:
+            try:
+                seen.append(httpx.get(srv.url + "/health", timeout=5).status_code)
+                r = httpx.post(srv.url + "/v1/completions", timeout=20, headers={"Authorization": f"Bearer {API_KEY}"},
+                               json={"model": "demo-lora", "prompt": "x", "max_tokens": 2})
+                assert r.status_code >= 500 or r.status_code == 200   # answered, not hung
+            except httpx.TransportError:
+                pass                                                   # already shutting down
+            time.sleep(0.5)
+        code = srv.proc.wait(timeout=60)
+        assert 503 in seen or len(seen) <= 1, seen          # unhealthy until the watchdog stops it (<= 5 s)
+        assert code not in (0, None), f"exit code {code}:\n{srv.log_tail()}"
+    finally:
+        stop(srv)
+    assert session_pids(srv.proc.pid) == []
