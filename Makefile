@@ -22,7 +22,7 @@ test: $(STAMP)
 	VLLM_HOST_IP=127.0.0.1 $(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	VLLM_HOST_IP=127.0.0.1 $(BIN)/python -m hylorada.demo
+	VLLM_HOST_IP=127.0.0.1 $(BIN)/hylorada-serve --demo
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
