@@ -1,0 +1,16 @@
+"""Attention variants at serving time: PositionalDAA, `sink` (sinks + window) and `s2` per adapter.
+
+    attn_state.py    per-slot modes / DAA tensors and the per-step request plan (no vLLM)
+    attn_compute.py  the reference attention over the paged KV cache, from hylorada.functional (no vLLM)
+    attn_hooks.py    LoRAModelManager / model runner / loading touch points that feed attn_state
+    attn_backend.py  CPUAttentionBackendImpl.forward: variant requests take attn_compute, others the kernel
+
+`install()` is called once from patches.apply.apply().
+"""
+from __future__ import annotations
+
+
+def install() -> None:
+    from . import attn_backend, attn_hooks
+    attn_hooks.install()
+    attn_backend.install()

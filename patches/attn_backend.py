@@ -1,0 +1,107 @@
+"""Wraps `vllm.v1.attention.backends.cpu_attn.CPUAttentionBackendImpl.forward` — the attention of every
+decoder layer on vLLM 0.32's CPU platform, which always selects CPU_ATTN (FlexAttention and its
+score_mod/mask_mod hooks are not selectable there) — so that the requests whose adapter has
+PositionalDAA or a `sink`/`s2` attention mode get that attention, and no other request changes.
+
+Per layer call, with the step's plan from attn_state (set by attn_hooks):
+  - no variant request at this layer: vLLM's kernel, untouched;
+  - some: vLLM's kernel for the batch (skipped when every request is a variant), then each variant
+    request's output rows are recomputed by attn_compute.request_attention from the paged KV cache
+    (already holding this step's keys: CPU_ATTN writes the cache in do_kv_cache_update before forward).
+The kernel cannot express a per-head bucket bias, a sink+window union or S² groups, hence the
+reference path (logged once). Decoder self-attention only; encoder/cross attention is untouched.
+
+The paged key layout is ISA-specific (the "vec" ISA stores each key block transposed); it is found by a
+probe write through vLLM's own cpu_attn_reshape_and_cache, and an unknown layout stops with a message.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from .attn_compute import PagedKV, request_attention
+
+log = logging.getLogger("hylorada_patches")
+_ORIG = None
+_LOGGED = set()
+
+
+def _once(key: str, msg: str, *args) -> None:
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.info(msg, *args)
+
+
+@functools.lru_cache(maxsize=None)
+def keys_transposed(isa: str, block_size: int, num_kv_heads: int, head_size: int, dtype: torch.dtype) -> bool:
+    """Write known keys with vLLM's cache op for this ISA and find which layout reads them back."""
+    from vllm import _custom_ops as ops
+    kv = torch.zeros(2, num_kv_heads, block_size, 2 * head_size, dtype=dtype)
+    kc, vc = kv.view(2, num_kv_heads, 2 * block_size, head_size).chunk(2, dim=2)
+    n = block_size + 3
+    k = torch.randn(n, num_kv_heads, head_size).to(dtype)
+    v = torch.randn(n, num_kv_heads, head_size).to(dtype)
+    ops.cpu_attn_reshape_and_cache(k, v, kc, vc, torch.arange(n), isa, k_scale=1.0, v_scale=1.0,
+                                   kv_cache_dtype="auto")
+    pos, block_row = torch.arange(n), torch.tensor([0, 1])
+    for transposed in (True, False):
+        gk, gv = PagedKV(kc, vc, transposed).gather(block_row, pos)
+        if torch.equal(gk, k) and torch.equal(gv, v):
+            return transposed
+    raise RuntimeError(f"hylorada_patches: unknown CPU_ATTN KV-cache layout for isa={isa!r} (dtype {dtype}, "
+                       f"block {block_size}, head {head_size}); DAA/sink/s2 attention cannot read it")
+
+
+def layer_index(layer) -> int:
+    idx = getattr(layer, "_hylorada_layer_index", None)
+    if idx is None:
+        from vllm.model_executor.models.utils import extract_layer_index
+        idx = layer._hylorada_layer_index = extract_layer_index(layer.layer_name)
+    return idx
+
+
+def variant_forward(impl, layer, query, kv_cache, meta, output, state, rows: list[int]) -> None:
+    """Overwrite output rows of the variant requests `rows` with the reference attention."""
+    nb, hkv, bs, _ = kv_cache.shape
+    key_cache, value_cache = kv_cache.view(nb, hkv, 2 * bs, -1).chunk(2, dim=2)
+    kv = PagedKV(key_cache, value_cache, keys_transposed(layer.isa, bs, hkv, impl.head_size, kv_cache.dtype))
+    out = output.view(output.shape[0], impl.num_heads, impl.head_size)
+    starts, seq_lens, li = meta.query_start_loc.tolist(), meta.seq_lens.tolist(), layer_index(layer)
+    for r in rows:
+        a, b = starts[r], starts[r + 1]
+        spec, daa, prompt_len = state.request(r, li)
+        request_attention(query[a:b], kv, meta.block_table[r], seq_lens[r], spec, daa, prompt_len, impl.scale,
+                          out[a:b])
+
+
+def install() -> None:
+    global _ORIG
+    from vllm.v1.attention.backend import AttentionType
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+    if _ORIG is not None:
+        return
+    _ORIG = CPUAttentionBackendImpl.forward
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
+        state = getattr(layer, "hylorada_attn", None)
+        if (state is None or attn_metadata is None or self.attn_type != AttentionType.DECODER
+                or self.kv_sharing_target_layer_name is not None):
+            return _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+        rows = state.rows(layer_index(layer))
+        num_reqs = attn_metadata.seq_lens.shape[0]
+        if not rows:
+            return _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+        if state.req_slots.shape[0] != num_reqs:
+            raise RuntimeError(f"hylorada_patches: step plan has {state.req_slots.shape[0]} requests, "
+                               f"attention metadata {num_reqs}")
+        _once("ref", "hylorada_patches: DAA / sink / s2 attention runs on a torch reference path over the "
+              "paged KV cache for the requests that use it (CPU_ATTN cannot express it); others keep CPU_ATTN")
+        if len(rows) < num_reqs:
+            _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+        variant_forward(self, layer, query, kv_cache, attn_metadata, output, state, rows)
+        return output
+
+    forward.__doc__ = _ORIG.__doc__
+    CPUAttentionBackendImpl.forward = forward

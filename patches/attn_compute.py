@@ -1,0 +1,106 @@
+"""Reference attention for one request over vLLM's paged KV cache (torch only, no vLLM imports).
+
+Used by attn_backend for the requests whose adapter has PositionalDAA or a non-full attention mode;
+vLLM's CPU kernel cannot express a per-head bucket bias, a sink+window union or S² groups. Every
+rule comes from hylorada.functional (the formulas' one home):
+
+    s[h, i, j]  = scale * q[i, h] . k[j, kv(h)]                          kv(h) = h // (H // Hkv)
+    s           = daa_scores(s, q_pos, k_pos, head_scale, bucket_bias)    adapter has DAA at this layer
+    allowed     = k_pos <= q_pos                                          always (causal)
+                  & sink_window_allowed(q_pos, k_pos, sinks, window)      mode "sink"
+                  & s2_allowed(i, j, G, s2_shift(h, H, G, P), sinks)      mode "s2", queries i < P only
+    out[i, h]   = softmax_j(s masked to allowed) @ v[j, kv(h)]
+
+In vLLM a token's position is its index in the sequence, so q_pos/k_pos are also the S² indices.
+S² (`s2`): G = s2_group_size(P, ratio) from the prompt length P, so chunked prefill gives what one
+prefill gives; tokens generated after the prompt attend causally to everything (S² is a prefill
+pattern; this is what HyLoRADAModel does with a KV cache: S² prefill, full-attention decode).
+
+Cost: queries are taken in blocks of QBLOCK; in `sink` mode a block reads only the sink keys and
+the window before it, so work and memory per token are O(sinks + window + QBLOCK), not O(length).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hylorada import functional as F
+
+from .attn_state import ModeSpec
+
+QBLOCK = 256
+
+
+def key_positions(spec: ModeSpec, q_lo: int, q_hi: int) -> Tensor:
+    """Positions of the keys that queries at positions [q_lo, q_hi) may see (sorted, int64)."""
+    if spec.mode != "sink":
+        return torch.arange(q_hi)
+    start = max(0, q_lo - spec.window + 1)
+    sinks = torch.arange(min(spec.sink_tokens, start))
+    return torch.cat([sinks, torch.arange(start, q_hi)])
+
+
+def allowed_mask(spec: ModeSpec, q_pos: Tensor, k_pos: Tensor, num_heads: int, prompt_len: int) -> Tensor:
+    """bool [1|H, n, m]: may query q_pos[i] see key k_pos[j]."""
+    qi, kj = q_pos[:, None], k_pos[None, :]
+    causal = kj <= qi
+    if spec.mode == "sink":
+        return F.sink_window_allowed(qi, kj, spec.sink_tokens, spec.window)[None]
+    if spec.mode == "s2" and int(q_pos[0]) < prompt_len:
+        G = F.s2_group_size(prompt_len, spec.s2_ratio)
+        heads = [F.s2_allowed(qi, kj, G, F.s2_shift(h, num_heads, G, prompt_len), spec.sink_tokens)
+                 for h in range(num_heads)]
+        return torch.where((qi < prompt_len)[None], torch.stack(heads), causal[None])
+    return causal[None]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, allowed: Tensor, scale: float,
+           daa: tuple | None) -> Tensor:
+    """q [n, H, d], k/v [m, Hkv, d], allowed bool [1|H, n, m] -> [n, H, d] (float32 softmax)."""
+    H = q.shape[1]
+    rep = H // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    s = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) * scale                 # [H, n, m]
+    if daa is not None:
+        head_scale, bucket_bias, max_pos = daa
+        s = F.daa_scores(s[None], q_pos[None], k_pos[None], head_scale, bucket_bias, max_pos)[0]
+    s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("hnm,mhd->nhd", p, v.float()).to(q.dtype)
+
+
+class PagedKV:
+    """Read one layer's paged KV cache by token position.
+
+    key_cache / value_cache: [num_blocks, Hkv, block_size, d] views vLLM's CPU backend hands its kernel;
+    `keys_transposed`: the key block is stored [d, block_size] inside that memory (the "vec" ISA layout,
+    detected by attn_backend with a probe write, never assumed).
+    """
+
+    def __init__(self, key_cache: Tensor, value_cache: Tensor, keys_transposed: bool):
+        nb, hkv, bs, d = key_cache.shape
+        self.bs = bs
+        if keys_transposed:
+            st = key_cache.stride()
+            key_cache = key_cache.as_strided((nb, hkv, d, bs), (st[0], st[1], bs, 1))
+        self.k, self.v, self.kt = key_cache, value_cache, keys_transposed
+
+    def gather(self, block_row: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """block_row: the request's block table row; pos [m] -> (k [m, Hkv, d], v [m, Hkv, d])."""
+        blocks, off = block_row[pos // self.bs].long(), pos % self.bs
+        k = self.k[blocks, :, :, off] if self.kt else self.k[blocks, :, off, :]
+        return k, self.v[blocks, :, off, :]
+
+
+def request_attention(q: Tensor, kv: PagedKV, block_row: Tensor, seq_len: int, spec: ModeSpec, daa: tuple | None,
+                      prompt_len: int, scale: float, out: Tensor) -> None:
+    """Attention of one request's queries q [n, H, d] (positions seq_len-n .. seq_len-1) into out [n, H, d]."""
+    n, H = q.shape[0], q.shape[1]
+    first = seq_len - n
+    for a in range(0, n, QBLOCK):
+        b = min(n, a + QBLOCK)
+        q_pos = torch.arange(first + a, first + b)
+        k_pos = key_positions(spec, first + a, first + b)
+        k, v = kv.gather(block_row, k_pos)
+        allowed = allowed_mask(spec, q_pos, k_pos, H, prompt_len)
+        out[a:b] = attend(q[a:b], k, v, q_pos, k_pos, allowed, scale, daa)

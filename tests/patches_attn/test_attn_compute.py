@@ -1,0 +1,125 @@
+"""The serving-side reference attention (patches/attn_compute.py, no engine) against the method's slow
+twins (hylorada/attention_ref.py: Python loops over heads and queries): DAA, sink + window, S² with
+sinks, read through a paged KV cache with a shuffled block table, in chunks (as chunked prefill and
+decode steps arrive), with small query blocks; plus the mode parsing and the server-wide flag."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hylorada import attention_ref as R
+from patches import attn_compute as C
+from patches.attn_state import AttnState, ModeSpec, server_default
+
+H, HKV, D, BS, T = 4, 2, 32, 8, 45
+SCALE = D ** -0.5
+
+
+def paged(k, v, transposed: bool, seed=0):
+    """Write k/v [T, Hkv, d] into a shuffled paged cache as CPU_ATTN lays it out; returns (PagedKV, block_row)."""
+    nblocks = (k.shape[0] + BS - 1) // BS
+    block_row = torch.randperm(nblocks + 3, generator=torch.Generator().manual_seed(seed))[:nblocks]
+    kv = torch.zeros(nblocks + 3, HKV, BS, 2 * D)
+    kc, vc = kv.view(nblocks + 3, HKV, 2 * BS, D).chunk(2, dim=2)
+    for t in range(k.shape[0]):
+        b, o = int(block_row[t // BS]), t % BS
+        vc[b, :, o] = v[t]
+        if transposed:
+            kc[b].reshape(HKV, D * BS).view(HKV, D, BS)[:, :, o] = k[t]    # [d, block] per head ("vec" ISA)
+        else:
+            kc[b, :, o] = k[t]
+    return C.PagedKV(kc, vc, transposed), block_row
+
+
+def daa_tables(seed=3, nb=64):
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(head_scale=1 + 0.3 * torch.randn(H, generator=g), bucket_bias=torch.randn(H, nb, generator=g),
+                           max_position=32768)
+
+
+def served_attention(q, kv, block_row, spec, daa, prompt_len, chunks):
+    """Queries q [T, H, d] in chunks (ends of each step), as vLLM would hand them over."""
+    out, start = torch.zeros_like(q), 0
+    for end in chunks:
+        C.request_attention(q[start:end], kv, block_row, end, spec, daa, prompt_len, SCALE, out[start:end])
+        start = end
+    return out
+
+
+@pytest.fixture()
+def qkv():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(T, H, D, generator=g), torch.randn(T, HKV, D, generator=g), torch.randn(T, HKV, D, generator=g)
+
+
+def as_ref(x):                                              # [T, h, d] -> [1, h, T, d]
+    return x.permute(1, 0, 2)[None]
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_gather_reads_back_both_layouts(qkv, transposed):
+    _, k, v = qkv
+    kv, row = paged(k, v, transposed)
+    pos = torch.tensor([0, 7, 8, 44, 3])
+    gk, gv = kv.gather(row, pos)
+    assert torch.equal(gk, k[pos]) and torch.equal(gv, v[pos])
+
+
+@pytest.mark.parametrize("use_daa", [False, True])
+@pytest.mark.parametrize("mode", ["full", "sink", "s2"])
+def test_request_attention_equals_slow_twin(qkv, monkeypatch, mode, use_daa):
+    monkeypatch.setattr(C, "QBLOCK", 8)
+    q, k, v = qkv
+    kv, row = paged(k, v, transposed=True)
+    daa = daa_tables() if use_daa else None
+    daa_t = (daa.head_scale, daa.bucket_bias, daa.max_position) if use_daa else None
+    pos = torch.arange(T)[None]
+    if mode == "full":
+        spec = ModeSpec()
+        want = R.causal_reference(as_ref(q), as_ref(k), as_ref(v), SCALE, pos, pos, daa)
+    elif mode == "sink":
+        spec = ModeSpec("sink", sink_tokens=4, window=6)
+        want = R.sink_reference(as_ref(q), as_ref(k), as_ref(v), SCALE, 4, 6, pos, pos, daa)
+    else:
+        spec = ModeSpec("s2", sink_tokens=3, s2_ratio=0.25)
+        want = R.s2_reference(as_ref(q), as_ref(k), as_ref(v), SCALE, 0.25, 3, pos, daa)
+    got = served_attention(q, kv, row, spec, daa_t, T, chunks=[17, 30, T])          # chunked prefill of the prompt
+    torch.testing.assert_close(got, want[0].permute(1, 0, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_s2_decode_is_causal_over_the_s2_prompt(qkv):
+    """Tokens after the prompt (P) attend to every earlier key; the prompt keeps its S² groups of G(P)."""
+    q, k, v = qkv
+    kv, row = paged(k, v, transposed=True)
+    P = 30
+    spec = ModeSpec("s2", sink_tokens=2, s2_ratio=0.25)
+    got = served_attention(q, kv, row, spec, None, P, chunks=[P] + list(range(P + 1, T + 1)))
+    pre = R.s2_reference(as_ref(q[:P]), as_ref(k[:P]), as_ref(v[:P]), SCALE, 0.25, 2)
+    torch.testing.assert_close(got[:P], pre[0].permute(1, 0, 2), rtol=1e-5, atol=1e-5)
+    full = R.causal_reference(as_ref(q), as_ref(k), as_ref(v), SCALE)
+    torch.testing.assert_close(got[P:], full[0].permute(1, 0, 2)[P:], rtol=1e-5, atol=1e-5)
+
+
+def test_sink_reads_bounded_keys():
+    spec = ModeSpec("sink", sink_tokens=4, window=16)
+    assert C.key_positions(spec, 1000, 1001).tolist() == [0, 1, 2, 3] + list(range(985, 1001))
+    assert C.key_positions(spec, 5, 9).tolist() == list(range(9))
+
+
+def test_modes_and_server_flag():
+    assert ModeSpec.from_meta(None) == ModeSpec()
+    assert ModeSpec.from_meta({"mode": "sink", "sink_tokens": 4, "window": 32}) == ModeSpec("sink", 4, 32)
+    for bad in ({"mode": "ring"}, {"mode": "sink", "sink_tokens": 0, "window": 8}, {"mode": "s2", "s2_group_size_ratio": 2}):
+        with pytest.raises(ValueError):
+            ModeSpec.from_meta(bad)
+    assert server_default({}) == ModeSpec()
+    assert server_default({"HYLORADA_ATTENTION": '{"mode": "sink", "sink_tokens": 2, "window": 8}'}) == ModeSpec("sink", 2, 8)
+    with pytest.raises(ValueError, match="HYLORADA_ATTENTION"):
+        server_default({"HYLORADA_ATTENTION": "sink"})
+    st = AttnState(2, ModeSpec("sink", 2, 8))          # server-wide default: base rows and "full" adapters use it
+    st.begin_step([0, 5], [10, 10], [5, None])
+    assert st.rows(0) == [0, 1] and st.request(0, 0)[0].mode == "sink"
+    st.end_step()
+    assert st.rows(0) == []
