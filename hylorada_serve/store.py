@@ -74,6 +74,7 @@ class Version:
     rank: int = 0
     size_bytes: int = 0
     loaded_at: float = 0.0
+    load_seconds: float = 0.0       # copy + validate + engine add_lora
     handle: Any = field(default=None, compare=False)    # opaque to the store (the server keeps its LoRARequest)
 
     @property
@@ -255,7 +256,8 @@ class AdapterStore:
             out.append({"name": n, "status": e.status, "reason": e.reason,
                         "version": v.number if v else None, "engine_name": v.engine_name if v else None,
                         "kind": v.kind if v else None, "rank": v.rank if v else None,
-                        "size_bytes": v.size_bytes if v else None, "since": e.since, "events": dict(e.events)})
+                        "size_bytes": v.size_bytes if v else None,
+                        "load_ms": round(v.load_seconds * 1e3, 1) if v else None, "since": e.since, "events": dict(e.events)})
         return out
 
 

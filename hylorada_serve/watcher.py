@@ -83,7 +83,7 @@ class HotSwapper:
             info = await asyncio.to_thread(publish.check, dst, src, self.base_config, self.max_rank)
             version = Version(name=name, number=number, uid=uid, path=str(dst), signature=sig or (),
                               kind=info.kind, rank=info.rank, size_bytes=info.size_bytes, loaded_at=time.time())
-            version = _with_handle(version, self.make_request(version.engine_name, uid, str(dst)))
+            version = _replace(version, handle=self.make_request(version.engine_name, uid, str(dst)))
             try:
                 await self.engine.add_lora(version.handle)
             except Exception as e:                       # vLLM's own checks (shapes, rank, unknown keys)
@@ -99,8 +99,8 @@ class HotSwapper:
             self.on_event(name, "refused")
             log.warning("adapter %s refused: %s", name, e)
             return
-        old = self.store.commit(version)
         self.load_seconds[name] = time.perf_counter() - t0
+        old = self.store.commit(_replace(version, load_seconds=self.load_seconds[name]))
         self.on_event(name, "loaded")
         log.info("adapter %s v%d loaded: kind=%s rank=%d size=%.1f KiB%s in %.0f ms", name, number, info.kind,
                  info.rank, info.size_bytes / 1024, f" (replaces v{old.number})" if old else "",
@@ -127,6 +127,6 @@ class HotSwapper:
                 pass
 
 
-def _with_handle(v: Version, handle: Any) -> Version:
+def _replace(v: Version, **changes) -> Version:
     from dataclasses import replace
-    return replace(v, handle=handle)
+    return replace(v, **changes)
