@@ -1,0 +1,123 @@
+"""The real vLLM 0.32 engine with the HyLoRADA plugin serves PositionalDAA, `sink` and `s2` adapters
+exactly like the served-form reference (hylorada.reference: per-row eager attention built from
+hylorada.functional), in batches where only some sequences use the variant: greedy tokens identical,
+every top-5 logprob within 1e-3 (float32). Prompts of 40-95 tokens (window 16-24, 4 sinks) are
+prefilled in 64-token chunks beside other requests' decode steps, then decoded past the prompt.
+
+S² oracle: S² is a prefill pattern (groups of G = round(ratio * prompt length), with sinks); generated
+tokens attend causally to everything — what HyLoRADAModel does with a KV cache. ServedReference
+recomputes the whole sequence each step (S² over the grown length), so its first step is the S²
+prefill itself and the later steps use reference_attn's row mask with the prompt length fixed.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from hylorada import functional as F
+from hylorada import reference_attn
+
+pytestmark = pytest.mark.vllm
+
+NEW = 8
+TOL = 1e-3
+IDS = {"daa": 1, "sink": 2, "sink_daa": 3, "s2": 4, "plain": 5}
+
+
+def prompts_for(n: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 500, (40 + (13 * i) % 56,), generator=g).tolist() for i in range(n)]
+
+
+def run(engine, zoo, prompts, names):
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    reqs = [None if n is None else LoRARequest(n, IDS[n], zoo[n]) for n in names]
+    sp = SamplingParams(temperature=0, max_tokens=NEW, logprobs=5, ignore_eos=True)
+    outs = engine.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs, use_tqdm=False)
+    return [(list(o.outputs[0].token_ids), [{t: lp.logprob for t, lp in s.items()} for s in o.outputs[0].logprobs])
+            for o in outs]
+
+
+def assert_same(got, want, label):
+    (gids, gsteps), (wids, wsteps) = got, want
+    assert gids == wids, f"{label}: tokens {gids} != reference {wids}"
+    for k, (gs, ws) in enumerate(zip(gsteps, wsteps)):
+        common = [t for t in ws if t in gs]
+        assert len(common) >= 4, f"{label}: step {k}: top-5 sets differ {sorted(gs)} vs {sorted(ws)}"
+        err = max(abs(gs[t] - ws[t]) for t in common)
+        assert err < TOL, f"{label}: step {k}: logprob error {err:.2e}"
+
+
+@contextlib.contextmanager
+def s2_prompt_len(prompt_len: int):
+    """reference_attn's row mask for `s2` with G taken from the prompt and causal rows after it."""
+    orig = reference_attn.row_allowed
+
+    def row_allowed(ad, pos, allowed, num_heads):
+        att = (ad.meta.get("attention") or {}) if ad is not None else {}
+        if att.get("mode") != "s2":
+            return orig(ad, pos, allowed, num_heads)
+        P, idx = prompt_len, torch.arange(pos.shape[0])
+        G, qi, kj = F.s2_group_size(P, att["s2_group_size_ratio"]), idx[:, None], idx[None, :]
+        heads = [torch.where(qi < P, F.s2_allowed(qi, kj, G, F.s2_shift(h, num_heads, G, P), att.get("sink_tokens", 0)),
+                             kj <= qi) for h in range(num_heads)]
+        return allowed & torch.stack(heads)
+
+    reference_attn.row_allowed = row_allowed
+    try:
+        yield
+    finally:
+        reference_attn.row_allowed = orig
+
+
+def expected(reference, served, prompts, names):
+    out = []
+    for p, n in zip(prompts, names):
+        ad = None if n is None else served[n]
+        with s2_prompt_len(len(p)) if n == "s2" else contextlib.nullcontext():
+            out.append(reference.greedy([p], [ad], NEW)[0])
+    return out
+
+
+def check_batch(engine, zoo, served, reference, names, seed):
+    prompts = prompts_for(len(names), seed)
+    got = run(engine, zoo, prompts, names)
+    want = expected(reference, served, prompts, names)
+    for i, n in enumerate(names):
+        assert_same(got[i], want[i], f"request {i} ({n or 'base'}, {len(prompts[i])} prompt tokens)")
+    return prompts, got
+
+
+def test_daa_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
+    """DAA sequences beside the base and a plain HyLoRADA adapter; DAA really changes the output."""
+    prompts, _ = check_batch(attn_engine, attn_zoo, attn_served, attn_reference, [None, "daa", "plain", "daa", None], 0)
+    ad = attn_served["daa"]
+    no_daa = type(ad)(path=ad.path, meta=ad.meta | {"daa": None}, peft_config=ad.peft_config, lora=ad.lora,
+                      dynamic={k: v for k, v in ad.dynamic.items() if ".daa." not in k})
+    ids = torch.tensor([prompts[1]])
+    assert (attn_reference.logits(ids, [no_daa]) - attn_reference.logits(ids, [ad])).abs().max() > 1e-2
+
+
+def test_sink_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
+    """sink (4 + 16) and sink + DAA (4 + 24) beside full-attention sequences; sequences grow far past the
+    window and keep matching; the window really changes the output."""
+    names = ["sink", "plain", None, "sink_daa", "sink", "daa"]
+    prompts, _ = check_batch(attn_engine, attn_zoo, attn_served, attn_reference, names, 1)
+    ad = attn_served["sink"]
+    full = type(ad)(path=ad.path, meta=ad.meta | {"attention": {"mode": "full"}}, peft_config=ad.peft_config,
+                    lora=ad.lora, dynamic=ad.dynamic)
+    ids = torch.tensor([prompts[0]])
+    assert (attn_reference.logits(ids, [full]) - attn_reference.logits(ids, [ad])).abs().max() > 1e-2
+
+
+def test_s2_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
+    """s2 sequences (chunked prefill: G from the whole prompt) beside others; step 0 is the unmodified
+    reference's S² prefill."""
+    names = ["s2", "plain", "s2", None, "sink"]
+    prompts, got = check_batch(attn_engine, attn_zoo, attn_served, attn_reference, names, 2)
+    for i in (0, 2):
+        first = attn_reference.greedy([prompts[i]], [attn_served["s2"]], 1)[0]
+        assert_same((got[i][0][:1], got[i][1][:1]), first, f"s2 prefill {i}")
