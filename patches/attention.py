@@ -4,6 +4,7 @@
     attn_compute.py  the reference attention over the paged KV cache, from hylorada.functional (no vLLM)
     attn_hooks.py    LoRAModelManager / model runner / loading touch points that feed attn_state
     attn_backend.py  CPUAttentionBackendImpl.forward: variant requests take attn_compute, others the kernel
+    attn_kv.py       KVCacheManager.allocate_slots: a `sink` sequence frees the KV blocks between sinks and window
 
 `install()` is called once from patches.apply.apply().
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 
 def install() -> None:
-    from . import attn_backend, attn_hooks
+    from . import attn_backend, attn_hooks, attn_kv
     attn_hooks.install()
     attn_backend.install()
+    attn_kv.install()

@@ -91,12 +91,12 @@ class HyLoRADALinearMixin:
             p_rows = [st.P[m] for m in self.hy_rows]
             if st.grouped:
                 grouped_cpu.grouped_lora_(o2, x2, self.lora_a_stacked, self.lora_b_stacked, self.output_slices,
-                                          p_rows, st.groups, st.ranks)
+                                          p_rows, st)
             else:
                 grouped_cpu.vllm_lora_(self.punica_wrapper, o2, x2, self.lora_a_stacked, self.lora_b_stacked,
                                        self.output_slices, p_rows)
-            if not self.hy_after_reduce:
-                grouped_cpu.scale_groups_(o2, st.groups, self.hy_c, self.hy_c_slots)
+            if not self.hy_after_reduce and not self.hy_c_slots.isdisjoint(st.present):
+                grouped_cpu.scale_tokens_(o2, self.hy_c, st.slot_all)
         out = o2.view(shape)
         return out if bias is None else out + bias
 
@@ -116,9 +116,9 @@ class HyLoRADARowParallelMixin(HyLoRADALinearMixin):
         if bl.reduce_results and self.tp_size > 1:
             out = tensor_model_parallel_all_reduce(out)
         st = self.punica_wrapper.hylorada
-        if st.groups and self.hy_c_slots:      # c is linear: per-partial is also exact if the caller reduces
+        if st.groups and not self.hy_c_slots.isdisjoint(st.present):   # c is linear: per partial is exact too
             o2 = out.reshape(-1, out.shape[-1])
-            grouped_cpu.scale_groups_(o2, st.groups, self.hy_c, self.hy_c_slots)
+            grouped_cpu.scale_tokens_(o2, self.hy_c, st.slot_all)
             out = o2.view(out.shape)
         if bl.bias is not None and not bl.skip_bias_add and (reduced or self.tp_rank == 0):
             out = out + bl.bias

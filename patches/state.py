@@ -13,6 +13,10 @@ and, set by `begin_step` before a forward and cleared by `end_step` after it (no
     groups    [(slot, tokens)] for every slot present in the step; tokens is a slice when the slot's
               tokens are contiguous, else a LongTensor of indices. Base tokens (vLLM index -1) are in
               no group, so they never receive a delta (vLLM 0.32's -1 -> last-slot wrap is masked here).
+    big       the groups with >= min_group tokens (one matmul each in grouped_cpu)
+    small_idx, small_slots   tokens of the other groups and their slots (one gathered einsum for all)
+    slot_all  [T] slot per token with base tokens -> S (the identity row of every c stack)
+    present   set of slots in the step
     P         [M, T] p(pos) per row per token = position_scale(bias[slot], w_pos[m, slot], bucket(pos)),
               0 for base tokens. Computed once per step for every layer.
 
@@ -27,17 +31,17 @@ from hylorada.functional import position_bucket, position_scale
 
 
 class HyState:
-    def __init__(self, num_slots: int, grouped: bool, num_buckets: int = 64):
+    def __init__(self, num_slots: int, grouped: bool, num_buckets: int = 64, min_group: int = 16):
         S = num_slots
         self.num_slots = S
         self.grouped = grouped
+        self.min_group = min_group
         self.bias = torch.zeros(S + 1, num_buckets)
         self.w_pos = torch.zeros(0, S + 1)
         self.cfg: list[tuple[int, int] | None] = [None] * S
         self.ranks = [0] * S
         self.landmarks: list[dict[int, tuple[Tensor, Tensor, Tensor]]] = [{} for _ in range(S)]
-        self.groups: list[tuple[int, slice | Tensor]] = []
-        self.P: Tensor | None = None
+        self.end_step()
 
     # --- tables (written when an adapter enters a slot) ---------------------------------
     def add_rows(self, n: int) -> tuple[int, ...]:
@@ -78,9 +82,18 @@ class HyState:
         present = torch.unique(idx[active]).tolist() if bool(active.any()) else []
         self.groups = [(s, _segment(idx, s)) for s in present]
         if not present:
-            self.P = None
+            self.end_step()
             return
+        self.present = set(present)
         slot = torch.where(active, idx, self.num_slots)
+        self.slot_all = slot
+        self.big = [(s, g) for s, g in self.groups if _size(g) >= self.min_group]
+        small = [s for s, g in self.groups if _size(g) < self.min_group]
+        if small:
+            self.small_idx = torch.isin(idx, torch.tensor(small)).nonzero().squeeze(1)
+            self.small_slots = idx[self.small_idx]
+        else:
+            self.small_idx = self.small_slots = None
         cfgs = {self.cfg[s] for s in present if self.cfg[s] is not None}
         if cfgs:
             bucket = torch.zeros(T, dtype=torch.long)
@@ -94,8 +107,8 @@ class HyState:
         self.P = P * active
 
     def end_step(self) -> None:
-        self.groups = []
-        self.P = None
+        self.groups, self.big, self.present = [], [], set()
+        self.P = self.slot_all = self.small_idx = self.small_slots = None
 
 
 def _segment(idx: Tensor, s: int) -> slice | Tensor:
@@ -103,3 +116,7 @@ def _segment(idx: Tensor, s: int) -> slice | Tensor:
     ix = (idx == s).nonzero().squeeze(1)
     a, b = int(ix[0]), int(ix[-1]) + 1
     return slice(a, b) if b - a == ix.numel() else ix
+
+
+def _size(g: slice | Tensor) -> int:
+    return g.stop - g.start if isinstance(g, slice) else g.numel()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hylorada.functional import position_bucket, position_scale, served_linear
-from patches.grouped_cpu import grouped_lora_, reference_gather, scale_groups_, vllm_lora_
+from patches.grouped_cpu import grouped_lora_, reference_gather, scale_tokens_, vllm_lora_
 from patches.state import HyState
 
 S, R, D_IN = 4, 8, 48
@@ -21,9 +21,9 @@ def stacks(seed=0):
     return a, b
 
 
-def state_for(token_slots, positions, seed=0):
+def state_for(token_slots, positions, seed=0, min_group=2):
     g = torch.Generator().manual_seed(seed + 1)
-    st = HyState(S, grouped=True, num_buckets=16)
+    st = HyState(S, grouped=True, num_buckets=16, min_group=min_group)
     st.add_rows(len(SLICES))
     st.w_pos.copy_(torch.randn(st.w_pos.shape, generator=g))
     for s in (0, 2):                           # slots 0 and 2 have a position bias, 1 and 3 do not
@@ -42,12 +42,13 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("min_group", [1, 2, 1000])   # all matmul groups / mixed / all gathered
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_grouped_equals_gather_and_served_linear(case):
+def test_grouped_equals_gather_and_served_linear(case, min_group):
     slots = torch.tensor(CASES[case])
     T = slots.shape[0]
     pos = torch.arange(T) * 29 + 3            # crosses many buckets
-    st = state_for(slots, pos)
+    st = state_for(slots, pos, min_group=min_group)
     a, b = stacks()
     for s, r in enumerate(st.ranks):          # ranks below max are zero-padded, as vLLM stores them
         for ai, bi in zip(a, b):
@@ -56,7 +57,7 @@ def test_grouped_equals_gather_and_served_linear(case):
     x = torch.randn(T, D_IN)
     p_rows = [st.P[m] for m in range(len(SLICES))] if st.P is not None else [torch.zeros(T)] * 3
     out = torch.zeros(T, sum(SLICES))
-    grouped_lora_(out, x, a, b, SLICES, p_rows, st.groups, st.ranks)
+    grouped_lora_(out, x, a, b, SLICES, p_rows, st)
     torch.testing.assert_close(out, reference_gather(x, a, b, SLICES, p_rows, slots), rtol=1e-5, atol=1e-5)
     # the slow twin: the formula itself, one token at a time (W = 0 isolates the delta)
     for t in range(T):
@@ -74,14 +75,14 @@ def test_grouped_equals_gather_and_served_linear(case):
             off += n
 
 
-def test_scale_groups_only_touches_slots_with_c():
+def test_scale_tokens_reads_ones_for_base_and_slots_without_c():
     slots = torch.tensor(CASES["interleaved"])
     st = state_for(slots, torch.arange(slots.shape[0]))
     c = torch.ones(S + 1, 8)
     c[1] = 2.0
     c[2] = 3.0
     out = torch.ones(slots.shape[0], 8)
-    scale_groups_(out, st.groups, c, {1, 2})
+    scale_tokens_(out, c, st.slot_all)
     want = torch.tensor([2.0 if s == 1 else 3.0 if s == 2 else 1.0 for s in slots.tolist()])
     torch.testing.assert_close(out, want[:, None].expand(-1, 8))
 
@@ -119,5 +120,6 @@ def test_vllm_path_masks_the_minus_one_wrap():
     vllm_lora_(punica, ours, x, a, b, SLICES, p_rows)
     assert ours[slots == -1].abs().max() == 0
     grouped = torch.zeros_like(stock)
-    grouped_lora_(grouped, x, a, b, SLICES, p_rows, st.groups, [R] * S)
+    st.ranks = [R] * S
+    grouped_lora_(grouped, x, a, b, SLICES, p_rows, st)
     torch.testing.assert_close(ours, grouped, rtol=1e-5, atol=1e-5)
