@@ -32,6 +32,8 @@ def test_fresh_part_reproduces_base_exactly(name, tiny_base, load_base):
     ids, mask = inputs()
     base = load_base()
     model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(**PARTS[name])).eval()
+    uses_fn = name in ("daa", "s2_eval", "sink_wide", "all")
+    assert (model.base.config._attn_implementation == "hylorada") == uses_fn
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
         a = model(input_ids=ids, attention_mask=mask).logits
@@ -101,3 +103,22 @@ def test_landmark_gate_and_daa_get_gradients_at_init(tiny_base):
     for n in ("model.layers.0.mlp.landmark.gate", "model.layers.1.self_attn.daa.head_scale",
               "model.layers.1.self_attn.daa.bucket_bias"):
         assert state[n].grad is not None and float(state[n].grad.abs().sum()) > 0, n
+
+
+def test_kv_cache_decode_equals_full_forward_with_daa_and_sink_mode(tiny_base, randomize_daa):
+    """Cached decoding gives the full forward's logits: key positions behind the cache are right
+    for the DAA distances and for the sink + window mask."""
+    cfg = HyLoRADAConfig(daa_enabled=True, attention_mode="sink", s2_sink_tokens=2, sink_window=5)
+    model = HyLoRADAModel.from_pretrained(tiny_base, cfg).eval()
+    assert model.base.config._attn_implementation == "hylorada"
+    randomize_daa(model.base, seed=3)
+    ids, _ = inputs()
+    with torch.no_grad():
+        full = model(input_ids=ids[:1]).logits
+        out = model(input_ids=ids[:1, :10], use_cache=True)
+        steps, past = [out.logits], out.past_key_values
+        for t in range(10, ids.shape[1]):
+            out = model(input_ids=ids[:1, t:t + 1], past_key_values=past, use_cache=True)
+            steps.append(out.logits)
+            past = out.past_key_values
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
