@@ -38,7 +38,8 @@ endpoints: /v1/models, /v1/completions, /v1/chat/completions (stream too), /heal
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hylorada-serve", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--base", help="base model: a local model folder (or a hub id where a hub can be reached)")
     p.add_argument("--adapters", help="the adapters folder DIR/ to serve and watch")
     p.add_argument("--demo", action="store_true", help="build (once) and serve a tiny base with demo adapters")

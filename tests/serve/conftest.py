@@ -120,10 +120,21 @@ def demo_files(tmp_path_factory) -> tuple[Path, Path, Path]:
     return root, base, built
 
 
+BROKEN = {"broken-bytes": "random bytes instead of safetensors", "broken-pickle": "only a pickle .bin",
+          "broken-empty": "an empty folder"}
+
+
 def fresh_adapters(root: Path, built: Path) -> Path:
+    """DIR/ with the three demo adapters and three broken ones (the server must start and refuse those)."""
     adapters = Path(tempfile.mkdtemp(prefix="adapters-", dir=root))
     for name in ("demo-lora", "demo-dora", "demo-hylorada"):
         shutil.copytree(built / name, adapters / name)
+    shutil.copytree(built / "demo-lora", adapters / "broken-bytes")
+    (adapters / "broken-bytes" / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    (adapters / "broken-pickle").mkdir()
+    shutil.copy(built / "demo-lora" / "adapter_config.json", adapters / "broken-pickle")
+    (adapters / "broken-pickle" / "adapter_model.bin").write_bytes(b"\x80\x04\x95 not to be unpickled")
+    (adapters / "broken-empty").mkdir()
     return adapters
 
 

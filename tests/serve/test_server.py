@@ -3,6 +3,7 @@ streaming, error codes, auth, metrics. Hot-swap under load is in test_hotswap.py
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import httpx
 import openai
@@ -140,3 +141,37 @@ def test_health_and_metrics(client, server):
     assert 'hylorada_adapter_generated_tokens_total{adapter="demo-lora"}' in text
     assert 'hylorada_adapter_request_seconds_count{adapter="demo-lora"}' in text
     assert 'hylorada_adapter_load_events_total{adapter="demo-lora",event="loaded"}' in text
+
+
+def test_bad_adapters_are_refused_at_start_with_a_reason(client, server):
+    from .conftest import BROKEN
+
+    st = {a["name"]: a for a in httpx.get(server.url + "/v1/adapters", timeout=10,
+                                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["data"]}
+    for name in BROKEN:
+        assert st[name]["status"] == "refused" and st[name]["reason"], st[name]
+    assert "never loaded" in st["broken-pickle"]["reason"]
+    assert not set(BROKEN) & {m.id for m in client.models.list().data}
+    log = server.log.read_text(errors="replace")
+    assert all(f"refused  {name}" in log for name in BROKEN)           # the start-up report
+
+
+def test_admin_reload_unload_load(client, server):
+    """Last in this file: it changes demo-hylorada's version."""
+    h = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    url = f"{server.url}/v1/adapters/demo-hylorada"
+    before = completion_ids(client, "demo-hylorada", PROMPTS[0])[0]
+    r = httpx.post(url + "/reload", headers=h, timeout=60)
+    assert r.status_code == 200 and r.json()["version"] == 2
+    ids, headers = completion_ids(client, "demo-hylorada", PROMPTS[0])
+    assert headers["x-hylorada-adapter-version"] == "2" and ids == before
+    assert httpx.post(url + "/unload", headers=h, timeout=60).json()["status"] == "unloaded"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="demo-hylorada", prompt="x", max_tokens=2)
+    time.sleep(0.5)                                                    # the watcher does not bring it back
+    assert "demo-hylorada" not in {m.id for m in client.models.list().data}
+    r = httpx.post(url + "/load", headers=h, timeout=60)
+    assert r.status_code == 200 and r.json()["version"] == 3
+    assert completion_ids(client, "demo-hylorada", PROMPTS[0])[0] == before
+    r = httpx.post(f"{server.url}/v1/adapters/broken-bytes/reload", headers=h, timeout=60)
+    assert r.status_code == 422 and "broken-bytes" in r.json()["error"]["message"]
