@@ -8,7 +8,8 @@ project's own writer (HyLoRADAModel -> native checkpoint -> hylorada.export):
     plain     HyLoRADA with none of these (full attention), to mix in
 
 Engine: max_loras=5 (all in one batch), max_num_batched_tokens=64 (prompts of 40-95 tokens are
-prefilled in chunks beside other requests' decode steps), float32, no prefix caching.
+prefilled in chunks beside other requests' decode steps), float32, no prefix caching, KV blocks of
+32 tokens, stats on (the KV-cache usage gauge is read between steps).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 
 SINKS, WINDOW = 4, 16
+BLOCK, NUM_BLOCKS = 32, 160          # KV cache: 160 blocks of 32 tokens (kv-usage metric -> blocks held)
 ADAPTERS = {
     "daa": dict(daa_enabled=True),
     "sink": dict(attention_mode="sink", s2_sink_tokens=SINKS, sink_window=WINDOW),
@@ -68,8 +70,9 @@ def attn_reference(tiny_base):
 def attn_engine(tiny_base):
     from vllm import LLM
     llm = LLM(model=str(tiny_base), enable_lora=True, max_loras=5, max_lora_rank=8, max_cpu_loras=5, dtype="float32",
-              max_model_len=256, max_num_batched_tokens=64, max_num_seqs=16, gpu_memory_utilization=0.3,
-              enforce_eager=True, seed=0, enable_prefix_caching=False)
+              max_model_len=512, max_num_batched_tokens=64, max_num_seqs=16, gpu_memory_utilization=0.3,
+              enforce_eager=True, seed=0, enable_prefix_caching=False, block_size=BLOCK, num_gpu_blocks_override=NUM_BLOCKS,
+              disable_log_stats=False)
     yield llm
     llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None
     del llm

@@ -121,3 +121,43 @@ def test_s2_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
     for i in (0, 2):
         first = attn_reference.greedy([prompts[i]], [attn_served["s2"]], 1)[0]
         assert_same((got[i][0][:1], got[i][1][:1]), first, f"s2 prefill {i}")
+
+
+def blocks_in_use(engine) -> float:
+    from tests.patches_attn.conftest import NUM_BLOCKS
+    usage = [m.value for m in engine.get_metrics() if m.name == "vllm:kv_cache_usage_perc"]
+    return usage[0] * NUM_BLOCKS
+
+
+def stepwise(engine, zoo, prompt, name, new):
+    """Run one request step by step; (token ids, top-5 logprobs, peak KV blocks held)."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    sp = SamplingParams(temperature=0, max_tokens=new, logprobs=5, ignore_eos=True)
+    eng = engine.llm_engine
+    eng.add_request(f"kv-{name}", {"prompt_token_ids": prompt}, sp, lora_request=LoRARequest(name, IDS[name], zoo[name]))
+    peak, out = 0.0, None
+    for _ in range(4 * new):
+        if not eng.has_unfinished_requests():
+            break
+        for o in eng.step():
+            out = o if o.finished else out
+        peak = max(peak, blocks_in_use(engine))
+    c = out.outputs[0]
+    return list(c.token_ids), [{t: lp.logprob for t, lp in s.items()} for s in c.logprobs], peak
+
+
+def test_sink_kv_cache_stays_bounded(attn_engine, attn_zoo, attn_served, attn_reference):
+    """A sink sequence decoded to 15x its window holds at most cdiv(4, 32) + cdiv(16 - 1 + 64, 32) + 2 = 6 KV
+    blocks (attn_kv.py) while a full-attention one of the same length holds all cdiv(239, 32) = 8 — and the
+    sink sequence, reading a trimmed cache, still equals the reference token for token."""
+    from tests.patches_attn.conftest import BLOCK, SINKS, WINDOW
+
+    def cdiv(a, b):
+        return -(-a // b)
+    prompt, new = prompts_for(1, 3)[0][:40], 200
+    ids, logprobs, peak_sink = stepwise(attn_engine, attn_zoo, prompt, "sink", new)
+    *_, peak_full = stepwise(attn_engine, attn_zoo, prompt, "plain", new)
+    assert peak_full >= cdiv(len(prompt) + new - 1, BLOCK) - 0.01, peak_full
+    assert peak_sink <= cdiv(SINKS, BLOCK) + cdiv(WINDOW - 1 + 64, BLOCK) + 2 + 0.01, (peak_sink, peak_full)
+    assert_same((ids, logprobs), attn_reference.greedy([prompt], [attn_served["sink"]], new)[0], "long sink decode")
