@@ -76,6 +76,8 @@ def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) 
     def refuse(msg: str) -> AdapterRefused:
         return AdapterRefused(msg.replace(str(path), str(src)))
 
+    if src.is_dir() and not any(src.iterdir()):
+        raise refuse(f"{src}: empty folder (expected adapter_config.json + adapter_model.safetensors)")
     if not (path / "adapter_model.safetensors").is_file():
         raise refuse(f"{src / 'adapter_model.safetensors'}: missing (pickle files such as .bin are never loaded)")
     try:

@@ -18,6 +18,7 @@ from . import publish
 from .store import AdapterStore, Version
 
 log = logging.getLogger("hylorada_serve")
+ENGINE_TIMEOUT_S = 120              # an engine that does not answer add_lora in this long refuses the adapter
 
 
 class HotSwapper:
@@ -85,9 +86,10 @@ class HotSwapper:
                               kind=info.kind, rank=info.rank, size_bytes=info.size_bytes, loaded_at=time.time())
             version = _replace(version, handle=self.make_request(version.engine_name, uid, str(dst)))
             try:
-                await self.engine.add_lora(version.handle)
+                await asyncio.wait_for(self.engine.add_lora(version.handle), timeout=ENGINE_TIMEOUT_S)
             except Exception as e:                       # vLLM's own checks (shapes, rank, unknown keys)
-                raise publish.AdapterRefused(f"{src}: the engine refused it: {str(e).splitlines()[0][:300]}") from None
+                why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                raise publish.AdapterRefused(f"{src}: the engine refused it: {why}") from None
         except publish.ChangedWhileCopying as e:
             e_ = self.store.entries[name]
             e_.status = "ready" if e_.current else "waiting"
@@ -109,7 +111,7 @@ class HotSwapper:
     async def _collect(self) -> None:
         for v in self.store.collectable():
             try:
-                await self.engine.remove_lora(v.uid)
+                await asyncio.wait_for(self.engine.remove_lora(v.uid), timeout=ENGINE_TIMEOUT_S)
             except Exception as e:                       # freeing is best effort; LRU eviction also frees
                 log.debug("remove_lora(%d) failed: %s", v.uid, e)
             publish.discard(v.path)
