@@ -78,9 +78,27 @@ def vllm_args(opts, rest: list[str], served_name: str):
         argv += ["--gpu-memory-utilization", "0.3"]
     if not any(a.startswith("--shutdown-timeout") for a in rest):
         argv += ["--shutdown-timeout", "10"]
+    if not any(a.startswith("--hf-overrides") for a in rest):
+        argv += rope_overrides(opts)
     args = make_arg_parser(FlexibleArgumentParser(prog="hylorada-serve")).parse_args(argv + rest)
     validate_parsed_serve_args(args)
     return args
+
+
+def rope_overrides(opts) -> list[str]:
+    """--hf-overrides giving the engine the RoPE scaling most start-up adapters were trained with (if any)."""
+    import json
+
+    from .publish import engine_rope
+
+    meta, n = engine_rope(Path(opts.adapters))
+    if meta is None:
+        return []
+    from transformers import AutoConfig
+
+    from hylorada.rope import hf_overrides
+    print(f"engine RoPE scaling: {meta} (asked for by {n} adapter(s); adapters that differ are refused)", flush=True)
+    return ["--hf-overrides", json.dumps(hf_overrides(meta, AutoConfig.from_pretrained(opts.base)))]
 
 
 async def serve(args, opts) -> int:

@@ -23,6 +23,12 @@ COPIED_SUFFIXES = (".json", ".safetensors")
 MAX_ADAPTER_BYTES = 8 << 30
 
 
+try:                                   # the engine patches' own pre-load checks (vLLM-free functions)
+    from hylorada_patches.loading import check_servable
+except ImportError:                    # pragma: no cover - patches not installed
+    check_servable = None
+
+
 class AdapterRefused(ValueError):
     """One line naming the file and the reason; the adapter is not served, everything else keeps serving."""
 
@@ -82,6 +88,8 @@ def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) 
         raise refuse(f"{src / 'adapter_model.safetensors'}: missing (pickle files such as .bin are never loaded)")
     try:
         ad = load_served(path, base_config=base_config, max_rank=max_rank)
+        if base_config is not None and check_servable is not None:
+            check_servable(ad, base_config)        # parts the engine patches cannot apply; RoPE vs the engine
     except AdapterError as e:
         raise refuse(str(e)) from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:     # corrupt files, bad JSON types
@@ -91,6 +99,26 @@ def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) 
         raise refuse(f"{src}: non-finite values (NaN/Inf) in tensor {bad[0]}")
     return AdapterInfo(kind=ad.kind, rank=int(ad.rank), size_bytes=int(ad.size_bytes),
                        dynamic_parts=tuple(ad.dynamic_parts))
+
+
+def engine_rope(adapters_dir: Path) -> tuple[dict | None, int]:
+    """The RoPE setting for the engine (DESIGN.md §4): the `rope_scaling` most adapters in DIR/ ask for at
+    start-up (no scaling wins ties), and how many ask for it. Adapters that differ are refused at load."""
+    import json
+    from collections import Counter
+
+    votes: Counter = Counter()
+    for d in sorted(p for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            rs = json.loads((d / "hylorada.json").read_text()).get("rope_scaling") if (d / "hylorada.json").is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue
+        rs = None if not rs or rs.get("rope_type", "default") == "default" else rs
+        votes[json.dumps(rs, sort_keys=True)] += 1
+    if not votes:
+        return None, 0
+    best, n = max(votes.items(), key=lambda kv: (kv[1], kv[0] == "null"))
+    return json.loads(best), n
 
 
 def discard(path: str | Path) -> None:

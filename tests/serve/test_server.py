@@ -97,10 +97,10 @@ def test_unknown_model_is_openai_404(client):
 
 
 @pytest.mark.parametrize("bad", [{"max_tokens": -1}, {"temperature": -3}, {"max_tokens": 10_000},
-                                 {"n": "two"}, {"top_p": 7}])
+                                 {"n": "two"}, {"top_p": 7}, {"prompt": [5] * 600}])
 def test_invalid_requests_are_400(client, bad):
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model="demo-lora", prompt="the cat", **{"max_tokens": 2, **bad})
+        client.completions.create(model="demo-lora", **{"prompt": "the cat", "max_tokens": 2, **bad})
 
 
 def test_malformed_json_is_400(server):
@@ -130,6 +130,16 @@ def test_admin_names_cannot_escape_the_folder(server):
                         ("demo-lora%00", (400, 404))):
         r = httpx.post(f"{server.url}/v1/adapters/{name}/load", headers=h, timeout=10)
         assert r.status_code in codes, (name, r.status_code, r.text)
+
+
+def test_client_disconnect_mid_stream_leaves_server_healthy(client, server):
+    body = {"model": "demo-lora", "prompt": "the cat", "max_tokens": 300, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())                                           # one chunk, then hang up
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    assert completion_ids(client, "demo-lora", PROMPTS[0])[1]["x-hylorada-adapter"] == "demo-lora"
 
 
 def test_health_and_metrics(client, server):
