@@ -13,6 +13,10 @@ Three forms of one setting:
 Lengths: linear and YaRN set max_position_embeddings = original * factor. transformers' dynamic NTK
 uses max_position_embeddings AS the original length (it rescales the base once a sequence grows past
 it), so dynamic sets max_position_embeddings = original.
+
+Known divergence: transformers' dynamic NTK recomputes the base from each forward's length (no change up to
+the original length), while vLLM's DynamicNTKScalingRotaryEmbedding fixes the base at length original*factor
+(read in vllm 0.32's rotary_embedding code, not measured here). linear and YaRN are static in both.
 """
 from __future__ import annotations
 
