@@ -69,7 +69,7 @@ def build(cfg: SinkBenchConfig) -> tuple[Path, dict[str, str]]:
 
 def kv_blocks(llm, total_blocks: int) -> float:
     usage = [m.value for m in llm.get_metrics() if m.name == "vllm:kv_cache_usage_perc"]
-    return usage[0] * total_blocks if usage else float("nan")
+    return usage[0] * (total_blocks - 1) if usage else float("nan")     # the gauge excludes the null block
 
 
 def run_one(llm, total_blocks: int, adapter: tuple[str, int, str], prompts: list[list[int]], new: int) -> dict:

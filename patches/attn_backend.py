@@ -21,7 +21,7 @@ import logging
 
 import torch
 
-from .attn_compute import PagedKV, request_attention
+from .attn_compute import PagedKV, decode_attention, request_attention
 
 log = logging.getLogger("hylorada_patches")
 _ORIG = None
@@ -63,17 +63,27 @@ def layer_index(layer) -> int:
 
 
 def variant_forward(impl, layer, query, kv_cache, meta, output, state, rows: list[int]) -> None:
-    """Overwrite output rows of the variant requests `rows` with the reference attention."""
+    """Overwrite output rows of the variant requests `rows` with the reference attention: decode rows
+    batched per attention mode (attn_compute.decode_attention), prefill chunks one request at a time."""
     nb, hkv, bs, _ = kv_cache.shape
     key_cache, value_cache = kv_cache.view(nb, hkv, 2 * bs, -1).chunk(2, dim=2)
     kv = PagedKV(key_cache, value_cache, keys_transposed(layer.isa, bs, hkv, impl.head_size, kv_cache.dtype))
     out = output.view(output.shape[0], impl.num_heads, impl.head_size)
     starts, seq_lens, li = meta.query_start_loc.tolist(), meta.seq_lens.tolist(), layer_index(layer)
+    decode: dict = {}                                            # spec -> [(request, slot, daa)]
     for r in rows:
         a, b = starts[r], starts[r + 1]
         spec, daa, prompt_len = state.request(r, li)
+        if b - a == 1 and (spec.mode != "s2" or seq_lens[r] - 1 >= prompt_len):
+            decode.setdefault(spec, []).append((r, int(state.req_slots[r]), daa))
+            continue
         request_attention(query[a:b], kv, meta.block_table[r], seq_lens[r], spec, daa, prompt_len, impl.scale,
                           out[a:b])
+    for spec, group in decode.items():
+        reqs = torch.tensor([r for r, _, _ in group])
+        tok = meta.query_start_loc[reqs].long()
+        out[tok] = decode_attention(query[tok], kv, meta.block_table[reqs], meta.seq_lens[reqs].long(), spec,
+                                    [s for _, s, _ in group], {s: d for _, s, d in group if d is not None}, impl.scale)
 
 
 def install() -> None:

@@ -91,6 +91,52 @@ class PagedKV:
         k = self.k[blocks, :, :, off] if self.kt else self.k[blocks, :, off, :]
         return k, self.v[blocks, :, off, :]
 
+    def gather_batch(self, block_rows: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """block_rows [R, nblk], pos [R, m] -> (k, v) [R, m, Hkv, d]."""
+        blocks, off = block_rows.gather(1, pos // self.bs).long(), pos % self.bs
+        k = self.k[blocks, :, :, off] if self.kt else self.k[blocks, :, off, :]
+        return k, self.v[blocks, :, off, :]
+
+
+def decode_keys(spec: ModeSpec, seq_lens: Tensor) -> tuple[Tensor, Tensor]:
+    """Key positions [R, m] (padded with 0) and validity [R, m] for one decode query per request at
+    position seq_lens - 1: the sinks + window in `sink` mode, else every earlier key."""
+    q = seq_lens - 1
+    if spec.mode == "sink":
+        w0 = (q - spec.window + 1).clamp_min(0)
+        ns = w0.clamp_max(spec.sink_tokens)                                     # sinks not already in the window
+        n = ns + q - w0 + 1
+    else:
+        w0, ns, n = torch.zeros_like(q), torch.zeros_like(q), seq_lens
+    j = torch.arange(int(n.max()))[None]
+    pos = torch.where(j < ns[:, None], j, w0[:, None] + j - ns[:, None])
+    valid = j < n[:, None]
+    return pos.masked_fill(~valid, 0), valid
+
+
+def decode_attention(q: Tensor, kv: "PagedKV", block_rows: Tensor, seq_lens: Tensor, spec: ModeSpec, slots: list[int],
+                     daa: dict, scale: float) -> Tensor:
+    """One decode query per request, batched: q [R, H, d] at positions seq_lens - 1, all with `spec`
+    (`s2` decode is causal); slots [R] the requests' slots, daa {slot: (head_scale, bucket_bias, max_pos)}.
+    Same rules as allowed_mask/attend; DAA is applied with daa_scores once per distinct slot."""
+    R, H, _ = q.shape
+    k_pos, valid = decode_keys(spec, seq_lens)                                   # [R, m]
+    q_pos = (seq_lens - 1)[:, None]                                               # [R, 1]
+    k, v = kv.gather_batch(block_rows, k_pos)                                    # [R, m, Hkv, d]
+    rep = H // k.shape[2]
+    k, v = k.repeat_interleave(rep, dim=2).float(), v.repeat_interleave(rep, dim=2).float()
+    s = torch.einsum("rhd,rmhd->rhm", q.float(), k) * scale                      # [R, H, m]
+    slot_t = torch.tensor(slots)
+    for slot, tables in daa.items():
+        rows = (slot_t == slot).nonzero().squeeze(1)
+        if rows.numel():
+            s[rows] = F.daa_scores(s[rows][:, :, None, :], q_pos[rows], k_pos[rows], *tables)[:, :, 0, :]
+    allowed = valid & (k_pos <= q_pos)
+    if spec.mode == "sink":
+        allowed &= F.sink_window_allowed(q_pos, k_pos, spec.sink_tokens, spec.window)
+    p = torch.softmax(s.masked_fill(~allowed[:, None, :], float("-inf")), dim=-1)
+    return torch.einsum("rhm,rmhd->rhd", p, v).to(q.dtype)
+
 
 def request_attention(q: Tensor, kv: PagedKV, block_row: Tensor, seq_len: int, spec: ModeSpec, daa: tuple | None,
                       prompt_len: int, scale: float, out: Tensor) -> None:

@@ -123,3 +123,27 @@ def test_modes_and_server_flag():
     assert st.rows(0) == [0, 1] and st.request(0, 0)[0].mode == "sink"
     st.end_step()
     assert st.rows(0) == []
+
+
+@pytest.mark.parametrize("mode", ["full", "sink"])
+def test_batched_decode_equals_per_request(mode):
+    """decode_attention (one query per request, batched, DAA per slot) == request_attention per request."""
+    g = torch.Generator().manual_seed(5)
+    lens = [3, 9, 30, 45, 17]
+    spec = ModeSpec("sink", sink_tokens=4, window=6) if mode == "sink" else ModeSpec()
+    slots = [0, 1, 0, 2, 1]
+    d = daa_tables(seed=7)
+    daa = {1: (d.head_scale, d.bucket_bias, d.max_position)}
+    nblk = (max(lens) + BS - 1) // BS
+    kv_all = torch.zeros(len(lens) * nblk, HKV, BS, 2 * D)
+    kc, vc = kv_all.view(-1, HKV, 2 * BS, D).chunk(2, dim=2)
+    rows = torch.randperm(len(lens) * nblk, generator=g).view(len(lens), nblk)
+    kv = C.PagedKV(kc, vc, keys_transposed=False)
+    kc.copy_(torch.randn(kc.shape, generator=g))
+    vc.copy_(torch.randn(vc.shape, generator=g))
+    q = torch.randn(len(lens), H, D, generator=g)
+    got = C.decode_attention(q, kv, rows, torch.tensor(lens), spec, slots, daa, SCALE)
+    for r, L in enumerate(lens):
+        want = torch.zeros(1, H, D)
+        C.request_attention(q[r:r + 1], kv, rows[r], L, spec, daa.get(slots[r]), 0, SCALE, want)
+        torch.testing.assert_close(got[r], want[0], rtol=1e-5, atol=1e-5)
