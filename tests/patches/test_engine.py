@@ -106,3 +106,17 @@ def test_replaced_adapter_new_id(engine, zoo, served, reference):
     want = reference.greedy(prompts, [served["hy_pos"]] * 2 + [served["extra_hy"]] * 2, 12)
     for i, rid in enumerate(["old-0", "old-1", "new-2", "new-3"]):
         assert_same(done[rid], want[i], rid)
+
+
+def test_vllm_lora_path_matches_too(engine, zoo, served, reference):
+    """The same mixed batch on vLLM's own punica ops (switched on the running engine), p and the
+    base-token mask applied to its rank-r buffer: still equal to the reference, base rows included."""
+    assert engine.collective_rpc("hylorada_lora_path", args=("vllm",)) == ["vllm"]
+    try:
+        prompts = prompts_for(len(KINDS), seed=3)
+        got = run(engine, prompts, [None if n is None else lora_req(n, KINDS.index(n), zoo[n]) for n in KINDS])
+    finally:
+        assert engine.collective_rpc("hylorada_lora_path", args=("grouped",)) == ["grouped"]
+    want = reference.greedy(prompts, [None if n is None else served[n] for n in KINDS], NEW)
+    for i, n in enumerate(KINDS):
+        assert_same(got[i], want[i], f"vllm path, request {i} ({n or 'base'})")
