@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"     # vLLM's path-taking load route stays off
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    os.environ.setdefault("VLLM_MAX_N_SEQUENCES", "64")             # n / best_of above this are 400s (vLLM: 16384)
     opts, rest = build_parser().parse_known_args(argv)
     if opts.demo:
         from .demo import prepare

@@ -97,7 +97,8 @@ def test_unknown_model_is_openai_404(client):
 
 
 @pytest.mark.parametrize("bad", [{"max_tokens": -1}, {"temperature": -3}, {"max_tokens": 10_000},
-                                 {"n": "two"}, {"top_p": 7}, {"prompt": [5] * 600}])
+                                 {"n": "two"}, {"top_p": 7}, {"prompt": [5] * 600},
+                                 {"n": 1000, "temperature": 1.0}])
 def test_invalid_requests_are_400(client, bad):
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="demo-lora", **{"prompt": "the cat", "max_tokens": 2, **bad})
