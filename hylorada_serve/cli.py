@@ -143,7 +143,8 @@ async def serve(args, opts) -> int:
                                         access_log=False, timeout_keep_alive=5)
             died = engine.errored and not asked
             stop.set()
-            await watcher
+            watcher.cancel()                       # the engine is already stopped: do not wait on a pass
+            await asyncio.gather(watcher, return_exceptions=True)
         await shutdown
     finally:
         sock.close()
