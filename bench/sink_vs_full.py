@@ -54,6 +54,10 @@ def build(cfg: SinkBenchConfig) -> tuple[Path, dict[str, str]]:
     base = build_tiny_llama(work / "tiny-long", TinySpec(max_position_embeddings=16384))
     paths = {}
     for mode in ("full", "sink"):
+        served = work / f"{mode}-{cfg.sinks}-{cfg.window}-{cfg.seed}"
+        if (served / "hylorada.json").is_file():          # built by an earlier run with this config
+            paths[mode] = str(served)
+            continue
         kw = dict(attention_mode="sink", s2_sink_tokens=cfg.sinks, sink_window=cfg.window) if mode == "sink" else {}
         torch.manual_seed(cfg.seed)                       # same weights for both modes
         model = HyLoRADAModel.from_pretrained(base, HyLoRADAConfig(lora_rank=8, **kw)).eval()
@@ -63,7 +67,7 @@ def build(cfg: SinkBenchConfig) -> tuple[Path, dict[str, str]]:
                 if n.endswith("lora_B"):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.05)
         model.save(work / f"{mode}-ckpt")
-        paths[mode] = str(export(work / f"{mode}-ckpt", work / f"{mode}-{cfg.sinks}-{cfg.window}", base))
+        paths[mode] = str(export(work / f"{mode}-ckpt", served, base))
     return base, paths
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .attn_compute import PagedKV, decode_attention, request_attention
 
-log = logging.getLogger("hylorada_patches")
+log = logging.getLogger("vllm.hylorada_patches")     # under vLLM's logger: printed with its own lines
 _ORIG = None
 _LOGGED = set()
 

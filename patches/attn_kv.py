@@ -17,6 +17,11 @@ trimmed. So per sink sequence the cache holds at most
 instead of cdiv(length, bs). The mode comes from the request's adapter folder (hylorada.json, read once
 per path: a replaced adapter has a new path) or the server-wide HYLORADA_ATTENTION default.
 vLLM still caps a sequence at max_model_len (RoPE positions and the admission check).
+
+Also wraps `KVCacheManager.prefix_cache_lookup_enabled`: an `s2` request never reads the prefix cache —
+its prompt's KV depends on the S² group size G = round(ratio * prompt length), so blocks computed for
+another prompt (even one sharing the prefix) are not its blocks. DAA and `sink` KV depend only on the
+prefix and positions, so those requests keep prefix caching.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from .attn_state import ModeSpec, server_default
 
-_ORIG = None
+_ORIG: dict = {}
 
 
 def request_spec(manager, request) -> ModeSpec:
@@ -65,15 +70,18 @@ def trim(manager, request) -> None:
 
 
 def install() -> None:
-    global _ORIG
     from vllm.v1.core.kv_cache_manager import KVCacheManager
-    if _ORIG is not None:
+    if _ORIG:
         return
-    _ORIG = KVCacheManager.allocate_slots
+    _ORIG["allocate"], _ORIG["lookup"] = KVCacheManager.allocate_slots, KVCacheManager.prefix_cache_lookup_enabled
 
     def allocate_slots(self, request, *args, **kwargs):
         trim(self, request)
-        return _ORIG(self, request, *args, **kwargs)
+        return _ORIG["allocate"](self, request, *args, **kwargs)
 
-    allocate_slots.__doc__ = _ORIG.__doc__
+    def prefix_cache_lookup_enabled(self, request, *args, **kwargs):
+        return _ORIG["lookup"](self, request, *args, **kwargs) and request_spec(self, request).mode != "s2"
+
+    allocate_slots.__doc__ = _ORIG["allocate"].__doc__
     KVCacheManager.allocate_slots = allocate_slots
+    KVCacheManager.prefix_cache_lookup_enabled = prefix_cache_lookup_enabled

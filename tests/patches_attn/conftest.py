@@ -8,7 +8,7 @@ project's own writer (HyLoRADAModel -> native checkpoint -> hylorada.export):
     plain     HyLoRADA with none of these (full attention), to mix in
 
 Engine: max_loras=5 (all in one batch), max_num_batched_tokens=64 (prompts of 40-95 tokens are
-prefilled in chunks beside other requests' decode steps), float32, no prefix caching, KV blocks of
+prefilled in chunks beside other requests' decode steps), float32, prefix caching on (vLLM's default), KV blocks of
 32 tokens, stats on (the KV-cache usage gauge is read between steps).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def attn_engine(tiny_base):
     from vllm import LLM
     llm = LLM(model=str(tiny_base), enable_lora=True, max_loras=5, max_lora_rank=8, max_cpu_loras=5, dtype="float32",
               max_model_len=512, max_num_batched_tokens=64, max_num_seqs=16, gpu_memory_utilization=0.3,
-              enforce_eager=True, seed=0, enable_prefix_caching=False, block_size=BLOCK, num_gpu_blocks_override=NUM_BLOCKS,
+              enforce_eager=True, seed=0, enable_prefix_caching=True, block_size=BLOCK, num_gpu_blocks_override=NUM_BLOCKS,
               disable_log_stats=False)
     yield llm
     llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None

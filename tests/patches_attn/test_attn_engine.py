@@ -161,3 +161,20 @@ def test_sink_kv_cache_stays_bounded(attn_engine, attn_zoo, attn_served, attn_re
     assert peak_full >= cdiv(len(prompt) + new - 1, BLOCK) - 0.01, peak_full
     assert peak_sink <= cdiv(SINKS, BLOCK) + cdiv(WINDOW - 1 + 64, BLOCK) + 2 + 0.01, (peak_sink, peak_full)
     assert_same((ids, logprobs), attn_reference.greedy([prompt], [attn_served["sink"]], new)[0], "long sink decode")
+
+
+@pytest.mark.parametrize("name", ["s2", "sink_daa"])
+def test_shared_prefix_with_prefix_caching(attn_engine, attn_zoo, attn_served, attn_reference, name):
+    """Two requests of one adapter share a 96-token prefix (3 cached blocks), run one after the other with
+    prefix caching on. `s2` must not reuse the first prompt's blocks (its KV depends on G(prompt length),
+    attn_kv.py turns the lookup off); `sink`+DAA may (its KV depends on the prefix only). Both equal the
+    reference computed for each prompt alone."""
+    g = torch.Generator().manual_seed(7)
+    prefix = torch.randint(3, 500, (96,), generator=g).tolist()
+    prompts = [prefix + torch.randint(3, 500, (n,), generator=g).tolist() for n in (8, 60)]
+    hits = []
+    for p in prompts:
+        got = run(attn_engine, attn_zoo, [p], [name])[0]
+        assert_same(got, expected(attn_reference, attn_served, [p], [name])[0], f"{name}, {len(p)} prompt tokens")
+        hits.append(sum(m.value for m in attn_engine.get_metrics() if m.name == "vllm:prefix_cache_hits"))
+    assert hits[1] - hits[0] == (0 if name == "s2" else 96), hits
