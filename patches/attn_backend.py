@@ -62,6 +62,17 @@ def layer_index(layer) -> int:
     return idx
 
 
+def head_shard(num_heads: int) -> tuple[range, int]:
+    """(global head indices this tensor-parallel rank holds, total heads): attention heads are split evenly."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+    tp, rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+    return range(rank * num_heads, (rank + 1) * num_heads), tp * num_heads
+
+
+def shard_daa(daa: tuple | None, heads: range) -> tuple | None:
+    return None if daa is None else (daa[0][heads.start:heads.stop], daa[1][heads.start:heads.stop], daa[2])
+
+
 def variant_forward(impl, layer, query, kv_cache, meta, output, state, rows: list[int]) -> None:
     """Overwrite output rows of the variant requests `rows` with the reference attention: decode rows
     batched per attention mode (attn_compute.decode_attention), prefill chunks one request at a time."""
@@ -70,15 +81,17 @@ def variant_forward(impl, layer, query, kv_cache, meta, output, state, rows: lis
     kv = PagedKV(key_cache, value_cache, keys_transposed(layer.isa, bs, hkv, impl.head_size, kv_cache.dtype))
     out = output.view(output.shape[0], impl.num_heads, impl.head_size)
     starts, seq_lens, li = meta.query_start_loc.tolist(), meta.seq_lens.tolist(), layer_index(layer)
+    heads, total = head_shard(impl.num_heads)
     decode: dict = {}                                            # spec -> [(request, slot, daa)]
     for r in rows:
         a, b = starts[r], starts[r + 1]
         spec, daa, prompt_len = state.request(r, li)
+        daa = shard_daa(daa, heads)
         if b - a == 1 and (spec.mode != "s2" or seq_lens[r] - 1 >= prompt_len):
             decode.setdefault(spec, []).append((r, int(state.req_slots[r]), daa))
             continue
         request_attention(query[a:b], kv, meta.block_table[r], seq_lens[r], spec, daa, prompt_len, impl.scale,
-                          out[a:b])
+                          out[a:b], heads, total)
     for spec, group in decode.items():
         reqs = torch.tensor([r for r, _, _ in group])
         tok = meta.query_start_loc[reqs].long()

@@ -40,17 +40,17 @@ def key_positions(spec: ModeSpec, q_lo: int, q_hi: int) -> Tensor:
     return torch.cat([sinks, torch.arange(start, q_hi)])
 
 
-def allowed_mask(spec: ModeSpec, q_pos: Tensor, k_pos: Tensor, num_heads: int, prompt_len: int) -> Tensor:
-    """bool [1|H, n, m]: may query q_pos[i] see key k_pos[j]."""
+def allowed_mask(spec: ModeSpec, q_pos: Tensor, k_pos: Tensor, heads: range, total_heads: int, prompt_len: int) -> Tensor:
+    """bool [1|h, n, m]: may query q_pos[i] see key k_pos[j]. heads: the model's (global) head indices held
+    here, of total_heads (a tensor-parallel rank holds a slice; S² shifts the second half of ALL heads)."""
     qi, kj = q_pos[:, None], k_pos[None, :]
     causal = kj <= qi
     if spec.mode == "sink":
         return F.sink_window_allowed(qi, kj, spec.sink_tokens, spec.window)[None]
     if spec.mode == "s2" and int(q_pos[0]) < prompt_len:
         G = F.s2_group_size(prompt_len, spec.s2_ratio)
-        heads = [F.s2_allowed(qi, kj, G, F.s2_shift(h, num_heads, G, prompt_len), spec.sink_tokens)
-                 for h in range(num_heads)]
-        return torch.where((qi < prompt_len)[None], torch.stack(heads), causal[None])
+        per_head = [F.s2_allowed(qi, kj, G, F.s2_shift(h, total_heads, G, prompt_len), spec.sink_tokens) for h in heads]
+        return torch.where((qi < prompt_len)[None], torch.stack(per_head), causal[None])
     return causal[None]
 
 
@@ -139,8 +139,9 @@ def decode_attention(q: Tensor, kv: "PagedKV", block_rows: Tensor, seq_lens: Ten
 
 
 def request_attention(q: Tensor, kv: PagedKV, block_row: Tensor, seq_len: int, spec: ModeSpec, daa: tuple | None,
-                      prompt_len: int, scale: float, out: Tensor) -> None:
-    """Attention of one request's queries q [n, H, d] (positions seq_len-n .. seq_len-1) into out [n, H, d]."""
+                      prompt_len: int, scale: float, out: Tensor, heads: range | None = None, total_heads: int = 0) -> None:
+    """Attention of one request's queries q [n, H, d] (positions seq_len-n .. seq_len-1) into out [n, H, d].
+    heads/total_heads: which global heads q holds (default: all of them); daa must already be sliced to them."""
     n, H = q.shape[0], q.shape[1]
     first = seq_len - n
     for a in range(0, n, QBLOCK):
@@ -148,5 +149,5 @@ def request_attention(q: Tensor, kv: PagedKV, block_row: Tensor, seq_len: int, s
         q_pos = torch.arange(first + a, first + b)
         k_pos = key_positions(spec, first + a, first + b)
         k, v = kv.gather(block_row, k_pos)
-        allowed = allowed_mask(spec, q_pos, k_pos, H, prompt_len)
+        allowed = allowed_mask(spec, q_pos, k_pos, heads or range(H), total_heads or H, prompt_len)
         out[a:b] = attend(q[a:b], k, v, q_pos, k_pos, allowed, scale, daa)

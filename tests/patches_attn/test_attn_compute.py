@@ -19,15 +19,15 @@ SCALE = D ** -0.5
 
 def paged(k, v, transposed: bool, seed=0):
     """Write k/v [T, Hkv, d] into a shuffled paged cache as CPU_ATTN lays it out; returns (PagedKV, block_row)."""
-    nblocks = (k.shape[0] + BS - 1) // BS
+    nblocks, hkv = (k.shape[0] + BS - 1) // BS, k.shape[1]
     block_row = torch.randperm(nblocks + 3, generator=torch.Generator().manual_seed(seed))[:nblocks]
-    kv = torch.zeros(nblocks + 3, HKV, BS, 2 * D)
-    kc, vc = kv.view(nblocks + 3, HKV, 2 * BS, D).chunk(2, dim=2)
+    kv = torch.zeros(nblocks + 3, hkv, BS, 2 * D)
+    kc, vc = kv.view(nblocks + 3, hkv, 2 * BS, D).chunk(2, dim=2)
     for t in range(k.shape[0]):
         b, o = int(block_row[t // BS]), t % BS
         vc[b, :, o] = v[t]
         if transposed:
-            kc[b].reshape(HKV, D * BS).view(HKV, D, BS)[:, :, o] = k[t]    # [d, block] per head ("vec" ISA)
+            kc[b].reshape(hkv, D * BS).view(hkv, D, BS)[:, :, o] = k[t]    # [d, block] per head ("vec" ISA)
         else:
             kc[b, :, o] = k[t]
     return C.PagedKV(kc, vc, transposed), block_row
@@ -147,3 +147,22 @@ def test_batched_decode_equals_per_request(mode):
         want = torch.zeros(1, H, D)
         C.request_attention(q[r:r + 1], kv, rows[r], L, spec, daa.get(slots[r]), 0, SCALE, want)
         torch.testing.assert_close(got[r], want[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["s2", "sink"])
+def test_head_shards_equal_all_heads(qkv, mode):
+    """Tensor parallelism: each rank's slice of heads (S² shift by global head, DAA rows sliced) == all heads."""
+    q, k, v = qkv
+    kv, row = paged(k, v, transposed=True)
+    d = daa_tables()
+    daa = (d.head_scale, d.bucket_bias, d.max_position)
+    spec = ModeSpec("s2", sink_tokens=3, s2_ratio=0.25) if mode == "s2" else ModeSpec("sink", sink_tokens=2, window=5)
+    full = torch.zeros_like(q)
+    C.request_attention(q, kv, row, T, spec, daa, T, SCALE, full)
+    for rank in range(2):                                     # tp = 2: heads [0, 2) and [2, 4); kv heads split alike
+        hs = range(2 * rank, 2 * rank + 2)
+        kv_r, row_r = paged(k[:, rank:rank + 1], v[:, rank:rank + 1], transposed=True)
+        part = torch.zeros(T, 2, D)
+        C.request_attention(q[:, hs.start:hs.stop], kv_r, row_r, T, spec, (daa[0][hs.start:hs.stop], daa[1][hs.start:hs.stop],
+                            daa[2]), T, SCALE, part, hs, H)
+        torch.testing.assert_close(part, full[:, hs.start:hs.stop], rtol=1e-5, atol=1e-5)
