@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -115,6 +116,9 @@ async def serve(args, opts) -> int:
     from .store import AdapterStore
     from .watcher import HotSwapper
 
+    loop, me = asyncio.get_running_loop(), asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):   # during start-up: cancel (the engine context shuts it down);
+        loop.add_signal_handler(sig, me.cancel)   # vLLM's serve_http installs its own drain handlers later
     store = AdapterStore(opts.adapters, stable_seconds=opts.stable_seconds)
     store.scan()                                   # start the stability clock while the engine loads
     listen_address, sock = setup_server(args, reuse_port=False)
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vllm_args(opts, rest, served)
     try:
         return asyncio.run(serve(args, opts))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):     # signalled during start-up: engine already stopped
         return 0
 
 
