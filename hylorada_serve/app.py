@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
