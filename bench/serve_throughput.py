@@ -8,7 +8,7 @@ Compares, on the 26M "small" Llama (bench.adapters), for 1, 4 and 16 adapters (r
   hylorada    the HyLoRADA served folders (c per layer, position bias p(pos))
 each on our grouped CPU LoRA path and on vLLM's own (switched on the running engine through the
 `hylorada_lora_path` worker RPC, patches/control.py). Throughput = (prompt + generated tokens) / wall time
-of one `LLM.generate` over all requests (best of --reps). Writes bench/results/serve_throughput.{json,png};
+of one `LLM.generate` over all requests (best of --reps, cases interleaved rep by rep). Writes bench/results/serve_throughput.{json,png};
 the last line printed is the JSON summary (ratios: hylorada/lora, grouped/vllm).
 """
 from __future__ import annotations
@@ -44,16 +44,24 @@ def workload(n: int, prompt: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, vocab - 1, (L,), generator=g).tolist() for L in lens]
 
 
-def timed(llm, prompts, reqs, sp, reps: int) -> dict:
-    best = None
+def run_once(llm, prompts, reqs, sp) -> tuple[float, int]:
+    t = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs, use_tqdm=False)
+    dt = time.perf_counter() - t
+    return dt, sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+def measure(llm, prompts, cases: dict, sp, reps: int) -> dict:
+    """Best-of-reps wall time per case; the cases are interleaved rep by rep so a noisy neighbour hits all alike."""
+    best: dict = {}
     for _ in range(reps):
-        t = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs, use_tqdm=False)
-        dt = time.perf_counter() - t
-        best = dt if best is None else min(best, dt)
-    gen = sum(len(o.outputs[0].token_ids) for o in outs)
-    tokens = gen + sum(len(p) for p in prompts)
-    return {"seconds": round(best, 4), "tokens_per_s": round(tokens / best, 1), "gen_tokens_per_s": round(gen / best, 1)}
+        for name, reqs in cases.items():
+            dt, gen = run_once(llm, prompts, reqs, sp)
+            if name not in best or dt < best[name][0]:
+                best[name] = (dt, gen)
+    n_prompt = sum(len(p) for p in prompts)
+    return {name: {"seconds": round(dt, 4), "tokens_per_s": round((gen + n_prompt) / dt, 1),
+                   "gen_tokens_per_s": round(gen / dt, 1)} for name, (dt, gen) in best.items()}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -78,7 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=128, help="mean prompt length (uniform 0.5x-1.5x)")
     ap.add_argument("--new", type=int, default=32, help="generated tokens per request")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions on the grouped path (best of)")
+    ap.add_argument("--vllm-reps", type=int, default=1, help="repetitions on vLLM's (slow) path")
     ap.add_argument("--max-num-batched-tokens", type=int, default=1024)
     ap.add_argument("--out", default=str(RESULTS / "serve_throughput.json"))
     a = ap.parse_args(argv)
@@ -100,14 +109,15 @@ def main(argv=None) -> int:
     for reqs in sets.values():     # load every adapter once (disk -> CPU cache) outside the timed runs
         llm.generate([{"prompt_token_ids": prompts[0][:8]}] * len(reqs), SamplingParams(max_tokens=1), lora_request=reqs,
                      use_tqdm=False)
-    results = {"base": timed(llm, prompts, None, sp, a.reps)}
-    for path in ("grouped", "vllm"):
+    results = {}
+    for path, reps in (("grouped", a.reps), ("vllm", a.vllm_reps)):
         assert llm.collective_rpc("hylorada_lora_path", args=(path,)) == [path]
         for k in COUNTS:
-            for kind, reqs in sets.items():
-                r = [reqs[i % k] for i in range(a.requests)]
-                results[f"{kind}-{k}-{path}"] = timed(llm, prompts, r, sp, a.reps)
-                print(f"{kind}-{k}-{path}", results[f"{kind}-{k}-{path}"], flush=True)
+            cases = {f"{kind}-{k}-{path}": [reqs[i % k] for i in range(a.requests)] for kind, reqs in sets.items()}
+            if path == "grouped" and k == 1:
+                cases["base"] = None
+            results |= measure(llm, prompts, cases, sp, reps)
+            print({n: results[n]["tokens_per_s"] for n in cases}, flush=True)
     llm.collective_rpc("hylorada_lora_path", args=("grouped",))
     tps = {k: v["tokens_per_s"] for k, v in results.items()}
     ratios = {f"hylorada/lora k={k} ({p})": round(tps[f"hylorada-{k}-{p}"] / tps[f"lora-{k}-{p}"], 3)

@@ -24,7 +24,6 @@ import os
 import torch
 from torch import Tensor
 
-from hylorada.functional import lora_delta
 
 PATHS = ("grouped", "vllm")
 
@@ -41,21 +40,26 @@ def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p
     """out [T, sum(slices)] += every adapter token's LoRA delta (in place).
 
     x [T, d_in]; a_stacked[i] [S, 1, R, d_in], b_stacked[i] [S, 1, n_i, R]; p_rows[i] [T] (0 for base tokens);
-    state: HyState of the step — `big` groups get one shrink + one expand matmul each (functional.lora_delta),
-    the tokens of small groups (decode: a few tokens per adapter) one gathered einsum together, so a
-    step costs O(#big groups) Python calls, not O(#adapters).
+    state: HyState of the step. A `big` group: one shrink matmul for all slices (A_i stacked), the rank-r
+    buffer scaled by p, one fused expand-and-add (addmm_) per slice into the output view — i.e.
+    functional.lora_delta fused with the add; tokens of small groups (decode: a few tokens per adapter)
+    share one gathered einsum, so Python work per layer does not grow with the number of adapters.
     """
     for s, g in state.big:
         r = state.ranks[s] or a_stacked[0].shape[2]
-        xs = x[g]
-        deltas = [lora_delta(xs, a_stacked[i][s, 0, :r], b_stacked[i][s, 0, :, :r], 1.0, p_rows[i][g])
-                  for i in range(len(output_slices))]
-        if isinstance(g, slice):
-            off = 0
-            for d, n in zip(deltas, output_slices):
-                out[g, off:off + n] += d.to(out.dtype)
-                off += n
-        else:
+        A = torch.cat([a[s, 0, :r] for a in a_stacked]) if len(a_stacked) > 1 else a_stacked[0][s, 0, :r]
+        h = x[g] @ A.t()                                                    # [n_g, slices * r]
+        contiguous = isinstance(g, slice)
+        deltas, off = [], 0
+        for i, n in enumerate(output_slices):
+            hi = h[:, i * r:(i + 1) * r] * p_rows[i][g].unsqueeze(1).to(h.dtype)
+            B = b_stacked[i][s, 0, :, :r]
+            if contiguous:
+                out[g, off:off + n].addmm_(hi.to(out.dtype), B.t().to(out.dtype))
+            else:
+                deltas.append(hi @ B.t())
+            off += n
+        if not contiguous:
             out.index_add_(0, g, torch.cat(deltas, 1).to(out.dtype))
     if state.small_idx is not None:
         idx, slots = state.small_idx, state.small_slots
@@ -84,10 +88,19 @@ def vllm_lora_(punica, out: Tensor, x: Tensor, a_stacked, b_stacked, output_slic
     punica.add_expand(out, buffer, b_stacked, output_slices, add_inputs=True)
 
 
-def scale_tokens_(out: Tensor, c: Tensor, slot_all: Tensor) -> None:
-    """out[t] *= c[slot_all[t]] (in place): one gather + multiply per layer; base tokens and slots
-    without a c read rows of ones."""
-    out.mul_(c[slot_all].to(out.dtype))
+def scale_tokens_(out: Tensor, c: Tensor, state, c_slots=None) -> None:
+    """out[t] *= c[slot(t)] (in place); base tokens and slots without a c keep 1.
+
+    Few contiguous groups (prefill-heavy steps): a multiply on each group's view; otherwise one gather
+    c[slot_all] (base tokens read row S = ones) and one multiply.
+    """
+    groups = state.groups
+    if len(groups) <= 4 and all(isinstance(g, slice) for _, g in groups):
+        for s, g in groups:
+            if c_slots is None or s in c_slots:
+                out[g] *= c[s].to(out.dtype)
+    else:
+        out.mul_(c[state.slot_all].to(out.dtype))
 
 
 def reference_gather(x: Tensor, a_stacked, b_stacked, output_slices, p_rows, token_slots: Tensor) -> Tensor:

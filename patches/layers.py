@@ -96,7 +96,7 @@ class HyLoRADALinearMixin:
                 grouped_cpu.vllm_lora_(self.punica_wrapper, o2, x2, self.lora_a_stacked, self.lora_b_stacked,
                                        self.output_slices, p_rows)
             if not self.hy_after_reduce and not self.hy_c_slots.isdisjoint(st.present):
-                grouped_cpu.scale_tokens_(o2, self.hy_c, st.slot_all)
+                grouped_cpu.scale_tokens_(o2, self.hy_c, st, self.hy_c_slots)
         out = o2.view(shape)
         return out if bias is None else out + bias
 
@@ -118,7 +118,7 @@ class HyLoRADARowParallelMixin(HyLoRADALinearMixin):
         st = self.punica_wrapper.hylorada
         if st.groups and not self.hy_c_slots.isdisjoint(st.present):   # c is linear: per partial is exact too
             o2 = out.reshape(-1, out.shape[-1])
-            grouped_cpu.scale_tokens_(o2, self.hy_c, st.slot_all)
+            grouped_cpu.scale_tokens_(o2, self.hy_c, st, self.hy_c_slots)
             out = o2.view(out.shape)
         if bl.bias is not None and not bl.skip_bias_add and (reduced or self.tp_rank == 0):
             out = out + bl.bias

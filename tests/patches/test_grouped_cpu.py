@@ -75,14 +75,15 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
             off += n
 
 
-def test_scale_tokens_reads_ones_for_base_and_slots_without_c():
-    slots = torch.tensor(CASES["interleaved"])
+@pytest.mark.parametrize("case", ["interleaved", "contiguous"])   # gather / in-place views
+def test_scale_tokens_reads_ones_for_base_and_slots_without_c(case):
+    slots = torch.tensor(CASES[case])
     st = state_for(slots, torch.arange(slots.shape[0]))
     c = torch.ones(S + 1, 8)
     c[1] = 2.0
     c[2] = 3.0
     out = torch.ones(slots.shape[0], 8)
-    scale_tokens_(out, c, st.slot_all)
+    scale_tokens_(out, c, st)
     want = torch.tensor([2.0 if s == 1 else 3.0 if s == 2 else 1.0 for s in slots.tolist()])
     torch.testing.assert_close(out, want[:, None].expand(-1, 8))
 
