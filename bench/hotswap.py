@@ -44,7 +44,8 @@ def start_server(base: Path, adapters: Path, log: Path, args) -> tuple[subproces
     port = free_port()
     cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters),
            "--port", str(port), "--poll-interval", str(args.poll_interval), "--stable-seconds", str(args.stable_seconds),
-           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--max-loras", "4"]
+           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--max-loras", "4",
+           "--kv-cache-memory-bytes", str(512 << 20)]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                             env={**os.environ, "VLLM_HOST_IP": "127.0.0.1"})
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 300

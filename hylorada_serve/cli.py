@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.demo:
         from .demo import prepare
         opts.base, opts.adapters = prepare(opts.cache_dir)
-        rest = ["--dtype", "float32", "--max-model-len", "2048", *rest]
+        rest = ["--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30), *rest]
     if not opts.base or not opts.adapters:
         build_parser().error("--base and --adapters are required (or --demo)")
     Path(opts.adapters).mkdir(parents=True, exist_ok=True)

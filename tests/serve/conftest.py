@@ -21,6 +21,7 @@ import pytest
 
 API_KEY, ADMIN_KEY = "test-inference-key", "test-admin-key"
 START_TIMEOUT_S = 300
+KV_BYTES = 512 << 20                # the tiny model needs little; the machine is shared
 
 
 @dataclass
@@ -88,7 +89,8 @@ def start(root: Path, adapters: Path, base: Path, spare: Path, extra: tuple[str,
     cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters),
            "--port", str(port), "--api-key", API_KEY, "--admin-key", ADMIN_KEY, "--stable-seconds", "1",
            "--poll-interval", "0.2", "--max-loras", "4", "--max-cpu-loras", "8",
-           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--shutdown-timeout", "10", *extra]
+           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--shutdown-timeout", "10",
+           "--kv-cache-memory-bytes", str(KV_BYTES), *extra]
     env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
