@@ -22,6 +22,7 @@ import logging
 import torch
 
 from .attn_compute import PagedKV, decode_attention, request_attention
+from .attn_state import server_default
 
 log = logging.getLogger("vllm.hylorada_patches")     # under vLLM's logger: printed with its own lines
 _ORIG = None
@@ -106,9 +107,13 @@ def install() -> None:
     if _ORIG is not None:
         return
     _ORIG = CPUAttentionBackendImpl.forward
+    server_wide = server_default().mode != "full"               # a malformed HYLORADA_ATTENTION stops here
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
         state = getattr(layer, "hylorada_attn", None)
+        if state is None and server_wide and self.attn_type == AttentionType.DECODER:
+            raise RuntimeError("hylorada_patches: HYLORADA_ATTENTION (server-wide attention mode) needs the engine "
+                               "started with LoRA enabled (--enable-lora): the per-step plan lives in the LoRA manager")
         if (state is None or attn_metadata is None or self.attn_type != AttentionType.DECODER
                 or self.kv_sharing_target_layer_name is not None):
             return _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
