@@ -46,7 +46,8 @@ def anchor_config(url: str, names: list[str], label: str, out: Path, a) -> Bench
                        label=label, out_dir=str(out), max_total_s=900, request_timeout_s=600)
 
 
-def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: int, n_cpu: int):
+def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: int, n_cpu: int,
+             peft_threads: int = 2):
     if system == "hylorada":
         d = link_adapter_dir(work / "dirs" / system, ad["hylorada"])
         return hylorada_spec(system, base, port, d, list(ad["hylorada"]), n_slots, n_cpu)
@@ -58,19 +59,35 @@ def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: 
     if system == "vllm-base":
         return vllm_spec(system, base, port, {}, n_slots, n_cpu)
     if system in ("peft-single", "peft-mixed"):
-        return peft_spec(system, base, port, ad["peft"], system.split("-")[1])
+        return peft_spec(system, base, port, ad["peft"], system.split("-")[1], threads=peft_threads)
     raise ValueError(f"unknown system {system!r} (one of {', '.join(SYSTEMS)})")
+
+
+def probe(url: str, model: str, n: int = 12) -> list[int] | str:
+    """Greedy token ids of one fixed request (proves which adapter math ran: HyLoRADA's c and p(pos) change them)."""
+    import urllib.request
+    body = {"model": model, "prompt": list(range(40, 88)), "max_tokens": n, "temperature": 0.0, "ignore_eos": True,
+            "logprobs": 1}
+    req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            choice = json.loads(r.read())["choices"][0]
+        return (choice.get("logprobs") or {}).get("tokens") or choice["text"]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        return f"probe failed: {e}"
 
 
 def run_system(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> dict:
     names = ["base"] if system == "vllm-base" else list(ad["peft"])[:a.num_adapters]
-    spec = spec_for(system, base, a.port, ad, work, SLOTS, SLOTS)
+    spec = spec_for(system, base, a.port, ad, work, SLOTS, SLOTS, a.peft_threads)
     print(f"== {system}: {spec.shell()}", flush=True)
     with running(spec, a.port, work / "logs" / f"{system}.log") as (url, startup):
         load = os.getloadavg()   # other work on the machine, recorded beside the numbers
         res = run_bench(anchor_config(url, names, system, out, a))
+        sample = probe(url, names[0])
     print(f"[{system}] {headline(res)}  (ready in {startup:.0f} s)", flush=True)
     return {"system": system, "command": spec.shell(), "note": spec.note, "startup_s": startup, "loadavg": load,
+            "probe": sample,
             "fingerprint": res["workload_fingerprint"], "overall": res["overall"], "records": res["requests"]}
 
 
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="1,2,4,8,inf")
     p.add_argument("--sweep-requests", type=int, default=64)
     p.add_argument("--cpu-loras", type=int, default=64, help="CPU adapter cache in the scaling server")
+    p.add_argument("--peft-threads", type=int, default=2, help="torch threads of the PEFT server (2 = this machine's "
+                   "cores; under load from other processes 1 is far faster: OpenMP spin-waits collapse)")
     a = p.parse_args(argv)
     a.adapter_counts = [int(x) for x in a.adapter_counts.split(",")]
     a.rates = [float(x) for x in a.rates.split(",")]

@@ -1,0 +1,41 @@
+"""bench.compare / bench.servers plumbing, no engines: ratios, launch specs, adapter folders."""
+from pathlib import Path
+
+from bench.compare import ratio_table, spec_for
+from bench.servers import UPSTREAM_PLUGINS, link_adapter_dir
+
+
+def _sys(tok, ttft):
+    return {"overall": {"output_tok_per_s": tok, "ttft_s": {"p50": ttft}}}
+
+
+def test_ratio_table():
+    rows = {r["ratio"]: r for r in ratio_table({"hylorada": _sys(300, 0.2), "hylorada-lora": _sys(310, 0.2),
+                                                "vllm-lora": _sys(100, 0.4)})}
+    r = rows["hylorada / vllm-lora"]
+    assert r["output_tok_per_s"] == 3.0 and r["ttft_p50"] == 0.5 and r["met"] is True
+    assert rows["hylorada / hylorada-lora"]["met"] is True          # 0.968 >= 0.95
+    assert "hylorada / peft-single" not in rows                     # only systems that ran
+
+
+def test_upstream_vllm_excludes_our_plugin(tmp_path):
+    ad = {"peft": {"a0": tmp_path / "p0"}}
+    spec = spec_for("vllm-lora", tmp_path / "base", 9000, ad, tmp_path, 8, 8)
+    plugins = spec.env["VLLM_PLUGINS"].split(",")
+    assert "hylorada" not in plugins and plugins == UPSTREAM_PLUGINS.split(",")
+    assert "vllm.entrypoints.openai.api_server" in spec.cmd and "--enable-lora" in spec.cmd
+    assert spec.cmd[spec.cmd.index("--host") + 1] == "127.0.0.1"
+    assert f"a0={tmp_path / 'p0'}" in spec.cmd
+    base = spec_for("vllm-base", tmp_path / "base", 9000, ad, tmp_path, 8, 8)
+    assert "--enable-lora" not in base.cmd and base.models == ["base"]
+
+
+def test_link_adapter_dir(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    (src / "bench_stamp.json").write_text("{}")
+    d = link_adapter_dir(tmp_path / "dir", {"a0": src, "a1": src})
+    assert sorted(p.name for p in d.iterdir()) == ["a0", "a1"]
+    assert [p.name for p in (d / "a0").iterdir()] == ["adapter_config.json"]
+    assert Path(d / "a1" / "adapter_config.json").read_text() == "{}"
