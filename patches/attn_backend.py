@@ -5,8 +5,8 @@ PositionalDAA or a `sink`/`s2` attention mode get that attention, and no other r
 
 Per layer call, with the step's plan from attn_state (set by attn_hooks):
   - no variant request at this layer: vLLM's kernel, untouched;
-  - some: vLLM's kernel for the batch (skipped when every request is a variant), then each variant
-    request's output rows are recomputed by attn_compute.request_attention from the paged KV cache
+  - some: vLLM's kernel for the other requests only (kernel_subset: their tokens and a sub-metadata),
+    and each variant request's output rows from attn_compute (request_attention / decode_attention) over the paged KV cache
     (already holding this step's keys: CPU_ATTN writes the cache in do_kv_cache_update before forward).
 The kernel cannot express a per-head bucket bias, a sink+window union or S² groups, hence the
 reference path (logged once). Decoder self-attention only; encoder/cross attention is untouched.
@@ -16,6 +16,7 @@ probe write through vLLM's own cpu_attn_reshape_and_cache, and an unknown layout
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -100,6 +101,38 @@ def variant_forward(impl, layer, query, kv_cache, meta, output, state, rows: lis
                                     [s for _, s, _ in group], {s: d for _, s, d in group if d is not None}, impl.scale)
 
 
+def kernel_subset(impl, layer, query, key, value, kv_cache, meta, output, keep: list[int], state) -> None:
+    """vLLM's kernel for the requests `keep` only (the others are variant requests, recomputed after):
+    their tokens gathered, a sub-metadata with its own scheduler metadata (built once per step and
+    shared by the layers), outputs scattered back. Variant requests never pay full attention twice."""
+    from vllm import _custom_ops as ops
+    from vllm import envs
+    ck = (id(meta), tuple(keep))
+    sub = state.scratch.get(ck)
+    if sub is None:
+        keep_t = torch.tensor(keep)
+        qsl = meta.query_start_loc
+        lens = (qsl[1:] - qsl[:-1])[keep_t]
+        tok = torch.repeat_interleave(qsl[:-1][keep_t] - torch.cat([lens.new_zeros(1), lens.cumsum(0)[:-1]]), lens) \
+            + torch.arange(int(lens.sum()))                                        # token indices of `keep`
+        sub_qsl = torch.cat([lens.new_zeros(1), lens.cumsum(0)]).to(qsl.dtype)
+        seq_lens = meta.seq_lens[keep_t]
+        sched = ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=len(keep), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads, head_dim=impl.head_size,
+            seq_lens=seq_lens, dtype=query.dtype, query_start_loc=sub_qsl, causal=meta.causal,
+            sliding_window_size=impl.sliding_window, isa=layer.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
+            dynamic_causal=None, kv_cache_dtype=impl.kv_cache_dtype)
+        sub_meta = dataclasses.replace(meta, num_actual_tokens=int(sub_qsl[-1]), max_query_len=int(lens.max()),
+                                       query_start_loc=sub_qsl, seq_lens=seq_lens, max_seq_len=int(seq_lens.max()),
+                                       block_table=meta.block_table[keep_t], slot_mapping=meta.slot_mapping[tok],
+                                       scheduler_metadata=sched)
+        sub = state.scratch[ck] = (tok, sub_meta)
+    tok, sub_meta = sub
+    out = torch.empty((tok.shape[0],) + tuple(output.shape[1:]), dtype=output.dtype)
+    _ORIG(impl, layer, query[tok], key[tok], value[tok], kv_cache, sub_meta, out)
+    output[tok] = out
+
+
 def install() -> None:
     global _ORIG
     from vllm.v1.attention.backend import AttentionType
@@ -126,7 +159,10 @@ def install() -> None:
                                f"attention metadata {num_reqs}")
         _once("ref", "hylorada_patches: DAA / sink / s2 attention runs on a torch reference path over the "
               "paged KV cache for the requests that use it (CPU_ATTN cannot express it); others keep CPU_ATTN")
-        if len(rows) < num_reqs:
+        if len(rows) < num_reqs and attn_metadata.dynamic_causal is None:
+            kernel_subset(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                          sorted(set(range(num_reqs)) - set(rows)), state)
+        elif len(rows) < num_reqs:
             _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
         variant_forward(self, layer, query, kv_cache, attn_metadata, output, state, rows)
         return output

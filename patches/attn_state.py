@@ -83,6 +83,7 @@ class AttnState:
         self.req_slots: Tensor | None = None
         self.prompt_lens: Tensor | None = None
         self._rows: dict[int, list[int]] = {}
+        self.scratch: dict = {}                 # per-step values shared by the layers (attn_backend); cleared
 
     def set_slot(self, index: int, served) -> None:
         """Tables of slot `index` from its ServedAdapter (None: a plain vLLM LoRA -> the default)."""
@@ -98,7 +99,7 @@ class AttnState:
     # --- per step ----------------------------------------------------------------------
     def begin_step(self, req_lora_ids, prompt_lens, index_to_id: list) -> None:
         """req_lora_ids / prompt_lens: per request (numpy or list); index_to_id: vLLM's slot -> lora id."""
-        self._rows = {}
+        self._rows, self.scratch = {}, {}
         if not self.any_variant:
             self.req_slots = None
             return
@@ -108,7 +109,7 @@ class AttnState:
         self.prompt_lens = torch.as_tensor(prompt_lens, dtype=torch.long).clone()
 
     def end_step(self) -> None:
-        self.req_slots, self.prompt_lens, self._rows = None, None, {}
+        self.req_slots, self.prompt_lens, self._rows, self.scratch = None, None, {}, {}
 
     def rows(self, layer: int) -> list[int]:
         """Requests (indices into this step's batch) whose attention at `layer` is a variant."""
