@@ -15,7 +15,8 @@ Semantics of `grouped_lora_` (the plain loop it equals; base tokens are in no gr
                 out[t, off:off+n] += p_rows[i][t] * (x[t] @ A_i[s, 0, :r].T) @ B_i[s, 0, :, :r].T
 
 Selected by HYLORADA_LORA_PATH=grouped (default on CPU) | vllm (vLLM's punica ops, with p and the
-base-token mask applied to the rank-r buffer).
+base-token mask applied to the rank-r buffer; default elsewhere), or at run time per engine through the
+`hylorada_lora_path` worker RPC (control.py).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ from torch import Tensor
 PATHS = ("grouped", "vllm")
 
 
-def selected_path() -> str:
-    """The LoRA path this process uses (env HYLORADA_LORA_PATH; default grouped)."""
-    path = os.environ.get("HYLORADA_LORA_PATH", "grouped")
+def selected_path(is_cpu: bool = True) -> str:
+    """The LoRA path this process uses: env HYLORADA_LORA_PATH, else grouped on the CPU and vLLM's own
+    (its Triton punica kernels) elsewhere — the grouped path is verified on the CPU only."""
+    path = os.environ.get("HYLORADA_LORA_PATH", "grouped" if is_cpu else "vllm")
     if path not in PATHS:
         raise ValueError(f"HYLORADA_LORA_PATH must be one of {PATHS} (got {path!r})")
     return path

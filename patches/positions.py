@@ -25,7 +25,8 @@ def attach(manager) -> None:
     if manager.lora_config.fully_sharded_loras:
         raise RuntimeError("hylorada_patches: fully_sharded_loras is not supported by the HyLoRADA layers; "
                            "run without --fully-sharded-loras")
-    state = HyState(manager.lora_slots, grouped=selected_path() == "grouped")
+    from vllm.platforms import current_platform
+    state = HyState(manager.lora_slots, grouped=selected_path(current_platform.is_cpu()) == "grouped")
     manager.hylorada = state
     wrappers = list(manager.punica_wrapper_mapping.values())
     for pw in wrappers:
@@ -37,9 +38,11 @@ def attach(manager) -> None:
 
     def begin(_model, args, kwargs):
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-        if positions is None or positions.dim() != 1:
-            state.end_step()
-            return None
+        if positions is None:
+            raise RuntimeError("hylorada_patches: the LoRA model was called without `positions`; the HyLoRADA "
+                               "layers need each token's position (p(pos))")
+        if positions.dim() == 2:          # M-RoPE [3, T]: text tokens carry the same position in every row
+            positions = positions[0]
         n = main.indices_len[0]
         state.begin_step(positions, None if n is None else main.token_lora_indices)
         return None

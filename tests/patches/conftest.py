@@ -84,6 +84,13 @@ def zoo(tiny_base, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def peft_dirs(zoo):
+    """The PEFT folders behind lora / rslora / dora (for HF/PEFT comparisons)."""
+    from pathlib import Path
+    return {"lora": zoo["lora"], "rslora": zoo["rslora"], "dora": str(Path(zoo["dora"]).parent / "dora-peft")}
+
+
+@pytest.fixture(scope="session")
 def served(zoo, tiny_base):
     """name -> ServedAdapter (what the reference runs)."""
     from hylorada.served import load_served

@@ -47,16 +47,30 @@ def lora_req(name, int_id, path):
     return LoRARequest(name, int_id, path)
 
 
-def test_mixed_batch_every_kind(engine, zoo, served, reference):
+def peft_greedy(base_dir, peft_dir, prompt, new):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), peft_dir).eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=new, do_sample=False, min_new_tokens=new)
+    return out[0, len(prompt):].tolist()
+
+
+def test_mixed_batch_every_kind(engine, zoo, served, reference, tiny_base, peft_dirs):
     """Base, LoRA, rsLoRA, converted DoRA, HyLoRADA (+position bias), HyLoRADA (+landmarks): two requests
     each, interleaved (so slot groups are non-contiguous), all in one engine batch."""
     names = KINDS * 2
     prompts = prompts_for(len(names), seed=0)
+    assert max(map(len, prompts)) > 64 and sum(map(len, prompts)) > 4 * 64   # chunked prefill, mixed steps
     reqs = [None if n is None else lora_req(n, KINDS.index(n), zoo[n]) for n in names]
     got = run(engine, prompts, reqs)
     want = reference.greedy(prompts, [None if n is None else served[n] for n in names], NEW)
     for i, n in enumerate(names):
         assert_same(got[i], want[i], f"request {i} ({n or 'base'})")
+    # and HF/PEFT itself (PEFT's own LoRA / rsLoRA / DoRA, from the folders the served ones came from)
+    for n in ("lora", "rslora", "dora"):
+        i = names.index(n)
+        assert peft_greedy(tiny_base, peft_dirs[n], prompts[i], NEW) == got[i][0], f"{n} vs PEFT"
     # the dynamic parts matter: the same adapters read as plain LoRA (what stock vLLM would serve) differ
     for n in ("dora", "hy_pos", "hy_lm"):
         ad = served[n]
