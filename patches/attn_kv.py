@@ -41,9 +41,12 @@ def request_spec(manager, request) -> ModeSpec:
     spec = cache.get(key)
     if spec is None:
         default = cache.setdefault(None, server_default())
-        meta = Path(key) / "hylorada.json" if key else None
-        att = json.loads(meta.read_text()).get("attention") if meta is not None and meta.is_file() else None
-        spec = ModeSpec.from_meta(att) if att else default
+        try:
+            meta = Path(key) / "hylorada.json" if key else None
+            att = json.loads(meta.read_text()).get("attention") if meta is not None and meta.is_file() else None
+            spec = ModeSpec.from_meta(att) if att else default
+        except (OSError, ValueError, TypeError, AttributeError):
+            spec = default        # never kill the scheduler: the worker's loader refuses a bad adapter with its reason
         spec = default if spec.mode == "full" else spec
         cache[key] = spec
     return spec

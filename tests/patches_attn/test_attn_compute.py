@@ -166,3 +166,22 @@ def test_head_shards_equal_all_heads(qkv, mode):
         C.request_attention(q[:, hs.start:hs.stop], kv_r, row_r, T, spec, (daa[0][hs.start:hs.stop], daa[1][hs.start:hs.stop],
                             daa[2]), T, SCALE, part, hs, H)
         torch.testing.assert_close(part, full[:, hs.start:hs.stop], rtol=1e-5, atol=1e-5)
+
+
+def test_scheduler_side_mode_lookup(tmp_path):
+    """attn_kv reads a request's mode from its adapter folder once per path; a bad or missing file never
+    raises in the scheduler (the worker's loader refuses the adapter with its reason); gap blocks."""
+    from patches.attn_kv import gap_blocks, request_spec
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    (good / "hylorada.json").write_text('{"attention": {"mode": "sink", "sink_tokens": 4, "window": 16}}')
+    (bad / "hylorada.json").write_text("{not json")
+    mgr = SimpleNamespace()
+
+    def req(path):
+        return SimpleNamespace(lora_request=None if path is None else SimpleNamespace(lora_path=str(path)))
+    assert request_spec(mgr, req(good)) == ModeSpec("sink", 4, 16)
+    assert request_spec(mgr, req(bad)) == ModeSpec() and request_spec(mgr, req(None)) == ModeSpec()
+    assert request_spec(mgr, req(tmp_path / "missing")) == ModeSpec()
+    assert gap_blocks(ModeSpec("sink", 4, 16), processed=100, block_size=32) == (1, 2)   # blocks [1, 2): tokens 32..63
+    assert gap_blocks(ModeSpec("sink", 4, 16), processed=40, block_size=32) == (1, 0)    # nothing to free yet
