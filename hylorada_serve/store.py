@@ -96,6 +96,7 @@ class Entry:
     blocked: bool = False           # the name itself is refused (bad characters, case clash, outside link)
     last_number: int = 0
     since: float = 0.0              # wall time the current status began (time.time())
+    removed_at: float = 0.0         # store clock at the last remove() (for forgetting removed names)
     events: Counter = field(default_factory=Counter)
 
 
@@ -108,9 +109,12 @@ class Ticket:
 class AdapterStore:
     """Bookkeeping for DIR/. Single-threaded: call from one event loop (the server's)."""
 
-    def __init__(self, root: str | Path, stable_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, root: str | Path, stable_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 forget_seconds: float = 300.0):
         self.root = Path(root)
         self.stable_seconds = stable_seconds
+        self.forget_seconds = forget_seconds     # a removed name is dropped from the books after this long
+        self.new_refusals: list[tuple[str, str]] = []    # (name, reason) refused by scan; the watcher logs them
         self.clock = clock
         self.entries: dict[str, Entry] = {}
         self._mapping: dict[str, Version] = {}
@@ -170,13 +174,24 @@ class AdapterStore:
         gone = [n for n, e in self.entries.items()
                 if (n not in present and e.status in ("ready", "waiting", "refused", "unloaded"))
                 or (e.blocked and e.current is not None)]
+        self._forget(present, now)
         return to_load, gone
+
+    def _forget(self, present: set, now: float) -> None:
+        """Drop names removed at least forget_seconds ago whose folder is still gone and that no admitted
+        request can still resolve (no retired version pending), so the books stay bounded under churn.
+        A name that comes back later starts again at version 1 (with a new uid and published path)."""
+        pinned = {v.name for v, _ in self._retired}
+        for n in [n for n, e in self.entries.items() if e.status == "removed" and n not in present
+                  and n not in pinned and now - e.removed_at >= self.forget_seconds]:
+            del self.entries[n]
 
     def _refuse_quietly(self, e: Entry, reason: str) -> None:
         e.blocked = True
         if e.status != "refused" or e.reason != reason:
             e.status, e.reason = "refused", reason
             e.events["refused"] += 1
+            self.new_refusals.append((e.name, reason))
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def begin_load(self, name: str) -> tuple[int, int, Signature | None]:
@@ -210,7 +225,7 @@ class AdapterStore:
         if e is None:
             return None
         old, e.current, e.status, e.reason = e.current, None, status, None
-        e.since = time.time()
+        e.since, e.removed_at = time.time(), self.clock()
         e.held = status == "unloaded"
         if status == "removed":
             e.seen_sig = e.refused_sig = None

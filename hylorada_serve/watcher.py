@@ -40,6 +40,10 @@ class HotSwapper:
     async def step(self) -> None:
         async with self.lock:
             to_load, gone = self.store.scan()
+            for name, reason in self.store.new_refusals:     # names refused by the scan itself
+                log.warning("adapter %s refused: %s", name, reason)
+                self.on_event(name, "refused")
+            self.store.new_refusals.clear()
             for name in gone:
                 if self.store.remove(name) is not None:
                     log.info("adapter %s: folder removed; no longer served (running requests finish)", name)
