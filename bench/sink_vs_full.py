@@ -31,9 +31,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass
 class SinkBenchConfig:
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192])  # total tokens per sequence
-    new: int = 128               # generated tokens per request (decode phase)
+    new: int = 256               # generated tokens per request (decode phase)
     reps: int = 2                # runs per (mode, length); the best tok/s and the largest KV peak are kept
-    batch: int = 4               # concurrent requests per run
+    batch: int = 8               # concurrent requests per run
     sinks: int = 4               # sink tokens of the `sink` adapter
     window: int = 256            # window of the `sink` adapter
     block_size: int = 128        # vLLM KV block size (CPU default)
