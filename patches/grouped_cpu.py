@@ -83,7 +83,7 @@ def vllm_lora_(punica, out: Tensor, x: Tensor, a_stacked, b_stacked, output_slic
     """vLLM's own path: punica add_shrink (per-token weight gather) -> buffer *= p (0 for base tokens,
     which masks the -1 -> last-slot wrap) -> punica add_expand."""
     r = b_stacked[0].shape[-1]
-    buffer = tuple(torch.zeros((x.shape[0], r), dtype=torch.float32) for _ in output_slices)
+    buffer = tuple(torch.zeros((x.shape[0], r), dtype=torch.float32, device=x.device) for _ in output_slices)
     punica.add_shrink(buffer, x, a_stacked, 1.0)
     for b, p in zip(buffer, p_rows):
         b.mul_(p.unsqueeze(1))

@@ -79,7 +79,7 @@ class HyLoRADALinearMixin:
             else:
                 cs = [None if c is None else c.squeeze(1)
                       for c in self.slice_lora_b([None if c is None else c.unsqueeze(1) for c in cs])]
-        return torch.cat([torch.ones(n) if c is None else c.float() for c, n in zip(cs, self.output_slices)])
+        return torch.cat([torch.ones(n) if c is None else c.float().cpu() for c, n in zip(cs, self.output_slices)])
 
     # --- forward ---------------------------------------------------------------------
     def apply(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

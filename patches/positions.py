@@ -26,7 +26,8 @@ def attach(manager) -> None:
         raise RuntimeError("hylorada_patches: fully_sharded_loras is not supported by the HyLoRADA layers; "
                            "run without --fully-sharded-loras")
     from vllm.platforms import current_platform
-    state = HyState(manager.lora_slots, grouped=selected_path(current_platform.is_cpu()) == "grouped")
+    state = HyState(manager.lora_slots, grouped=selected_path(current_platform.is_cpu()) == "grouped",
+                    device=manager.device)
     manager.hylorada = state
     wrappers = list(manager.punica_wrapper_mapping.values())
     for pw in wrappers:

@@ -31,13 +31,14 @@ from hylorada.functional import position_bucket, position_scale
 
 
 class HyState:
-    def __init__(self, num_slots: int, grouped: bool, num_buckets: int = 64, min_group: int = 16):
+    def __init__(self, num_slots: int, grouped: bool, num_buckets: int = 64, min_group: int = 16, device="cpu"):
         S = num_slots
         self.num_slots = S
+        self.device = torch.device(device)
         self.grouped = grouped
         self.min_group = min_group
-        self.bias = torch.zeros(S + 1, num_buckets)
-        self.w_pos = torch.zeros(0, S + 1)
+        self.bias = torch.zeros(S + 1, num_buckets, device=self.device)
+        self.w_pos = torch.zeros(0, S + 1, device=self.device)
         self.cfg: list[tuple[int, int] | None] = [None] * S
         self.ranks = [0] * S
         self.landmarks: list[dict[int, tuple[Tensor, Tensor, Tensor]]] = [{} for _ in range(S)]
@@ -47,7 +48,7 @@ class HyState:
     def add_rows(self, n: int) -> tuple[int, ...]:
         """Reserve n w_pos rows (one per module slice of a layer); returns their indices."""
         m = self.w_pos.shape[0]
-        self.w_pos = torch.cat([self.w_pos, torch.zeros(n, self.num_slots + 1)])
+        self.w_pos = torch.cat([self.w_pos, torch.zeros(n, self.num_slots + 1, device=self.device)])
         return tuple(range(m, m + n))
 
     def set_slot(self, index: int, served, rank: int) -> None:
@@ -62,19 +63,21 @@ class HyState:
         if pb is not None:
             nb = pb.shape[0]
             if nb > self.bias.shape[1]:
-                self.bias = torch.cat([self.bias, torch.zeros(self.num_slots + 1, nb - self.bias.shape[1])], 1)
-            self.bias[index, :nb] = pb.float()
+                self.bias = torch.cat([self.bias, torch.zeros(self.num_slots + 1, nb - self.bias.shape[1],
+                                                              device=self.device)], 1)
+            self.bias[index, :nb] = pb.float().to(self.device)
             spec = served.meta["position_bias"]
             self.cfg[index] = (int(spec.get("num_buckets", nb)), int(spec.get("max_position", 32768)))
         if served.meta.get("landmarks"):
             layers = {int(k.split(".")[1]) for k in served.dynamic if ".landmark." in k}
-            self.landmarks[index] = {i: served.landmark(i) for i in sorted(layers)}
+            self.landmarks[index] = {i: tuple(t.to(self.device) for t in served.landmark(i)) for i in sorted(layers)}
 
     # --- per step ----------------------------------------------------------------------
     def begin_step(self, positions: Tensor, token_slots: Tensor | None) -> None:
         """positions [T] (what RoPE uses), token_slots [<=T] vLLM slot per token (-1 = base)."""
         T = positions.shape[0]
-        idx = torch.full((T,), -1, dtype=torch.long)
+        dev = positions.device
+        idx = torch.full((T,), -1, dtype=torch.long, device=dev)
         if token_slots is not None:
             n = min(T, token_slots.shape[0])
             idx[:n] = token_slots[:n]
@@ -90,20 +93,20 @@ class HyState:
         self.big = [(s, g) for s, g in self.groups if _size(g) >= self.min_group]
         small = [s for s, g in self.groups if _size(g) < self.min_group]
         if small:
-            self.small_idx = torch.isin(idx, torch.tensor(small)).nonzero().squeeze(1)
+            self.small_idx = torch.isin(idx, torch.tensor(small, device=dev)).nonzero().squeeze(1)
             self.small_slots = idx[self.small_idx]
         else:
             self.small_idx = self.small_slots = None
         cfgs = {self.cfg[s] for s in present if self.cfg[s] is not None}
         if cfgs:
-            bucket = torch.zeros(T, dtype=torch.long)
+            bucket = torch.zeros(T, dtype=torch.long, device=dev)
             for cfg in cfgs:
-                ids = torch.tensor([s for s in present if self.cfg[s] == cfg])
-                bucket = torch.where(torch.isin(slot, ids), position_bucket(positions, *cfg), bucket)
+                ids = torch.tensor([s for s in present if self.cfg[s] == cfg], device=dev)
+                bucket = torch.where(torch.isin(slot, ids), position_bucket(positions, *cfg).to(dev), bucket)
             flat = slot * self.bias.shape[1] + bucket
             P = position_scale(self.bias.flatten(), self.w_pos[:, slot], flat)       # [M, T]
         else:
-            P = torch.ones(self.w_pos.shape[0], T)
+            P = torch.ones(self.w_pos.shape[0], T, device=dev)
         self.P = P * active
 
     def end_step(self) -> None:
