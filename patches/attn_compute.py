@@ -1,4 +1,4 @@
-"""Reference attention for one request over vLLM's paged KV cache (torch only, no vLLM imports).
+"""Reference attention over vLLM's paged KV cache: a request's query chunk, or a batch of decode queries (torch only).
 
 Used by attn_backend for the requests whose adapter has PositionalDAA or a non-full attention mode;
 vLLM's CPU kernel cannot express a per-head bucket bias, a sink+window union or S² groups. Every
