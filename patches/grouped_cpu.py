@@ -38,14 +38,15 @@ def selected_path(is_cpu: bool = True) -> str:
     return path
 
 
-def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p_rows, state) -> None:
+def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p_rows, state, bt_stacked=None) -> None:
     """out [T, sum(slices)] += every adapter token's LoRA delta (in place).
 
     x [T, d_in]; a_stacked[i] [S, 1, R, d_in], b_stacked[i] [S, 1, n_i, R]; p_rows[i] [T] (0 for base tokens);
     state: HyState of the step. A `big` group: one shrink matmul for all slices (A_i stacked), the rank-r
     buffer scaled by p, one fused expand-and-add (addmm_) per slice into the output view — i.e.
     functional.lora_delta fused with the add; tokens of small groups (decode: a few tokens per adapter)
-    share one gathered einsum, so Python work per layer does not grow with the number of adapters.
+    share one dense pass over all slots (`dense_delta`, with bt_stacked[i] = B_i transposed [S*R, n_i])
+    or, without bt_stacked, one gathered einsum — Python work per layer does not grow with the adapters.
     """
     for s, g in state.big:
         r = state.ranks[s] or a_stacked[0].shape[2]
@@ -66,7 +67,25 @@ def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p
     if state.small_idx is not None:
         idx, slots = state.small_idx, state.small_slots
         p_small = [p[idx] for p in p_rows]
-        out.index_add_(0, idx, gathered_delta(x[idx], a_stacked, b_stacked, p_small, slots).to(out.dtype))
+        d = gathered_delta(x[idx], a_stacked, b_stacked, p_small, slots) if bt_stacked is None else \
+            dense_delta(x[idx], a_stacked, bt_stacked, p_small, slots)
+        out.index_add_(0, idx, d.to(out.dtype))
+
+
+def dense_delta(x: Tensor, a_stacked, bt_stacked, p_rows, slots: Tensor) -> Tensor:
+    """Same result as gathered_delta without copying any weights: shrink against every slot at once
+    (A_i viewed as [S*R, d_in]), keep only each token's own slot block scaled by p, expand against the
+    transposed B stack [S*R, n_i]. Costs like a rank S*R LoRA: for the few tokens of small groups."""
+    outs = []
+    t = x.shape[0]
+    rows = torch.arange(t, device=x.device)
+    for a, bt, p in zip(a_stacked, bt_stacked, p_rows):
+        S, R = a.shape[0], a.shape[2]
+        h = (x @ a.view(S * R, a.shape[3]).t()).view(t, S, R)
+        mask = torch.zeros(t, S, dtype=h.dtype, device=x.device)
+        mask[rows, slots] = p.to(h.dtype)
+        outs.append((h * mask.unsqueeze(2)).view(t, S * R) @ bt)
+    return torch.cat(outs, 1)
 
 
 def gathered_delta(x: Tensor, a_stacked, b_stacked, p_rows, slots: Tensor) -> Tensor:

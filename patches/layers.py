@@ -35,6 +35,9 @@ class HyLoRADALinearMixin:
     def create_lora_weights(self, max_loras, lora_config, model_config=None):
         super().create_lora_weights(max_loras, lora_config, model_config)
         self.hy_c = torch.ones(max_loras + 1, sum(self.output_slices), dtype=lora_config.lora_dtype, device=self.device)
+        # B transposed, slot blocks stacked: [S*R, n_i] per slice (grouped_cpu.dense_delta), synced in set/reset
+        self.hy_bt = tuple(torch.zeros(max_loras * b.shape[3], b.shape[2], dtype=b.dtype, device=b.device)
+                           for b in self.lora_b_stacked)
         self.hy_c_slots: set[int] = set()
         self.hy_rows: tuple[int, ...] = ()
         self.hy_layer, self.hy_subs = -1, ()
@@ -50,8 +53,18 @@ class HyLoRADALinearMixin:
         self.hy_subs = tuple(f"{parts[-2]}.{s}" for s in subs)
         self.hy_rows = state.add_rows(self.n_slices)
 
+    def hy_sync_bt(self, index: int) -> None:
+        for bt, b in zip(self.hy_bt, self.lora_b_stacked):
+            R = b.shape[3]
+            bt[index * R:(index + 1) * R] = b[index, 0].t()
+
+    def set_lora(self, index: int, lora_a, lora_b):
+        super().set_lora(index, lora_a, lora_b)
+        self.hy_sync_bt(index)
+
     def reset_lora(self, index: int):
         super().reset_lora(index)
+        self.hy_sync_bt(index)
         self.hy_c[index] = 1
         self.hy_c_slots.discard(index)
         st = getattr(self.punica_wrapper, "hylorada", None) if hasattr(self, "punica_wrapper") else None
@@ -91,7 +104,7 @@ class HyLoRADALinearMixin:
             p_rows = [st.P[m] for m in self.hy_rows]
             if st.grouped:
                 grouped_cpu.grouped_lora_(o2, x2, self.lora_a_stacked, self.lora_b_stacked, self.output_slices,
-                                          p_rows, st)
+                                          p_rows, st, self.hy_bt)
             else:
                 grouped_cpu.vllm_lora_(self.punica_wrapper, o2, x2, self.lora_a_stacked, self.lora_b_stacked,
                                        self.output_slices, p_rows)

@@ -54,11 +54,15 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
         for ai, bi in zip(a, b):
             ai[s, 0, r:] = 0
             bi[s, 0, :, r:] = 0
-    x = torch.randn(T, D_IN)
+    x = torch.randn(T, D_IN, generator=torch.Generator().manual_seed(7))
     p_rows = [st.P[m] for m in range(len(SLICES))] if st.P is not None else [torch.zeros(T)] * 3
     out = torch.zeros(T, sum(SLICES))
     grouped_lora_(out, x, a, b, SLICES, p_rows, st)
-    torch.testing.assert_close(out, reference_gather(x, a, b, SLICES, p_rows, slots), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, reference_gather(x, a, b, SLICES, p_rows, slots), rtol=1e-4, atol=1e-4)
+    dense = torch.zeros(T, sum(SLICES))              # small groups through the weight-copy-free dense pass
+    grouped_lora_(dense, x, a, b, SLICES, p_rows, st, bt_stacked=tuple(bi[:, 0].transpose(1, 2).reshape(S * R, -1)
+                                                                       for bi in b))
+    torch.testing.assert_close(dense, out, rtol=1e-4, atol=1e-4)
     # the slow twin: the formula itself, one token at a time (W = 0 isolates the delta)
     for t in range(T):
         s = int(slots[t])
@@ -71,7 +75,7 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
             if st.cfg[s] is not None:
                 p = position_scale(st.bias[s], st.w_pos[i, s], position_bucket(pos[t], *st.cfg[s]))
             want = served_linear(x[t], torch.zeros(n, D_IN), None, a[i][s, 0], b[i][s, 0], None, p)
-            torch.testing.assert_close(out[t, off:off + n], want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out[t, off:off + n], want, rtol=1e-4, atol=1e-4)
             off += n
 
 
@@ -111,7 +115,7 @@ def test_vllm_path_masks_the_minus_one_wrap():
     slots = torch.tensor(CASES["interleaved"])
     st = state_for(slots, torch.arange(slots.shape[0]) * 7)
     a, b = stacks(1)
-    x = torch.randn(slots.shape[0], D_IN)
+    x = torch.randn(slots.shape[0], D_IN, generator=torch.Generator().manual_seed(8))
     p_rows = [st.P[m] for m in range(3)]
     punica = _Punica(slots)
     stock = torch.zeros(slots.shape[0], sum(SLICES))
@@ -123,4 +127,4 @@ def test_vllm_path_masks_the_minus_one_wrap():
     grouped = torch.zeros_like(stock)
     st.ranks = [R] * S
     grouped_lora_(grouped, x, a, b, SLICES, p_rows, st)
-    torch.testing.assert_close(ours, grouped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, grouped, rtol=1e-4, atol=1e-4)
