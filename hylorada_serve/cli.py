@@ -139,6 +139,7 @@ async def serve(args, opts) -> int:
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
                                  on_event=on_event)
             install(app, swapper, opts.api_key, opts.admin_key)
+            own_log_handler()                      # again, after the engine's start-up configured logging
             await initial_load(swapper, opts)
             stop = asyncio.Event()
             watcher = asyncio.create_task(swapper.run(stop, opts.poll_interval))
@@ -209,6 +210,18 @@ print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "co
 """
 
 
+def own_log_handler() -> None:
+    """Our log lines (adapter loaded / refused / removed) on their own handler: vLLM's engine start-up reconfigures
+    logging (measured: with only the root handler, not one hylorada_serve line reached the log). Idempotent."""
+    log.disabled, log.propagate = False, False
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_hylorada", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
+        h._hylorada = True
+        log.addHandler(h)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"     # vLLM's path-taking load route stays off
@@ -223,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--base and --adapters are required (or --demo)")
     Path(opts.adapters).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    own_log_handler()
     served = opts.served_model_name or Path(opts.base).name or str(opts.base)
     args = vllm_args(opts, rest, served)
     try:

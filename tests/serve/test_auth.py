@@ -1,0 +1,141 @@
+"""Auth: AuthMiddleware alone (fast, no engine) and over HTTP on the shared session server.
+
+  * with --api-key, every route vLLM's app serves (enumerated from its own /openapi.json) except /health,
+    /metrics, /ping, /version answers 401 without the key;
+  * with --admin-key, /v1/adapters* needs exactly that key: the inference key is not enough (nor is the admin
+    key an inference key), and path spellings that might dodge the prefix check never reach an admin route;
+  * keys are compared as SHA-256 digests with hmac.compare_digest (constant time, equal lengths), never with ==;
+  * no key, right or wrong, appears in the server's log.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import uuid
+
+import httpx
+import pytest
+
+from .conftest import ADMIN_KEY, API_KEY
+
+OPEN = {"/health", "/metrics", "/ping", "/version"}
+
+
+def call(mw, path: str, auth: bytes | None) -> int:
+    headers = [(b"authorization", auth)] if auth is not None else []
+    sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(msg):
+        sent.append(msg)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    mw.app = app
+    asyncio.run(mw({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send))
+    return sent[0]["status"]
+
+
+def test_middleware_routes_and_keys():
+    from hylorada_serve.app import AuthMiddleware
+
+    both = AuthMiddleware(None, api_key="k-api", admin_key="k-admin")
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/v1/responses", "/docs"):
+        assert call(both, path, None) == 401
+        assert call(both, path, b"Bearer k-admin") == 401          # the admin key is not an inference key
+        assert call(both, path, b"bearer k-api") == 200
+        assert call(both, path, b"Basic k-api") == 401
+        assert call(both, path, b"Bearer k-ap") == 401
+    for path in ("/v1/adapters", "/v1/adapters/x/reload"):
+        assert call(both, path, b"Bearer k-api") == 401            # the inference key is not enough
+        assert call(both, path, b"Bearer k-admin") == 200
+    for path in OPEN:
+        assert call(both, path, None) == 200
+    api_only = AuthMiddleware(None, api_key="k-api", admin_key=None)
+    assert call(api_only, "/v1/adapters", b"Bearer k-api") == 200   # no admin key: the API key guards admin too
+    assert call(api_only, "/v1/adapters", None) == 401
+    assert call(AuthMiddleware(None, None, None), "/v1/completions", None) == 200
+
+
+def test_keys_compared_in_constant_time(monkeypatch):
+    import hylorada_serve.app as app_mod
+
+    calls = []
+    real = app_mod.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(app_mod.hmac, "compare_digest", spy)
+    mw = app_mod.AuthMiddleware(None, api_key="k-api", admin_key="k-admin")
+    for token in (b"Bearer x", b"Bearer " + b"y" * 10_000, b"Bearer k-api", b"Bearer "):
+        call(mw, "/v1/completions", token)
+    assert len(calls) == 4 and all(a == b == 32 for a, b in calls)   # digests: equal length whatever was sent
+    src = inspect.getsource(app_mod.AuthMiddleware.__call__)
+    assert "compare_digest" in src and "token ==" not in src and "== self." not in src
+
+
+@pytest.mark.vllm
+def test_every_non_open_route_needs_the_api_key(server):
+    spec = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).json()
+    checked = 0
+    for path, ops in spec["paths"].items():
+        if path in OPEN:
+            continue
+        url = server.url + path.replace("{name}", "demo-lora").replace("{", "").replace("}", "")
+        for method in ops:
+            r = httpx.request(method.upper(), url, timeout=30)
+            assert r.status_code == 401, (method, path, r.status_code)
+            checked += 1
+    assert checked >= 10 and "/v1/completions" in spec["paths"] and "/v1/adapters" in spec["paths"]
+
+
+@pytest.mark.vllm
+def test_admin_routes_need_the_admin_key(server):
+    api, admin = {"Authorization": f"Bearer {API_KEY}"}, {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for method, path in (("GET", "/v1/adapters"), ("POST", "/v1/adapters/demo-lora/reload"),
+                         ("POST", "/v1/adapters/demo-lora/unload"), ("POST", "/v1/adapters/demo-lora/load")):
+        assert httpx.request(method, server.url + path, headers=api, timeout=30).status_code == 401
+        assert httpx.request(method, server.url + path, timeout=30).status_code == 401
+    assert httpx.get(server.url + "/v1/adapters", headers=admin, timeout=30).status_code == 200
+    r = httpx.post(server.url + "/v1/completions", headers=admin, timeout=30,
+                   json={"model": "demo-lora", "prompt": "x", "max_tokens": 1})
+    assert r.status_code == 401
+
+
+def raw_get(server, path: str, key: str) -> bytes:
+    """An HTTP request with the path exactly as written (clients would normalise dot segments)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("path", ["//v1/adapters", "/v1//adapters", "/V1/adapters", "/v1/%61dapters",
+                                  "/metrics/../v1/adapters", "/health/../v1/adapters", "/v1/./adapters",
+                                  "/v1/models/../adapters", "/v1/adapters/", "/v1/adapters?x=1", "/v1/adapters#"])
+def test_path_spellings_do_not_dodge_the_admin_key(server, path):
+    resp = raw_get(server, path, API_KEY)                 # the inference key only
+    assert resp.startswith(b"HTTP/1.1 ") and b'"adapters_dir"' not in resp, (path, resp[:300])
+
+
+@pytest.mark.vllm
+def test_no_key_is_ever_logged(server):
+    marker = "wrong-" + uuid.uuid4().hex
+    for key in (marker, API_KEY, ADMIN_KEY):
+        for path in ("/v1/completions", "/v1/adapters", "/v1/models"):
+            httpx.post(server.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                       json={"model": "demo-lora", "prompt": "x", "max_tokens": 1})
+    log = server.log.read_text(errors="replace")
+    for secret in (marker, API_KEY, ADMIN_KEY):
+        assert secret not in log
