@@ -21,10 +21,12 @@ def plot_cdfs(runs: dict[str, list[dict]], path: str | Path, title: str = "") ->
             v = sorted(1000 * r[key] for r in recs if r.get("error") is None and r.get(key) is not None)
             if v:
                 ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=label)
-        ax.set_xlabel(f"{name} (ms)")
+        ax.set_xlabel(f"{name} (ms, log scale)")
+        ax.set_xscale("log")          # systems differ by orders of magnitude
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if any(ax.get_legend_handles_labels()[0] for ax in axes):
+        axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
