@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo soak clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	VLLM_HOST_IP=127.0.0.1 $(BIN)/hylorada-serve --demo
+
+# bench/soak.py: mixed traffic + adapter swaps + bad adapters against one real server (MINUTES, default 10)
+soak: $(STAMP)
+	VLLM_HOST_IP=127.0.0.1 $(BIN)/python bench/soak.py --minutes $(or $(MINUTES),10)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -1,0 +1,76 @@
+"""Pieces of bench/soak.py that do not talk HTTP: resident memory of a process session, the RSS slope after
+warm-up, the end-of-run correctness check against hylorada.reference.ServedReference, and the plot."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def session_rss_mb(sid: int) -> tuple[float, int]:
+    """(sum of VmRSS in MiB over every live process whose session id is `sid`, process count).
+    The server is started with start_new_session=True, so this is the API server + engine core + workers."""
+    total, n = 0, 0
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(p.name)) != sid:
+                continue
+            for line in (p / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    n += 1
+                    break
+        except (OSError, ValueError):
+            pass
+    return total / 1024, n
+
+
+def slope_mb_per_min(samples: list[dict], warmup_s: float) -> dict:
+    """Least-squares slope of RSS (MiB) against time (min) for samples after `warmup_s`; also first/last/max."""
+    pts = [(s["t"] / 60, s["rss_mb"]) for s in samples if s["t"] >= warmup_s]
+    if len(pts) < 3:
+        return {"slope_mb_per_min": None, "samples_after_warmup": len(pts)}
+    n = len(pts)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else 0.0
+    ys = [y for _, y in pts]
+    return {"slope_mb_per_min": round(slope, 3), "samples_after_warmup": n, "rss_after_warmup_first_mb": round(ys[0], 1),
+            "rss_last_mb": round(ys[-1], 1), "rss_max_mb": round(max(ys), 1), "rss_min_after_warmup_mb": round(min(ys), 1),
+            "slope_pct_per_hour": round(100 * slope * 60 / my, 2) if my else None}
+
+
+def reference_tokens(base: Path, adapter_dirs: dict[str, Path | None], prompt: list[int], n_new: int) -> dict:
+    """name -> greedy token ids from the served-form reference (HF, float32); None = the base model."""
+    from hylorada.reference import ServedReference
+    from hylorada.served import load_served
+
+    ref = ServedReference(base)
+    out = {}
+    for name, d in adapter_dirs.items():
+        ad = load_served(d) if d is not None else None
+        out[name] = [int(t) for t in ref.greedy([prompt], [ad], n_new)[0][0]]
+    return out
+
+
+def plot(samples: list[dict], warmup_s: float, slope: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t"] / 60 for s in samples]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    a1.plot(t, [s["rss_mb"] for s in samples], label="RSS, server + engine processes")
+    a1.axvline(warmup_s / 60, color="gray", ls="--", label="end of warm-up")
+    if slope.get("slope_mb_per_min") is not None:
+        a1.set_title(f"{title}\nslope after warm-up {slope['slope_mb_per_min']:+.2f} MiB/min")
+    a1.set_ylabel("MiB")
+    a1.legend(loc="lower right")
+    a2.plot(t, [s["requests"] for s in samples], label="requests finished")
+    a2.plot(t, [s["unexpected"] for s in samples], label="unexpected errors", color="red")
+    a2.set_xlabel("minutes")
+    a2.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
