@@ -104,13 +104,13 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
         for n in a.adapter_counts:
             cfg = BenchConfig(url=url, adapters=tuple(names[:n]), alpha=0.0, rate=math.inf,
                               label=f"{system}_n{n}", **small)
-            res = run_bench(cfg)
+            res = run_bench(cfg, plot=False)
             print(f"[{cfg.label}] {headline(res)}", flush=True)
             sweeps["num_adapters"].append({"x": n, "overall": res["overall"]})
         for r in a.rates:
             cfg = BenchConfig(url=url, adapters=tuple(names[:SLOTS]), alpha=1.0, rate=r, label=f"{system}_rate{r:g}",
                               **small)
-            res = run_bench(cfg)
+            res = run_bench(cfg, plot=False)
             print(f"[{cfg.label}] {headline(res)}", flush=True)
             sweeps["rate"].append({"x": "inf" if math.isinf(r) else r, "overall": res["overall"]})
     return {"system": system, "command": spec.shell(), "startup_s": startup, **sweeps}

@@ -27,8 +27,8 @@ from .config import BenchConfig, BenchConfigError
 from .metrics import headline, summarize
 
 
-def run_bench(cfg: BenchConfig, write: bool = True) -> dict:
-    """One run: generate the seeded requests, send them, summarize; writes {label}.json and {label}_cdf.png."""
+def run_bench(cfg: BenchConfig, write: bool = True, plot: bool = True) -> dict:
+    """One run: generate the seeded requests, send them, summarize; writes {label}.json (and {label}_cdf.png)."""
     reqs = workload.generate(**cfg.workload_args())
     if cfg.duration_s is not None:
         reqs = [r for r in reqs if r.arrival_s <= cfg.duration_s]
@@ -57,10 +57,12 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict:
     if write and cfg.out_dir:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{cfg.label}.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
-        from .plots import plot_cdfs
-        plot_cdfs({cfg.label: result["requests"]}, out / f"{cfg.label}_cdf.png", title=cfg.label)
-        result["files"] = [str(out / f"{cfg.label}.json"), str(out / f"{cfg.label}_cdf.png")]
+        (out / f"{cfg.label}.json").write_text(json.dumps(result, default=_json_default) + "\n")
+        result["files"] = [str(out / f"{cfg.label}.json")]
+        if plot:
+            from .plots import plot_cdfs
+            plot_cdfs({cfg.label: result["requests"]}, out / f"{cfg.label}_cdf.png", title=cfg.label)
+            result["files"].append(str(out / f"{cfg.label}_cdf.png"))
     return result
 
 
