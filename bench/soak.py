@@ -258,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             end = soak.t0 + a.minutes * 60
             while time.time() < end and proc.poll() is None:
-                rss, nproc = report.session_rss_mb(proc.pid)
+                rss, nproc, by = report.session_rss_mb(proc.pid)
                 with soak.lock:
                     done = sum(soak.outcomes.values())
                     bad = sum(v for k, v in soak.outcomes.items() if k.endswith("UNEXPECTED"))
-                samples.append({"t": round(time.time() - soak.t0, 1), "rss_mb": round(rss, 1), "processes": nproc,
+                samples.append({"t": round(time.time() - soak.t0, 1), "rss_mb": round(rss, 1), "processes": nproc, "by_process": by,
                                 "requests": done, "unexpected": bad})
                 time.sleep(min(a.sample_every, max(0.0, end - time.time())))
             soak.stop.set()

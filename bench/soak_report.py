@@ -6,24 +6,24 @@ import os
 from pathlib import Path
 
 
-def session_rss_mb(sid: int) -> tuple[float, int]:
-    """(sum of VmRSS in MiB over every live process whose session id is `sid`, process count).
+def session_rss_mb(sid: int) -> tuple[float, int, dict]:
+    """(sum of VmRSS in MiB over every live process whose session id is `sid`, process count, MiB by process name).
     The server is started with start_new_session=True, so this is the API server + engine core + workers."""
-    total, n = 0, 0
+    total, n, by = 0, 0, {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
             if os.getsid(int(p.name)) != sid:
                 continue
-            for line in (p / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    n += 1
-                    break
-        except (OSError, ValueError):
-            pass
-    return total / 1024, n
+            status = dict(line.split(":", 1) for line in (p / "status").read_text().splitlines() if ":" in line)
+            kb = int(status["VmRSS"].split()[0])
+        except (OSError, ValueError, KeyError):
+            continue
+        total, n = total + kb, n + 1
+        name = status["Name"].strip()
+        by[name] = round(by.get(name, 0) + kb / 1024, 1)
+    return total / 1024, n, by
 
 
 def slope_mb_per_min(samples: list[dict], warmup_s: float) -> dict:
@@ -61,12 +61,14 @@ def plot(samples: list[dict], warmup_s: float, slope: dict, path: Path, title: s
 
     t = [s["t"] / 60 for s in samples]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    a1.plot(t, [s["rss_mb"] for s in samples], label="RSS, server + engine processes")
+    a1.plot(t, [s["rss_mb"] for s in samples], label="RSS, all server processes", lw=2)
+    for name in sorted({k for s in samples for k in s.get("by_process", {})}):
+        a1.plot(t, [s.get("by_process", {}).get(name, 0) for s in samples], lw=1, label=name)
     a1.axvline(warmup_s / 60, color="gray", ls="--", label="end of warm-up")
     if slope.get("slope_mb_per_min") is not None:
         a1.set_title(f"{title}\nslope after warm-up {slope['slope_mb_per_min']:+.2f} MiB/min")
     a1.set_ylabel("MiB")
-    a1.legend(loc="lower right")
+    a1.legend(loc="center right", fontsize=7)
     a2.plot(t, [s["requests"] for s in samples], label="requests finished")
     a2.plot(t, [s["unexpected"] for s in samples], label="unexpected errors", color="red")
     a2.set_xlabel("minutes")

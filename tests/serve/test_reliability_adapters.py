@@ -55,6 +55,13 @@ def remove(path) -> None:
         shutil.rmtree(path)
 
 
+def remove_served(http, path) -> None:
+    """Delete DIR/name and wait (bounded) until the server stops listing it, so later modules see a clean DIR/."""
+    remove(path)
+    wait_for(f"{path.name} unlisted", lambda: path.name not in {m["id"] for m in http.get("/v1/models").json()["data"]},
+             timeout=30)
+
+
 class Traffic:
     """Greedy requests to the good adapters in a bounded background loop; every answer must equal the baseline."""
 
@@ -181,7 +188,7 @@ def test_slow_partial_copy_is_deferred_then_loaded(server, http, baseline):
         assert greedy(http, name) == (200, baseline["demo-lora"])
     finally:
         t.join(timeout=30)
-        remove(dst)
+        remove_served(http, dst)
 
 
 def test_folder_replaced_many_times_quickly_serves_the_last_content(server, http, baseline):
@@ -214,4 +221,31 @@ def test_folder_replaced_many_times_quickly_serves_the_last_content(server, http
         wait_for("retired versions freed", lambda: http.get(
             "/v1/adapters", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["retired_not_yet_freed"] == 0)
     finally:
-        remove(dst)
+        remove_served(http, dst)
+
+
+def test_bad_update_leaves_the_previous_version_serving(server, http, baseline):
+    """A served adapter replaced by broken content (NaN) keeps serving its last good version, with the refusal as
+    its reason; fixed content then becomes a new version."""
+    from .bad_adapters import nan_weights
+
+    name, dst = "update-me", server.adapters / "update-me"
+    try:
+        shutil.copytree(server.spare / "demo-lora", dst)
+        wait_for("v1 ready", lambda: adapters(http).get(name, {}).get("version") == 1)
+        bad = server.adapters.parent / f"nan-{uuid.uuid4().hex[:6]}"
+        nan_weights(server.spare / "demo-lora", bad)
+        shutil.copyfile(bad / "adapter_model.safetensors", dst / "adapter_model.safetensors")
+        shutil.rmtree(bad)
+        st = wait_for("bad update refused", lambda: (adapters(http)[name]["reason"] or "").find("NaN") >= 0
+                      and adapters(http)[name])
+        assert st["status"] == "ready" and st["version"] == 1, st
+        assert greedy(http, name) == (200, baseline["demo-lora"])
+        for f in (server.spare / "demo-dora").iterdir():
+            shutil.copyfile(f, dst / f.name)
+        # a refused attempt uses a version number too (never reused: vLLM knows adapters by name@vN), so v3
+        wait_for("a new version after the fix", lambda: adapters(http)[name]["version"] > 1
+                 and adapters(http)[name]["reason"] is None)
+        assert greedy(http, name) == (200, baseline["demo-dora"])
+    finally:
+        remove_served(http, dst)
