@@ -114,7 +114,7 @@ def make_engine(base_dir, **kw):
     return LLM(**args)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def engine(tiny_base):
     llm = make_engine(tiny_base)
     yield llm

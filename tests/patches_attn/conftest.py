@@ -66,7 +66,7 @@ def attn_reference(tiny_base):
     return ServedReference(tiny_base, dtype=torch.float32)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def attn_engine(tiny_base):
     from vllm import LLM
     llm = LLM(model=str(tiny_base), enable_lora=True, max_loras=5, max_lora_rank=8, max_cpu_loras=5, dtype="float32",

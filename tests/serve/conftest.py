@@ -140,7 +140,7 @@ def fresh_adapters(root: Path, built: Path) -> Path:
     return adapters
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(demo_files) -> Server:
     root, base, built = demo_files
     srv = start(root, fresh_adapters(root, built), base, built)
