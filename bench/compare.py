@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -116,6 +117,32 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
     return {"system": system, "command": spec.shell(), "startup_s": startup, **sweeps}
 
 
+def run_paired(base: Path, ad: dict, out: Path, work: Path, a) -> dict:
+    """HyLoRADA vs the same adapters as plain LoRA in ONE hylorada-serve process, alternating A B B A ...: machine
+    noise that drifts over minutes hits both sides alike (names h0.. and l0..; same prompts, lengths and order)."""
+    n = a.num_adapters
+    both = {f"h{i}": p for i, p in enumerate(ad["hylorada"].values())} | \
+           {f"l{i}": p for i, p in enumerate(ad["served"].values())}
+    d = link_adapter_dir(work / "dirs" / "paired", both)
+    spec = hylorada_spec("paired", base, a.port, d, list(both), SLOTS, 2 * n)
+    runs = {"hylorada": [], "lora": []}
+    print(f"== paired: {spec.shell()}", flush=True)
+    with running(spec, a.port, work / "logs" / "paired.log") as (url, startup):
+        for rep in range(a.paired_reps):
+            for kind in (("hylorada", "lora") if rep % 2 == 0 else ("lora", "hylorada")):
+                names = [f"{kind[0]}{i}" for i in range(n)]
+                res = run_bench(anchor_config(url, names, f"paired_{kind}_{rep}", out / "paired", a), plot=False)
+                print(f"[paired {kind} {rep}] {headline(res)}", flush=True)
+                runs[kind].append(res["overall"])
+    med = {k: statistics.median(o["output_tok_per_s"] for o in v) for k, v in runs.items()}
+    return {"command": spec.shell(), "startup_s": startup, "reps": a.paired_reps,
+            "tok_per_s": {k: [o["output_tok_per_s"] for o in v] for k, v in runs.items()},
+            "ttft_p50_s": {k: [o["ttft_s"]["p50"] for o in v] for k, v in runs.items()},
+            "median_tok_per_s": med, "ratio_of_medians": med["hylorada"] / med["lora"],
+            "per_rep_ratio": [h["output_tok_per_s"] / lo["output_tok_per_s"]
+                              for h, lo in zip(runs["hylorada"], runs["lora"])]}
+
+
 def ratio_table(results: dict) -> list[dict]:
     rows = []
     for num, den, target in RATIOS:
@@ -137,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--paired-reps", type=int, default=4, help="A/B reps of HyLoRADA vs plain LoRA in one server (0: off)")
     p.add_argument("--scaling-systems", default="hylorada")
     p.add_argument("--adapter-counts", default="1,8,32,128,256")
     p.add_argument("--rates", default="1,2,4,8,inf")
@@ -158,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     name = lambda i: f"a{i}"  # noqa: E731  (one name per adapter index in every system)
     ad = {"peft": {name(i): p for i, p in enumerate(peft_paths[:a.num_adapters])},
           "peft_many": {name(i): p for i, p in enumerate(peft_paths[:n_many])}}
-    if {"hylorada-lora"} & set(systems):
+    if {"hylorada-lora"} & set(systems) or a.paired_reps:
         ad["served"] = {name(i): p for i, p in enumerate(build.build_served_lora(base, peft_paths[:a.num_adapters]))}
-    if {"hylorada"} & set(systems + scaling):
+    if {"hylorada"} & set(systems + scaling) or a.paired_reps:
         hyl = build.build_hylorada(base, n_many if "hylorada" in scaling else a.num_adapters)
         if not hyl:
             raise SystemExit("hylorada.export is missing: HyLoRADA adapters cannot be built")
@@ -173,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:   # one system failing must not lose the others' numbers
             failures[s] = f"{type(e).__name__}: {e}"
             print(f"!! {s} failed: {failures[s]}", flush=True)
+    paired = None
+    if a.paired_reps:
+        try:
+            paired = run_paired(base, ad, out, work, a)
+            print(f"paired hylorada / lora: {paired['ratio_of_medians']:.3f} (per rep "
+                  f"{', '.join(f'{r:.3f}' for r in paired['per_rep_ratio'])})", flush=True)
+        except Exception as e:
+            failures["paired"] = f"{type(e).__name__}: {e}"
+            print(f"!! paired failed: {failures['paired']}", flush=True)
     sweeps = {}
     for s in scaling:
         try:
@@ -193,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                "started_unix": t_start, "elapsed_s": time.time() - t_start,
                "systems": {s: {k: v for k, v in r.items() if k != "records"} for s, r in results.items()},
-               "ratios": ratio_table(results), "scaling": sweeps, "failures": failures}
+               "ratios": ratio_table(results), "paired": paired, "scaling": sweeps, "failures": failures}
     (out / "comparison.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     for row in summary["ratios"]:
         print(f"{row['ratio']:<28} {row['output_tok_per_s']:.2f}x tok/s  TTFT p50 {row['ttft_p50']:.2f}x"
               + (f"  target {row['target']}x {'met' if row['met'] else 'MISSED'}" if row["target"] else ""))
     print(json.dumps({"out": str(out), "elapsed_s": round(summary["elapsed_s"]), "failures": failures,
                       "tok_per_s": {s: round(r["overall"]["output_tok_per_s"], 1) for s, r in results.items()},
-                      "ratios": {r["ratio"]: round(r["output_tok_per_s"], 3) for r in summary["ratios"]}}))
+                      "ratios": {r["ratio"]: round(r["output_tok_per_s"], 3) for r in summary["ratios"]},
+                      "paired_hylorada_over_lora": paired and round(paired["ratio_of_medians"], 3)}))
     return 0 if not failures else 1
 
 
