@@ -10,6 +10,8 @@ Systems (adapters are named a0..a{n-1} everywhere, so the request lists are iden
   vllm-base      upstream vLLM OpenAI server, no LoRA, every request on the base
   peft-single    transformers + PEFT, one request at a time (bench.peft_server --mode single)
   peft-mixed     transformers + PEFT mixed-adapter static batches of up to 16 (adapter_names=)
+Paired (--paired-reps, default 4): HyLoRADA vs plain-LoRA twins inside ONE hylorada-serve, alternating A B B A,
+so slow drifts of a shared machine hit both sides (separate processes minutes apart differed by up to 22% here).
 Scaling (hylorada-serve, and vllm-lora with --scaling-systems): output tok/s and p99 vs distinct adapters
 (1 -> 256 with 8 slots) and vs Poisson request rate up to all-at-once.
 Writes {out}/{label}.json + CDF PNGs per system, sweep JSON + PNGs, comparison.json; the last line is JSON.

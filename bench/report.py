@@ -1,0 +1,71 @@
+"""`python -m bench.report DIR [DIR ...]`: markdown tables from bench.compare's comparison.json (for bench/README.md)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _ms(v) -> str:
+    return f"{1000 * v:.0f}"
+
+
+def systems_table(cmp: dict) -> str:
+    rows = ["| system | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in cmp["systems"].items():
+        o = s["overall"]
+        rows.append(f"| {name} | {o['output_tok_per_s']:.1f} | {o['req_per_s']:.2f} | "
+                    f"{_ms(o['ttft_s']['p50'])} / {_ms(o['ttft_s']['p99'])} | "
+                    f"{_ms(o['tpot_s']['p50'])} / {_ms(o['tpot_s']['p99'])} | "
+                    f"{_ms(o['e2e_s']['p50'])} / {_ms(o['e2e_s']['p99'])} | {o['errors']} |")
+    return "\n".join(rows)
+
+
+def ratios_table(cmp: dict) -> str:
+    rows = ["| ratio | output tok/s | p50 TTFT | target | |", "|---|---:|---:|---:|---|"]
+    for r in cmp["ratios"]:
+        verdict = "" if r["target"] is None else ("met" if r["met"] else "missed")
+        target = "" if r["target"] is None else f">= {r['target']}x"
+        rows.append(f"| {r['ratio']} | {r['output_tok_per_s']:.2f}x | {r['ttft_p50']:.2f}x | {target} | {verdict} |")
+    p = cmp.get("paired")
+    if p:
+        rows.append(f"| hylorada / plain LoRA, paired in one server ({p['reps']} A/B reps) | "
+                    f"{p['ratio_of_medians']:.3f}x | | >= 0.95x | {'met' if p['ratio_of_medians'] >= 0.95 else 'missed'} |")
+    return "\n".join(rows)
+
+
+def scaling_table(cmp: dict, knob: str) -> str:
+    sweeps = cmp.get("scaling") or {}
+    if not sweeps:
+        return ""
+    names = list(sweeps)
+    head = "| " + ("distinct adapters" if knob == "num_adapters" else "rate req/s") + " | " + " | ".join(
+        f"{n} tok/s | {n} p99 e2e ms" for n in names) + " |"
+    rows = [head, "|---|" + "---:|---:|" * len(names)]
+    for i, pt in enumerate(sweeps[names[0]][knob]):
+        cells = []
+        for n in names:
+            o = sweeps[n][knob][i]["overall"]
+            cells += [f"{o['output_tok_per_s']:.1f}", _ms(o["e2e_s"]["p99"])]
+        rows.append(f"| {pt['x']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    for d in argv if argv is not None else sys.argv[1:]:
+        cmp = json.loads((Path(d) / "comparison.json").read_text())
+        print(f"### {d}\n")
+        if cmp["systems"]:
+            print(systems_table(cmp) + "\n\n" + ratios_table(cmp) + "\n")
+        elif cmp.get("paired"):
+            print(ratios_table(cmp) + "\n")
+        for knob in ("num_adapters", "rate"):
+            t = scaling_table(cmp, knob)
+            if t:
+                print(t + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
