@@ -74,3 +74,17 @@ def test_unknown_model_is_an_error_not_a_hang(server):
                       max_total_s=60, request_timeout_s=30, progress=False)
     res = run_bench(cfg, write=False)
     assert res["overall"]["errors"] == 2 and "404" in res["error_samples"][0]
+
+
+def test_cli_sweep_last_line_is_json(server, tmp_path, capsys):
+    import json
+
+    from bench import serve
+    rc = serve.main(["--url", server, "--adapters", "ad,base", "--num-requests", "3", "--prompt-len", "4",
+                     "--output-len", "2,3", "--warmup", "0", "--no-progress", "--out-dir", str(tmp_path),
+                     "--label", "sw", "--sweep", "rate=50,inf", "--max-total", "60"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["sweep"] == "rate" and [p["x"] for p in last["points"]] == [50.0, "inf"]
+    assert all(p["errors"] == 0 for p in last["points"])
+    assert (tmp_path / "sw_sweep_rate.json").is_file() and (tmp_path / "sw_sweep_rate.png").is_file()
