@@ -6,7 +6,7 @@ Modes:
   single  one request at a time (a FIFO; each request's own `model.generate` with a KV cache).
   mixed   PEFT's mixed-batch LoRA: up to --max-batch waiting requests (any adapters, base included) run as
           one static batch with `generate(adapter_names=[...])`; a batch runs to its longest request, new
-          arrivals wait for the next batch. PEFT refuses DoRA in mixed batches ("Cannot pass `adapter_names`
+          arrivals wait for the next batch. PEFT 0.21 refuses DoRA in mixed batches ("Cannot pass `adapter_names`
           when DoRA is enabled"), so with a DoRA adapter this mode groups each batch by adapter.
 Greedy unless temperature > 0; `ignore_eos` / `min_tokens` honoured by always producing max_tokens.
 Binds loopback addresses only.
