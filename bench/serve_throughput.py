@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=128, help="mean prompt length (uniform 0.5x-1.5x)")
     ap.add_argument("--new", type=int, default=32, help="generated tokens per request")
     ap.add_argument("--reps", type=int, default=3, help="repetitions on the grouped path (best of)")
-    ap.add_argument("--vllm-reps", type=int, default=1, help="repetitions on vLLM's (slow) path")
+    ap.add_argument("--vllm-reps", type=int, default=2, help="repetitions on vLLM's (slow) path")
     ap.add_argument("--max-num-batched-tokens", type=int, default=1024)
     ap.add_argument("--out", default=str(RESULTS / "serve_throughput.json"))
     a = ap.parse_args(argv)
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     from vllm.lora.request import LoRARequest
     llm = LLM(model=str(base), enable_lora=True, max_loras=max(COUNTS), max_cpu_loras=2 * max(COUNTS),
               max_lora_rank=16, dtype="float32", max_model_len=512, max_num_seqs=a.requests,
-              max_num_batched_tokens=a.max_num_batched_tokens, gpu_memory_utilization=0.3, enforce_eager=True,
+              max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_memory_bytes=1 << 30, enforce_eager=True,
               enable_prefix_caching=False, seed=0)
     prompts = workload(a.requests, a.prompt, len(llm.get_tokenizer()))
     sp = SamplingParams(temperature=0, max_tokens=a.new, ignore_eos=True)

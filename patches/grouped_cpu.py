@@ -112,12 +112,11 @@ def vllm_lora_(punica, out: Tensor, x: Tensor, a_stacked, b_stacked, output_slic
 def scale_tokens_(out: Tensor, c: Tensor, state, c_slots=None) -> None:
     """out[t] *= c[slot(t)] (in place); base tokens and slots without a c keep 1.
 
-    Few contiguous groups (prefill-heavy steps): a multiply on each group's view; otherwise one gather
-    c[slot_all] (base tokens read row S = ones) and one multiply.
+    Prefill-heavy steps (long runs of one adapter's tokens): a multiply on each run's view; otherwise
+    (decode) one gather c[slot_all] (base tokens read row S = ones) and one multiply.
     """
-    groups = state.groups
-    if len(groups) <= 4 and all(isinstance(g, slice) for _, g in groups):
-        for s, g in groups:
+    if state.long_runs:
+        for s, g in state.runs:
             if c_slots is None or s in c_slots:
                 out[g] *= c[s].to(out.dtype)
     else:

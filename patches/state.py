@@ -16,6 +16,8 @@ and, set by `begin_step` before a forward and cleared by `end_step` after it (no
     big       the groups with >= min_group tokens (one matmul each in grouped_cpu)
     small_idx, small_slots   tokens of the other groups and their slots (one gathered einsum for all)
     slot_all  [T] slot per token with base tokens -> S (the identity row of every c stack)
+    runs      [(slot, slice)] maximal runs of one adapter's tokens (requests are contiguous), base excluded;
+              long_runs when they average >= 32 tokens (prefill-heavy steps)
     present   set of slots in the step
     P         [M, T] p(pos) per row per token = position_scale(bias[slot], w_pos[m, slot], bucket(pos)),
               0 for base tokens. Computed once per step for every layer.
@@ -90,6 +92,11 @@ class HyState:
         self.present = set(present)
         slot = torch.where(active, idx, self.num_slots)
         self.slot_all = slot
+        run_slots, run_lens = torch.unique_consecutive(slot, return_counts=True)
+        ends = run_lens.cumsum(0).tolist()
+        self.runs = [(s, slice(e - n, e)) for s, n, e in zip(run_slots.tolist(), run_lens.tolist(), ends)
+                     if s != self.num_slots]
+        self.long_runs = T >= 32 * len(self.runs)        # c on views per run beats one [T, width] gather
         self.big = [(s, g) for s, g in self.groups if _size(g) >= self.min_group]
         small = [s for s, g in self.groups if _size(g) < self.min_group]
         if small:
@@ -110,7 +117,7 @@ class HyState:
         self.P = P * active
 
     def end_step(self) -> None:
-        self.groups, self.big, self.present = [], [], set()
+        self.groups, self.big, self.present, self.runs, self.long_runs = [], [], set(), [], False
         self.P = self.slot_all = self.small_idx = self.small_slots = None
 
 

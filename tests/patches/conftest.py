@@ -109,7 +109,7 @@ def make_engine(base_dir, **kw):
     from vllm import LLM
     args = dict(model=str(base_dir), enable_lora=True, max_loras=MAX_LORAS, max_lora_rank=MAX_RANK,
                 max_cpu_loras=MAX_LORAS, dtype="float32", max_model_len=256, max_num_batched_tokens=64,
-                max_num_seqs=16, gpu_memory_utilization=0.3, enforce_eager=True, seed=0,
+                max_num_seqs=16, kv_cache_memory_bytes=256 << 20, enforce_eager=True, seed=0,
                 enable_prefix_caching=False) | kw
     return LLM(**args)
 

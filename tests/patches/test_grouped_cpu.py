@@ -79,15 +79,19 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
             off += n
 
 
-@pytest.mark.parametrize("case", ["interleaved", "contiguous"])   # gather / in-place views
+LONG_RUNS = [0] * 40 + [-1] * 5 + [2] * 40 + [1] * 3 + [0] * 50       # prefill-like: c on each run's view
+
+
+@pytest.mark.parametrize("case", ["interleaved", "contiguous", "long_runs"])
 def test_scale_tokens_reads_ones_for_base_and_slots_without_c(case):
-    slots = torch.tensor(CASES[case])
+    slots = torch.tensor(LONG_RUNS if case == "long_runs" else CASES[case])
     st = state_for(slots, torch.arange(slots.shape[0]))
+    assert st.long_runs == (case == "long_runs")
     c = torch.ones(S + 1, 8)
     c[1] = 2.0
     c[2] = 3.0
     out = torch.ones(slots.shape[0], 8)
-    scale_tokens_(out, c, st)
+    scale_tokens_(out, c, st, c_slots={1, 2} if case == "long_runs" else None)
     want = torch.tensor([2.0 if s == 1 else 3.0 if s == 2 else 1.0 for s in slots.tolist()])
     torch.testing.assert_close(out, want[:, None].expand(-1, 8))
 
