@@ -1,4 +1,7 @@
-"""`python -m bench.report DIR [DIR ...]`: markdown tables from bench.compare's comparison.json (for bench/README.md)."""
+"""`python -m bench.report DIR [DIR ...]`: markdown tables from bench.compare's comparison.json (for bench/README.md).
+
+`python -m bench.report --across DIR DIR ...`: one column per run (output tok/s per system and every ratio).
+"""
 from __future__ import annotations
 
 import json
@@ -52,8 +55,30 @@ def scaling_table(cmp: dict, knob: str) -> str:
     return "\n".join(rows)
 
 
+def across_runs(dirs: list[str]) -> str:
+    """Output tok/s per system and the ratios, one column per run (how much the shared machine moved them)."""
+    cmps = [json.loads((Path(d) / "comparison.json").read_text()) for d in dirs]
+    cols = " | ".join(Path(d).name for d in dirs)
+    rows = [f"| output tok/s | {cols} |", "|---|" + "---:|" * len(dirs)]
+    names = list(dict.fromkeys(n for c in cmps for n in c["systems"]))
+    for n in names:
+        rows.append(f"| {n} | " + " | ".join(f"{c['systems'][n]['overall']['output_tok_per_s']:.1f}"
+                                            if n in c["systems"] else "" for c in cmps) + " |")
+    ratios = list(dict.fromkeys(r["ratio"] for c in cmps for r in c["ratios"]))
+    for r in ratios:
+        vals = [next((x for x in c["ratios"] if x["ratio"] == r), None) for c in cmps]
+        rows.append(f"| **{r}** | " + " | ".join(f"{v['output_tok_per_s']:.2f}x" if v else "" for v in vals) + " |")
+    rows.append("| **hylorada / plain LoRA, paired** | " + " | ".join(
+        f"{c['paired']['ratio_of_medians']:.3f}x" if c.get("paired") else "" for c in cmps) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    for d in argv if argv is not None else sys.argv[1:]:
+    argv = argv if argv is not None else sys.argv[1:]
+    if argv and argv[0] == "--across":
+        print(across_runs(argv[1:]))
+        return 0
+    for d in argv:
         cmp = json.loads((Path(d) / "comparison.json").read_text())
         print(f"### {d}\n")
         if cmp["systems"]:
