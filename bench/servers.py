@@ -16,7 +16,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VLLM_ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "16"]
+# 1 GiB of KV cache (16 x 512 tokens need ~8 MiB): a RAM share (--gpu-memory-utilization) per engine got other
+# agents' engines OOM-killed on this shared 23 GiB machine
+VLLM_ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "16",
+               "--kv-cache-memory-bytes", str(1 << 30)]
 VLLM_COMMON = VLLM_ENGINE + ["--gpu-memory-utilization", "0.3", "--host", "127.0.0.1"]
 # vLLM's plugin allowlist (VLLM_PLUGINS, comma-separated, one list for every group): naming only this stock
 # plugin keeps our `hylorada` general plugin out, so the process runs upstream vLLM unpatched.
