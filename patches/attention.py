@@ -12,6 +12,11 @@ from __future__ import annotations
 
 
 def install() -> None:
+    """CPU platform only: elsewhere vLLM runs other attention backends that attn_backend does not wrap, so
+    nothing is installed and loading.py keeps refusing DAA / sink / s2 adapters (never served wrongly)."""
+    from vllm.platforms import current_platform
+    if not current_platform.is_cpu():
+        return
     from . import attn_backend, attn_hooks, attn_kv
     attn_hooks.install()
     attn_backend.install()
