@@ -11,11 +11,16 @@
 from __future__ import annotations
 
 
+def variants_supported() -> bool:
+    """True where install() wires the attention variants in: vLLM's CPU platform (its CPU_ATTN backend)."""
+    from vllm.platforms import current_platform
+    return current_platform.is_cpu()
+
+
 def install() -> None:
     """CPU platform only: elsewhere vLLM runs other attention backends that attn_backend does not wrap, so
     nothing is installed and loading.py keeps refusing DAA / sink / s2 adapters (never served wrongly)."""
-    from vllm.platforms import current_platform
-    if not current_platform.is_cpu():
+    if not variants_supported():
         return
     from . import attn_backend, attn_hooks, attn_kv
     attn_hooks.install()

@@ -9,12 +9,9 @@
   - `vllm.v1.worker.lora_model_runner_mixin.LoRAModelRunnerMixin.set_active_loras` (called by the model
     runner once per step, just before the forward, with the InputBatch whose request order is the
     attention metadata's): each request's LoRA id -> slot, and its prompt length (S² groups).
-  - `patches.loading.check_servable`: loading.py refuses DAA and non-full modes (it predates this
-    patch); once this patch is installed those are validated here and no longer refused.
+  - `check_attention` is what `patches.loading.check_servable` calls where these variants are served.
 """
 from __future__ import annotations
-
-import dataclasses
 
 from .attn_state import AttnState, ModeSpec, daa_layers, server_default
 
@@ -51,11 +48,10 @@ def install() -> None:
     from vllm.lora.model_manager import LoRAModelManager
     from vllm.v1.worker.lora_model_runner_mixin import LoRAModelRunnerMixin
 
-    from . import loading
     if _ORIG:
         return
     _ORIG["init"], _ORIG["activate"] = LoRAModelManager.__init__, LoRAModelManager.activate_adapter
-    _ORIG["set_active"], _ORIG["check"] = LoRAModelRunnerMixin.set_active_loras, loading.check_servable
+    _ORIG["set_active"] = LoRAModelRunnerMixin.set_active_loras
 
     def __init__(self, *args, **kwargs):
         _ORIG["init"](self, *args, **kwargs)
@@ -79,12 +75,6 @@ def install() -> None:
                              manager.lora_index_to_id)
         return result
 
-    def check_servable(served, hf_config) -> None:
-        check_attention(served, hf_config)
-        meta = served.meta | {"daa": None, "attention": {"mode": "full"}}
-        _ORIG["check"](dataclasses.replace(served, meta=meta), hf_config)
-
     LoRAModelManager.__init__ = __init__
     LoRAModelManager.activate_adapter = activate_adapter
     LoRAModelRunnerMixin.set_active_loras = set_active_loras
-    loading.check_servable = check_servable

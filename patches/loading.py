@@ -16,16 +16,24 @@ _ORIG = None
 
 
 def check_servable(served, hf_config) -> None:
-    """Refuse (AdapterError) what the patches would otherwise silently drop."""
+    """Refuse (AdapterError) what the patches would otherwise silently drop or apply wrongly.
+
+    DAA and the sink / s2 attention modes are served by attention.py where it installs (the CPU
+    platform); there they are validated (attn_hooks.check_attention), elsewhere refused.
+    """
     from hylorada.served import META, AdapterError
+    from .attention import variants_supported
     from .rope import check_engine_rope
-    if served.meta.get("daa"):
-        raise AdapterError(served.path / META, "PositionalDAA is not applied by the vLLM patches yet; this "
-                           "adapter would be served wrongly", "daa")
     mode = (served.meta.get("attention") or {}).get("mode", "full")
-    if mode != "full":
-        raise AdapterError(served.path / META, f"attention mode {mode!r} is not served by the vLLM patches "
-                           "(full attention only)", "attention")
+    if variants_supported():
+        from .attn_hooks import check_attention
+        check_attention(served, hf_config)
+    elif served.meta.get("daa"):
+        raise AdapterError(served.path / META, "PositionalDAA is applied only by the CPU attention patch on this "
+                           "vLLM; this adapter would be served wrongly here", "daa")
+    elif mode != "full":
+        raise AdapterError(served.path / META, f"attention mode {mode!r} is served only by the CPU attention patch "
+                           "on this vLLM (full attention here)", "attention")
     check_engine_rope(served, hf_config)
 
 
