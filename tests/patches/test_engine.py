@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import assert_same_generation, engine_outputs
+
 pytestmark = pytest.mark.vllm
 
 KINDS = [None, "lora", "rslora", "dora", "hy_pos", "hy_lm"]
@@ -27,19 +29,11 @@ def run(engine, prompts, lora_requests, max_tokens=NEW):
     from vllm import SamplingParams
     sp = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=5, ignore_eos=True)
     outs = engine.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=lora_requests, use_tqdm=False)
-    return [(list(o.outputs[0].token_ids), [{t: lp.logprob for t, lp in step.items()} for step in o.outputs[0].logprobs])
-            for o in outs]
+    return engine_outputs(outs)
 
 
 def assert_same(got, want, label):
-    """Identical greedy tokens; every reference top-5 logprob within TOL of vLLM's (float32)."""
-    (gids, gsteps), (wids, wsteps) = got, want
-    assert gids == wids, f"{label}: tokens {gids} != reference {wids}"
-    for k, (gs, ws) in enumerate(zip(gsteps, wsteps)):
-        common = [t for t in ws if t in gs]
-        assert len(common) >= 4, f"{label}: step {k}: top-5 sets differ {sorted(gs)} vs {sorted(ws)}"
-        err = max(abs(gs[t] - ws[t]) for t in common)
-        assert err < TOL, f"{label}: step {k}: logprob error {err:.2e}"
+    assert_same_generation(got, want, label, TOL)
 
 
 def lora_req(name, int_id, path):

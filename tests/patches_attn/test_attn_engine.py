@@ -16,6 +16,8 @@ import contextlib
 import pytest
 import torch
 
+from tests.helpers import assert_same_generation, engine_outputs
+
 from hylorada import functional as F
 from hylorada import reference_attn
 
@@ -37,18 +39,11 @@ def run(engine, zoo, prompts, names):
     reqs = [None if n is None else LoRARequest(n, IDS[n], zoo[n]) for n in names]
     sp = SamplingParams(temperature=0, max_tokens=NEW, logprobs=5, ignore_eos=True)
     outs = engine.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs, use_tqdm=False)
-    return [(list(o.outputs[0].token_ids), [{t: lp.logprob for t, lp in s.items()} for s in o.outputs[0].logprobs])
-            for o in outs]
+    return engine_outputs(outs)
 
 
 def assert_same(got, want, label):
-    (gids, gsteps), (wids, wsteps) = got, want
-    assert gids == wids, f"{label}: tokens {gids} != reference {wids}"
-    for k, (gs, ws) in enumerate(zip(gsteps, wsteps)):
-        common = [t for t in ws if t in gs]
-        assert len(common) >= 4, f"{label}: step {k}: top-5 sets differ {sorted(gs)} vs {sorted(ws)}"
-        err = max(abs(gs[t] - ws[t]) for t in common)
-        assert err < TOL, f"{label}: step {k}: logprob error {err:.2e}"
+    assert_same_generation(got, want, label, TOL)
 
 
 @contextlib.contextmanager
