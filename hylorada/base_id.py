@@ -28,3 +28,9 @@ def base_shape_hash(hf_config) -> str:
 def base_identity(hf_config, name: str | None = None) -> dict:
     return {"base_model_name_or_path": name or getattr(hf_config, "_name_or_path", "") or "",
             "architecture": base_shapes(hf_config)["architecture"], "shape_hash": base_shape_hash(hf_config)}
+
+
+def served_base(hf_config, name: str) -> dict:
+    """The `base` block of hylorada.json: {"name", "architecture", "shape_hash"}."""
+    return {"name": str(name), "architecture": base_shapes(hf_config)["architecture"],
+            "shape_hash": base_shape_hash(hf_config)}

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import functional as F
+from .base_id import served_base
 from .atomic import atomic_dir
 from .served import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, FORMAT_VERSION, LORA_KEY, META, AdapterError,
                      peft_scaling, read_json, read_tensors, base_shape_hash, load_served, lora_key)
@@ -60,11 +61,6 @@ def read_base_tensors(base_dir: str | Path, names: list[str]) -> dict[str, torch
                         raise AdapterError(d / file, "base has no tensor", n)
                     out[n] = f.get_tensor(n)
     return out
-
-
-def base_identity(base_dir: str | Path, cfg) -> dict:
-    arch = (getattr(cfg, "architectures", None) or [type(cfg).__name__])[0]
-    return {"name": str(base_dir), "architecture": arch, "shape_hash": base_shape_hash(cfg)}
 
 
 # --- writing the served form ------------------------------------------------------------------
@@ -147,7 +143,7 @@ def convert_peft(peft_dir: str | Path, out_dir: str | Path, base_dir: str | Path
             f32 = torch.float32
             n = F.weight_norm(w.to(f32), A.to(f32), B.to(f32), s)
             c[(i, mod)] = F.blend_scale(p["m"].to(f32), n, torch.tensor(float("-inf")))  # beta = 0: c = m / n
-    meta = {"kind": "dora" if dora else "lora", "base": base_identity(base_dir, bcfg),
+    meta = {"kind": "dora" if dora else "lora", "base": served_base(bcfg, base_dir),
             "source": {"peft_dir": str(src), "use_rslora": bool(cfg.get("use_rslora")), "use_dora": dora}}
     return write_served(out_dir, lora=lora, c=c, extra_dynamic={}, meta=meta, base_name=str(base_dir),
                         base_cfg=bcfg, task_type=cfg.get("task_type") or "CAUSAL_LM", max_rank=max_rank)

@@ -20,6 +20,7 @@ import torch
 from . import functional as F
 from .atomic import OutputExistsError
 from .convert import base_config, read_base_tensors, write_served
+from .base_id import served_base
 from .served import AdapterError, base_shape_hash
 
 ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
@@ -114,9 +115,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
         raise AdapterError(ckpt / BASE_FILE, f"checkpoint made for another base: shape_hash {ident['shape_hash']} != "
                            f"{base_dir}'s {base_shape_hash(hf)}", "shape_hash")
     lora, c, dynamic = fold_checkpoint(state, config, base_dir, source=str(ckpt / STATE_FILE), full_tensors=full_tensors)
-    arch = (getattr(hf, "architectures", None) or [type(hf).__name__])[0]
-    meta = served_meta(config, hf) | {"base": {"name": str(ident.get("base_model_name_or_path") or base_dir),
-                                               "architecture": arch, "shape_hash": base_shape_hash(hf)}}
+    meta = served_meta(config, hf) | {"base": served_base(hf, ident.get("base_model_name_or_path") or base_dir)}
     return write_served(out_dir, lora=lora, c=c, extra_dynamic=dynamic, meta=meta,
                         base_name=str(ident.get("base_model_name_or_path") or base_dir), base_cfg=hf, max_rank=max_rank)
 
