@@ -22,7 +22,7 @@ from . import functional as F
 from .base_id import served_base
 from .atomic import atomic_dir
 from .served import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, FORMAT_VERSION, LORA_KEY, META, AdapterError,
-                     peft_scaling, read_json, read_tensors, base_shape_hash, load_served, lora_key)
+                     peft_scaling, read_json, read_tensors, load_served, lora_key)
 
 DORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_magnitude_vector(?:\.weight)?$")
 
