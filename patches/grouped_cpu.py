@@ -4,15 +4,15 @@ vLLM 0.32's CPU punica ops (vllm/lora/ops/torch_ops/lora_ops.py: bgmv_shrink/bgm
 full copy of every token's LoRA weights, `lora_b_weights[indices]` -> [T, r, d], before an einsum:
 memory traffic proportional to tokens x weights. Here tokens are grouped by slot once per step
 (HyState.groups) and each (slot, module slice) with enough tokens is one shrink and one expand matmul;
-the few tokens of small groups (decode steps) share one gathered einsum (vLLM's formulation, restricted
-to those tokens and masked), so Python work per layer does not grow with the number of adapters.
+the few tokens of small groups (decode steps) are laid out [adapters, Tmax] once per step (SmallPlan) and
+share one batched matmul pair per slice, so Python work per layer does not grow with the number of adapters.
 
 Semantics of `grouped_lora_` (the plain loop it equals; base tokens are in no group):
 
     for (s, tokens) in groups:
         for t in tokens:
             for i, (off, n) in enumerate(slices):
-                out[t, off:off+n] += p_rows[i][t] * (x[t] @ A_i[s, 0, :r].T) @ B_i[s, 0, :, :r].T
+                out[t, off:off+n] += P[rows[i], t] * (x[t] @ A_i[s, 0, :r].T) @ B_i[s, 0, :, :r].T
 
 Selected by HYLORADA_LORA_PATH=grouped (default on CPU) | vllm (vLLM's punica ops, with p and the
 base-token mask applied to the rank-r buffer; default elsewhere), or at run time per engine through the
@@ -38,15 +38,16 @@ def selected_path(is_cpu: bool = True) -> str:
     return path
 
 
-def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p_rows, state, bt_stacked=None) -> None:
+def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, rows, state, bt_stacked=None) -> None:
     """out [T, sum(slices)] += every adapter token's LoRA delta (in place).
 
-    x [T, d_in]; a_stacked[i] [S, 1, R, d_in], b_stacked[i] [S, 1, n_i, R]; p_rows[i] [T] (0 for base tokens);
-    state: HyState of the step. A `big` group: one shrink matmul for all slices (A_i stacked), the rank-r
-    buffer scaled by p, one fused expand-and-add (addmm_) per slice into the output view — i.e.
-    functional.lora_delta fused with the add; tokens of small groups (decode: a few tokens per adapter)
-    share one dense pass over all slots (`dense_delta`, with bt_stacked[i] = B_i transposed [S*R, n_i])
-    or, without bt_stacked, one gathered einsum — Python work per layer does not grow with the adapters.
+    x [T, d_in]; a_stacked[i] [S, 1, R, d_in], b_stacked[i] [S, 1, n_i, R]; rows[i]: slice i's row in
+    state.P (p(pos) [T], 0 for base tokens); state: HyState of the step; bt_stacked[i] (optional) = B_i
+    transposed, [S*R, n_i] contiguous (the layer keeps it in sync; the expand matmul is ~2x faster on it).
+    A `big` group: one shrink matmul for all slices (A_i stacked), the rank-r buffer scaled by p, one fused
+    expand-and-add (addmm_) per slice into the output view — i.e. functional.lora_delta fused with the add.
+    Tokens of small groups (decode: a few tokens per adapter) go through `small_delta_`: per slice one
+    batched matmul pair over all their adapters — Python work per layer does not grow with the adapters.
     """
     for s, g in state.big:
         r = state.ranks[s] or a_stacked[0].shape[2]
@@ -55,7 +56,7 @@ def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p
         contiguous = isinstance(g, slice)
         deltas, off = [], 0
         for i, n in enumerate(output_slices):
-            hi = h[:, i * r:(i + 1) * r] * p_rows[i][g].unsqueeze(1).to(h.dtype)
+            hi = h[:, i * r:(i + 1) * r] * state.P[rows[i]][g].unsqueeze(1).to(h.dtype)
             B = b_stacked[i][s, 0, :, :r]
             if contiguous:
                 out[g, off:off + n].addmm_(hi.to(out.dtype), B.t().to(out.dtype))
@@ -64,38 +65,32 @@ def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p
             off += n
         if not contiguous:
             out.index_add_(0, g, torch.cat(deltas, 1).to(out.dtype))
-    if state.small_idx is not None:
-        idx, slots = state.small_idx, state.small_slots
-        p_small = [p[idx] for p in p_rows]
-        d = gathered_delta(x[idx], a_stacked, b_stacked, p_small, slots) if bt_stacked is None else \
-            dense_delta(x[idx], a_stacked, bt_stacked, p_small, slots)
-        out.index_add_(0, idx, d.to(out.dtype))
+    if state.pad is not None:
+        small_delta_(out, x, a_stacked, b_stacked, output_slices, rows, state.pad, bt_stacked)
 
 
-def dense_delta(x: Tensor, a_stacked, bt_stacked, p_rows, slots: Tensor) -> Tensor:
-    """Same result as gathered_delta without copying any weights: shrink against every slot at once
-    (A_i viewed as [S*R, d_in]), keep only each token's own slot block scaled by p, expand against the
-    transposed B stack [S*R, n_i]. Costs like a rank S*R LoRA: for the few tokens of small groups."""
-    outs = []
-    t = x.shape[0]
-    rows = torch.arange(t, device=x.device)
-    for a, bt, p in zip(a_stacked, bt_stacked, p_rows):
-        S, R = a.shape[0], a.shape[2]
-        h = (x @ a.view(S * R, a.shape[3]).t()).view(t, S, R)
-        mask = torch.zeros(t, S, dtype=h.dtype, device=x.device)
-        mask[rows, slots] = p.to(h.dtype)
-        outs.append((h * mask.unsqueeze(2)).view(t, S * R) @ bt)
-    return torch.cat(outs, 1)
+def small_delta_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, rows, plan, bt_stacked=None) -> None:
+    """out[t] += delta of every token t of a small group (state.SmallPlan `plan`), per slice i:
 
+        h = bmm(x[idx] viewed [G, Tmax, d_in], A_i[slots]^T) * P_i        [G, Tmax, R]   (P_i = 0 on padding)
+        out[:, slice i] += bmm(h, B_i[slots]^T) viewed [G*Tmax, n_i] [inv]
 
-def gathered_delta(x: Tensor, a_stacked, b_stacked, p_rows, slots: Tensor) -> Tensor:
-    """delta [t, sum(slices)] with each token's own slot weights gathered (slots >= 0 here):
-    delta[t, slice i] = p_rows[i][t] * (x[t] @ A_i[slots[t]]^T) @ B_i[slots[t]]^T."""
-    outs = []
-    for a, b, p in zip(a_stacked, b_stacked, p_rows):
-        h = torch.einsum("td,trd->tr", x, a[slots, 0]) * p.unsqueeze(1).to(x.dtype)
-        outs.append(torch.einsum("tr,tnr->tn", h, b[slots, 0]))
-    return torch.cat(outs, 1)
+    Each token meets only its own adapter's weights (FLOPs ~ G*Tmax rows, not T x every slot), in 5 tensor
+    ops per slice whatever the number of adapters; tokens outside the small groups read a zero row."""
+    G, Tmax = plan.G, plan.Tmax
+    xg = x.index_select(0, plan.idx).view(G, Tmax, x.shape[1])
+    off = 0
+    for i, n in enumerate(output_slices):
+        a = a_stacked[i][:, 0]                                              # [S, R, d_in]
+        S, R = a.shape[0], a.shape[1]
+        bt = b_stacked[i][:, 0].transpose(1, 2) if bt_stacked is None else bt_stacked[i].view(S, R, n)
+        if not plan.all_slots:
+            a, bt = a.index_select(0, plan.slots), bt.index_select(0, plan.slots)
+        h = torch.bmm(xg, a.transpose(1, 2))
+        h.mul_(plan.P[rows[i]].view(G, Tmax, 1).to(h.dtype))
+        d = torch.bmm(h, bt).view(G * Tmax, n)
+        out[:, off:off + n].add_(d.index_select(0, plan.inv).to(out.dtype))
+        off += n
 
 
 def vllm_lora_(punica, out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p_rows) -> None:

@@ -35,7 +35,7 @@ class HyLoRADALinearMixin:
     def create_lora_weights(self, max_loras, lora_config, model_config=None):
         super().create_lora_weights(max_loras, lora_config, model_config)
         self.hy_c = torch.ones(max_loras + 1, sum(self.output_slices), dtype=lora_config.lora_dtype, device=self.device)
-        # B transposed, slot blocks stacked: [S*R, n_i] per slice (grouped_cpu.dense_delta), synced in set/reset
+        # B transposed, slot blocks stacked: [S*R, n_i] per slice (grouped_cpu.small_delta_), synced in set/reset
         self.hy_bt = tuple(torch.zeros(max_loras * b.shape[3], b.shape[2], dtype=b.dtype, device=b.device)
                            for b in self.lora_b_stacked)
         self.hy_c_slots: set[int] = set()
@@ -101,13 +101,12 @@ class HyLoRADALinearMixin:
         x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, shape[-1])
         st = self.punica_wrapper.hylorada
         if st.groups:
-            p_rows = [st.P[m] for m in self.hy_rows]
             if st.grouped:
                 grouped_cpu.grouped_lora_(o2, x2, self.lora_a_stacked, self.lora_b_stacked, self.output_slices,
-                                          p_rows, st, self.hy_bt)
+                                          self.hy_rows, st, self.hy_bt)
             else:
                 grouped_cpu.vllm_lora_(self.punica_wrapper, o2, x2, self.lora_a_stacked, self.lora_b_stacked,
-                                       self.output_slices, p_rows)
+                                       self.output_slices, [st.P[m] for m in self.hy_rows])
             if not self.hy_after_reduce and not self.hy_c_slots.isdisjoint(st.present):
                 grouped_cpu.scale_tokens_(o2, self.hy_c, st, self.hy_c_slots)
         out = o2.view(shape)

@@ -14,7 +14,8 @@ and, set by `begin_step` before a forward and cleared by `end_step` after it (no
               tokens are contiguous, else a LongTensor of indices. Base tokens (vLLM index -1) are in
               no group, so they never receive a delta (vLLM 0.32's -1 -> last-slot wrap is masked here).
     big       the groups with >= min_group tokens (one matmul each in grouped_cpu)
-    small_idx, small_slots   tokens of the other groups and their slots (one gathered einsum for all)
+    pad       SmallPlan: the tokens of the other groups laid out [G, Tmax] by slot, for one batched
+              matmul per slice (grouped_cpu: decode steps, a few tokens per adapter), or None
     slot_all  [T] slot per token with base tokens -> S (the identity row of every c stack)
     runs      [(slot, slice)] maximal runs of one adapter's tokens (requests are contiguous), base excluded;
               long_runs when they average >= 32 tokens (prefill-heavy steps)
@@ -99,11 +100,6 @@ class HyState:
         self.long_runs = T >= 32 * len(self.runs)        # c on views per run beats one [T, width] gather
         self.big = [(s, g) for s, g in self.groups if _size(g) >= self.min_group]
         small = [s for s, g in self.groups if _size(g) < self.min_group]
-        if small:
-            self.small_idx = torch.isin(idx, torch.tensor(small, device=dev)).nonzero().squeeze(1)
-            self.small_slots = idx[self.small_idx]
-        else:
-            self.small_idx = self.small_slots = None
         cfgs = {self.cfg[s] for s in present if self.cfg[s] is not None}
         if cfgs:
             bucket = torch.zeros(T, dtype=torch.long, device=dev)
@@ -115,10 +111,57 @@ class HyState:
         else:
             P = torch.ones(self.w_pos.shape[0], T, device=dev)
         self.P = P * active
+        self.pad = SmallPlan.build(idx, small, self.num_slots, self.P) if small else None
 
     def end_step(self) -> None:
         self.groups, self.big, self.present, self.runs, self.long_runs = [], [], set(), [], False
-        self.P = self.slot_all = self.small_idx = self.small_slots = None
+        self.P = self.slot_all = self.pad = None
+
+
+class SmallPlan:
+    """The tokens of small groups laid out slot by slot, padded to the largest group:
+
+        slots  [G]        the small groups' slots, ascending; all_slots: every slot 0..S-1 (G == S), some
+                          of them empty, when at least half are present (no weight gather)
+        idx    [G*Tmax]   token index at each padded position (padding repeats a real token)
+        P      [M, G*Tmax] p(pos) per row at each padded position, 0 on padding
+        inv    [T]        each token's padded position; tokens not in a small group (base, big groups) point
+                          at a padding row, which P = 0 makes an exact zero after the shrink
+
+    so that, per slice, the delta of every small token is gathered back with one `index_select` from
+    bmm(bmm(x[idx] viewed [G, Tmax, d_in], A[slots]^T) * P, B[slots]^T) — one matmul pair for all adapters,
+    each token against its own adapter only. A padding row is added when every padded position is taken
+    and some token is outside the small groups."""
+
+    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, all_slots: bool):
+        self.slots, self.idx, self.P, self.inv = slots, idx, P, inv
+        self.G, self.Tmax, self.all_slots = G, Tmax, all_slots
+
+    @classmethod
+    def build(cls, idx: Tensor, small: list[int], num_slots: int, P: Tensor) -> "SmallPlan":
+        dev = idx.device
+        T = idx.shape[0]
+        # at least half the slots present: lay out every slot (empty ones all padding) and use the weight stacks
+        # as they are; otherwise gather the present slots' weights (a copy) to skip the empty rows' matmuls
+        all_slots = 2 * len(small) >= num_slots
+        slots = torch.arange(num_slots, device=dev) if all_slots else torch.tensor(sorted(small), device=dev)
+        tok = torch.isin(idx, torch.tensor(small, device=dev)).nonzero().squeeze(1)
+        order = torch.argsort(idx[tok], stable=True)
+        tok = tok[order]
+        group = torch.searchsorted(slots, idx[tok])                      # [n] group of each small token
+        counts = torch.bincount(group, minlength=slots.numel())
+        G, n = slots.numel(), tok.numel()
+        Tmax = int(counts.max())
+        if G * Tmax == n and n < T:                                      # outsiders need a zero row
+            Tmax += 1
+        at = group * Tmax + (torch.arange(n, device=dev) - (counts.cumsum(0) - counts)[group])
+        pidx = torch.full((G * Tmax,), int(tok[0]), dtype=torch.long, device=dev)
+        pidx[at] = tok
+        valid = torch.zeros(G * Tmax, dtype=P.dtype, device=dev)
+        valid[at] = 1
+        inv = torch.full((T,), int((valid == 0).nonzero()[0]) if n < T else 0, dtype=torch.long, device=dev)
+        inv[tok] = at
+        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, all_slots)
 
 
 def _segment(idx: Tensor, s: int) -> slice | Tensor:

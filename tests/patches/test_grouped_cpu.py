@@ -39,6 +39,8 @@ CASES = {
     "interleaved": [0, 1, 0, -1, 2, 1, 3, -1, 0, 2],
     "all_base": [-1] * 6,
     "one_slot": [3] * 7,
+    "even_with_base": [0, 1, 2, 3, -1, 0, 1, 2, 3],      # small groups fill [G, Tmax]: base needs a zero row
+    "two_of_four": [1, 3, 1, -1, 3],                     # some slots absent: weights gathered by slot
 }
 
 
@@ -55,14 +57,15 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
             ai[s, 0, r:] = 0
             bi[s, 0, :, r:] = 0
     x = torch.randn(T, D_IN, generator=torch.Generator().manual_seed(7))
-    p_rows = [st.P[m] for m in range(len(SLICES))] if st.P is not None else [torch.zeros(T)] * 3
+    rows = tuple(range(len(SLICES)))
+    p_rows = [st.P[m] for m in rows] if st.P is not None else [torch.zeros(T)] * 3
     out = torch.zeros(T, sum(SLICES))
-    grouped_lora_(out, x, a, b, SLICES, p_rows, st)
+    grouped_lora_(out, x, a, b, SLICES, rows, st)
     torch.testing.assert_close(out, reference_gather(x, a, b, SLICES, p_rows, slots), rtol=1e-4, atol=1e-4)
-    dense = torch.zeros(T, sum(SLICES))              # small groups through the weight-copy-free dense pass
-    grouped_lora_(dense, x, a, b, SLICES, p_rows, st, bt_stacked=tuple(bi[:, 0].transpose(1, 2).reshape(S * R, -1)
-                                                                       for bi in b))
-    torch.testing.assert_close(dense, out, rtol=1e-4, atol=1e-4)
+    bt = torch.zeros(T, sum(SLICES))                 # small groups on the layer's contiguous B^T copy
+    grouped_lora_(bt, x, a, b, SLICES, rows, st, bt_stacked=tuple(bi[:, 0].transpose(1, 2).reshape(S * R, -1)
+                                                                  for bi in b))
+    torch.testing.assert_close(bt, out, rtol=1e-4, atol=1e-4)
     # the slow twin: the formula itself, one token at a time (W = 0 isolates the delta)
     for t in range(T):
         s = int(slots[t])
@@ -130,5 +133,5 @@ def test_vllm_path_masks_the_minus_one_wrap():
     assert ours[slots == -1].abs().max() == 0
     grouped = torch.zeros_like(stock)
     st.ranks = [R] * S
-    grouped_lora_(grouped, x, a, b, SLICES, p_rows, st)
+    grouped_lora_(grouped, x, a, b, SLICES, (0, 1, 2), st)
     torch.testing.assert_close(ours, grouped, rtol=1e-4, atol=1e-4)
