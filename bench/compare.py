@@ -10,6 +10,9 @@ Systems (adapters are named a0..a{n-1} everywhere, so the request lists are iden
   vllm-base      upstream vLLM OpenAI server, no LoRA, every request on the base
   peft-single    transformers + PEFT, one request at a time (bench.peft_server --mode single)
   peft-mixed     transformers + PEFT mixed-adapter static batches of up to 16 (adapter_names=)
+Interleaved (--interleave hylorada,vllm-lora,...): those systems' servers all up at once, the anchor run on each
+in turn for --interleave-reps rounds (order reversed every other round); ratios of medians plus every round's ratio.
+This is the measurement to quote across servers: back-to-back runs of one system differed by up to 25 % here.
 Paired (--paired-reps, default 4): HyLoRADA vs plain-LoRA twins inside ONE hylorada-serve, alternating A B B A,
 so slow drifts of a shared machine hit both sides (separate processes minutes apart differed by up to 22% here).
 Scaling (hylorada-serve, and vllm-lora with --scaling-systems): output tok/s and p99 vs distinct adapters
@@ -19,6 +22,7 @@ Writes {out}/{label}.json + CDF PNGs per system, sweep JSON + PNGs, comparison.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -145,6 +149,50 @@ def run_paired(base: Path, ad: dict, out: Path, work: Path, a) -> dict:
                               for h, lo in zip(runs["hylorada"], runs["lora"])]}
 
 
+def run_interleaved(systems: list[str], base: Path, ad: dict, out: Path, work: Path, a) -> dict:
+    """Every system's server up at once (ports port+1, port+2, ...), the anchor run on each in turn, the order
+    reversed every other round (A B, B A, ...): a drift of a shared machine over minutes hits every system alike,
+    which separate back-to-back runs cannot promise (the same system differed by up to 25 % minutes apart here).
+    Idle servers cost next to nothing meanwhile (their engine loops park); a 2 s pause separates the runs."""
+    runs: dict[str, list] = {s: [] for s in systems}
+    specs, loads = {}, []
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for i, s in enumerate(systems):
+            port = a.port + 1 + i
+            specs[s] = spec_for(s, base, port, ad, work, SLOTS, SLOTS, a.peft_threads)
+            print(f"== interleaved {s}: {specs[s].shell()}", flush=True)
+            urls[s], _ = stack.enter_context(running(specs[s], port, work / "logs" / f"interleaved-{s}.log"))
+        for rep in range(a.interleave_reps):
+            for s in (systems if rep % 2 == 0 else systems[::-1]):
+                time.sleep(2.0)
+                names = ["base"] if s == "vllm-base" else list(ad["peft"])[:a.num_adapters]
+                loads.append(os.getloadavg()[0])
+                res = run_bench(anchor_config(urls[s], names, f"interleaved_{s}_{rep}", out / "interleaved", a),
+                                plot=False)
+                print(f"[interleaved {s} {rep}] {headline(res)}", flush=True)
+                runs[s].append(res["overall"])
+    return {"commands": {s: sp.shell() for s, sp in specs.items()}, "reps": a.interleave_reps, "loadavg_1m": loads,
+            "tok_per_s": {s: [o["output_tok_per_s"] for o in v] for s, v in runs.items()},
+            "ttft_p50_s": {s: [o["ttft_s"]["p50"] for o in v] for s, v in runs.items()}, **interleaved_ratios(runs)}
+
+
+def interleaved_ratios(runs: dict[str, list[dict]]) -> dict:
+    """runs: system -> its rounds' `overall` blocks, in round order. Ratios of the medians over rounds (output
+    tok/s; p50 TTFT), each round's own ratio (same round = same minutes of the machine) and the target check."""
+    med = {s: statistics.median(o["output_tok_per_s"] for o in v) for s, v in runs.items()}
+    ttft = {s: statistics.median(o["ttft_s"]["p50"] for o in v) for s, v in runs.items()}
+    ratios = []
+    for num, den, target in RATIOS:
+        if num in runs and den in runs:
+            per_rep = [x["output_tok_per_s"] / y["output_tok_per_s"] for x, y in zip(runs[num], runs[den])]
+            r = med[num] / med[den]
+            ratios.append({"ratio": f"{num} / {den}", "output_tok_per_s": r, "per_rep": per_rep,
+                           "min_per_rep": min(per_rep), "ttft_p50": ttft[num] / ttft[den], "target": target,
+                           "met": None if target is None else r >= target})
+    return {"median_tok_per_s": med, "median_ttft_p50_s": ttft, "ratios": ratios}
+
+
 def ratio_table(results: dict) -> list[dict]:
     rows = []
     for num, den, target in RATIOS:
@@ -167,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--paired-reps", type=int, default=4, help="A/B reps of HyLoRADA vs plain LoRA in one server (0: off)")
+    p.add_argument("--interleave", default="", help="systems to run interleaved, all servers up at once "
+                   "(e.g. hylorada,vllm-lora); their medians give the headline ratios")
+    p.add_argument("--interleave-reps", type=int, default=4, help="rounds of the interleaved run (order reversed "
+                   "every other round)")
     p.add_argument("--scaling-systems", default="hylorada")
     p.add_argument("--adapter-counts", default="1,8,32,128,256")
     p.add_argument("--rates", default="1,2,4,8,inf")
@@ -181,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     systems = [s for s in a.systems.split(",") if s]
+    inter = [s for s in a.interleave.split(",") if s]
+    unknown = [s for s in systems + inter if s not in SYSTEMS]
+    if unknown:
+        p.error(f"unknown system(s) {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
     scaling = [] if a.no_scaling else [s for s in a.scaling_systems.split(",") if s]
     n_many = max(a.adapter_counts) if scaling else a.num_adapters
     base = build.build_base()
@@ -188,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     name = lambda i: f"a{i}"  # noqa: E731  (one name per adapter index in every system)
     ad = {"peft": {name(i): p for i, p in enumerate(peft_paths[:a.num_adapters])},
           "peft_many": {name(i): p for i, p in enumerate(peft_paths[:n_many])}}
-    if {"hylorada-lora"} & set(systems) or a.paired_reps:
+    if {"hylorada-lora"} & set(systems + inter) or a.paired_reps:
         ad["served"] = {name(i): p for i, p in enumerate(build.build_served_lora(base, peft_paths[:a.num_adapters]))}
-    if {"hylorada"} & set(systems + scaling) or a.paired_reps:
+    if {"hylorada"} & set(systems + scaling + inter) or a.paired_reps:
         hyl = build.build_hylorada(base, n_many if "hylorada" in scaling else a.num_adapters)
         if not hyl:
             raise SystemExit("hylorada.export is missing: HyLoRADA adapters cannot be built")
@@ -203,6 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:   # one system failing must not lose the others' numbers
             failures[s] = f"{type(e).__name__}: {e}"
             print(f"!! {s} failed: {failures[s]}", flush=True)
+    interleaved = None
+    if a.interleave:
+        try:
+            interleaved = run_interleaved(inter, base, ad, out, work, a)
+            for row in interleaved["ratios"]:
+                print(f"interleaved {row['ratio']:<26} {row['output_tok_per_s']:.2f}x tok/s (per round "
+                      f"{', '.join(f'{r:.2f}' for r in row['per_rep'])})  TTFT p50 {row['ttft_p50']:.2f}x"
+                      + (f"  target {row['target']}x {'met' if row['met'] else 'MISSED'}" if row["target"] else ""),
+                      flush=True)
+        except Exception as e:
+            failures["interleaved"] = f"{type(e).__name__}: {e}"
+            print(f"!! interleaved failed: {failures['interleaved']}", flush=True)
     paired = None
     if a.paired_reps:
         try:
@@ -232,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                "started_unix": t_start, "elapsed_s": time.time() - t_start,
                "systems": {s: {k: v for k, v in r.items() if k != "records"} for s, r in results.items()},
-               "ratios": ratio_table(results), "paired": paired, "scaling": sweeps, "failures": failures}
+               "ratios": ratio_table(results), "interleaved": interleaved, "paired": paired, "scaling": sweeps, "failures": failures}
     (out / "comparison.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     for row in summary["ratios"]:
         print(f"{row['ratio']:<28} {row['output_tok_per_s']:.2f}x tok/s  TTFT p50 {row['ttft_p50']:.2f}x"
@@ -240,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"out": str(out), "elapsed_s": round(summary["elapsed_s"]), "failures": failures,
                       "tok_per_s": {s: round(r["overall"]["output_tok_per_s"], 1) for s, r in results.items()},
                       "ratios": {r["ratio"]: round(r["output_tok_per_s"], 3) for r in summary["ratios"]},
+                      "interleaved": interleaved and {r["ratio"]: round(r["output_tok_per_s"], 3)
+                                                      for r in interleaved["ratios"]},
                       "paired_hylorada_over_lora": paired and round(paired["ratio_of_medians"], 3)}))
     return 0 if not failures else 1
 

@@ -1,7 +1,7 @@
 """bench.compare / bench.servers plumbing, no engines: ratios, launch specs, adapter folders."""
 from pathlib import Path
 
-from bench.compare import ratio_table, spec_for
+from bench.compare import interleaved_ratios, ratio_table, spec_for
 from bench.servers import UPSTREAM_PLUGINS, link_adapter_dir
 
 
@@ -16,6 +16,17 @@ def test_ratio_table():
     assert r["output_tok_per_s"] == 3.0 and r["ttft_p50"] == 0.5 and r["met"] is True
     assert rows["hylorada / hylorada-lora"]["met"] is True          # 0.968 >= 0.95
     assert "hylorada / peft-single" not in rows                     # only systems that ran
+
+
+def test_interleaved_ratios_use_medians_and_keep_every_round():
+    runs = {"hylorada": [_sys(500, 0.3)["overall"], _sys(200, 0.3)["overall"], _sys(480, 0.2)["overall"]],
+            "vllm-lora": [_sys(250, 1.0)["overall"], _sys(100, 2.0)["overall"], _sys(260, 1.0)["overall"]]}
+    out = interleaved_ratios(runs)
+    assert out["median_tok_per_s"] == {"hylorada": 480, "vllm-lora": 250}
+    r = {x["ratio"]: x for x in out["ratios"]}["hylorada / vllm-lora"]
+    assert r["output_tok_per_s"] == 480 / 250 and r["per_rep"] == [2.0, 2.0, 480 / 260]
+    assert r["min_per_rep"] == 480 / 260 and r["ttft_p50"] == 0.3 and r["met"] is False    # 1.92 < 2
+    assert [x["ratio"] for x in out["ratios"]] == ["hylorada / vllm-lora"]
 
 
 def test_upstream_vllm_excludes_our_plugin(tmp_path):
