@@ -4,12 +4,14 @@
     python -m bench.kernels.served_layer --cpu-smoke         # CPU: tiny shapes, float32 (checks, not numbers)
 
 Served form (DESIGN §3), per token t with adapter a = idx[t] and position scale p[t]:
-    y[t] = c[a] * (W x[t] + p[t] * B'[a] (A[a] x[t]))
-Methods (all in plain PyTorch; no fused kernel here yet):
+    y[t] = c[a] * (W x[t] + p[t] * B'[a] (A[a] x[t]))          (a = -1: base only, c = 1; the loop and "fused" take it)
+Methods:
   base      x @ W^T                                          (the floor)
   gather    per-token gather of each token's A, B', c (what vLLM's CPU LoRA path does), one einsum each
   grouped   tokens sorted by adapter; one shrink and one expand matmul per adapter segment, then x c[idx]
   peft_dora PEFT-style DoRA per adapter segment: recomputes ||W + s B A|| per row every forward
+  fused     base GEMM, then the Triton shrink / expand+epilogue kernels (bench/kernels/triton_served.py); only
+            listed where triton and CUDA are both present; never compiled on a GPU yet (checked under the interpreter)
 Every method is checked against a per-token loop in float32 before it is timed. Bandwidth counts the bytes a
 perfect kernel must move (W, the adapters in use, x and y); the fraction is of the GPU's peak where known.
 Last line: a JSON object. Results: bench/results/kernels_{device}.json and .png.
@@ -43,11 +45,11 @@ def base(x, W, **_):
 
 
 def reference(x, W, A, B, c, p, idx, **_):
-    """Semantics as a loop: y[t] = c[a] * (W x[t] + p[t] * B[a] @ (A[a] @ x[t])), a = idx[t]."""
+    """Semantics as a loop: y[t] = c[a] * (W x[t] + p[t] * B[a] @ (A[a] @ x[t])), a = idx[t]; a = -1: y[t] = W x[t]."""
     out = []
     for t in range(x.shape[0]):
         a = int(idx[t])
-        out.append(c[a] * (W @ x[t] + p[t] * (B[a] @ (A[a] @ x[t]))))
+        out.append(W @ x[t] if a < 0 else c[a] * (W @ x[t] + p[t] * (B[a] @ (A[a] @ x[t]))))
     return torch.stack(out)
 
 
@@ -79,12 +81,28 @@ def peft_dora(x, W, A, B, m, idx, segs=None, **_):
     return y
 
 
+def fused_method():
+    """The Triton kernel as a method, or None without triton or CUDA (the CPU path never imports triton)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from bench.kernels.triton_served import segment_table, served_lora_triton
+    except ImportError:
+        return None
+
+    def fused(x, W, A, B, c, p, idx, table=None, **_):
+        return served_lora_triton(x @ W.T, x, A, B, c, p, idx, table=table)
+    fused.segment_table = segment_table
+    return fused
+
+
 def check(methods, d_in=48, d_out=40, T=13, device="cpu"):
     """Every fast path equals the per-token loop (float32)."""
     inp = make_inputs(T, d_in, d_out, 3, 4, torch.float32, device)
     ref = reference(**inp)
-    for name in ("gather", "grouped"):
-        torch.testing.assert_close(methods[name](**inp), ref, rtol=1e-4, atol=1e-4)
+    for name in ("gather", "grouped", "fused"):
+        if name in methods:
+            torch.testing.assert_close(methods[name](**inp), ref, rtol=1e-4, atol=1e-4)
     dora_ref = torch.stack([(inp["m"][a] / torch.linalg.vector_norm(inp["W"] + inp["B"][a] @ inp["A"][a], dim=1))
                             * ((inp["W"] + inp["B"][a] @ inp["A"][a]) @ inp["x"][t])
                             for t, a in enumerate(inp["idx"].tolist())])
@@ -132,6 +150,14 @@ def main(argv=None) -> int:
     shapes = SHAPES_8B if cuda else {"small": (256, 512)}
     methods = {"base": base, "gather": gather, "grouped": grouped, "peft_dora": peft_dora}
     check(methods, device=device)
+    fused, fused_error = (fused_method() if cuda else None), None
+    if fused is not None:
+        try:                               # the kernel is unverified on a GPU: a failure drops it, not the whole run
+            check({"fused": fused}, device=device)
+            methods["fused"] = fused
+        except Exception as e:  # noqa: BLE001
+            fused, fused_error = None, f"{type(e).__name__}: {e}"
+            print(f"fused dropped: {fused_error}", flush=True)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BYTES_S.items() if k in name), None)
     rows = []
@@ -139,6 +165,8 @@ def main(argv=None) -> int:
         for T in [int(t) for t in a.tokens.split(",")]:
             inp = make_inputs(T, d_in, d_out, a.adapters, a.rank, dtype, device)
             inp["segs"] = segments(inp["idx"])
+            if fused is not None:
+                inp["table"] = fused.segment_table(inp["idx"], a.adapters)
             t_base = None
             for mname, fn in methods.items():
                 with torch.inference_mode():
@@ -155,6 +183,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tag = "cpu-smoke" if not cuda else name.replace(" ", "_")
     summary = {"device": name, "dtype": str(dtype), "adapters": a.adapters, "rank": a.rank, "peak_bytes_s": peak,
+               "fused_error": fused_error,
                "rows": rows, "decode_max_x_base": {m: max(r["x_base"] for r in rows if r["method"] == m)
                                                    for m in methods}}
     (out / f"kernels_{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -169,7 +198,7 @@ def _plot(rows, path, title):
     shapes = sorted({r["shape"] for r in rows})
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, s in zip(axes[0], shapes):
-        for m in ("gather", "grouped", "peft_dora"):
+        for m in sorted({r["method"] for r in rows} - {"base"}):
             pts = [(r["tokens"], r["x_base"]) for r in rows if r["shape"] == s and r["method"] == m]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
         ax.axhline(1.15, ls="--", c="gray", lw=1, label="target 1.15x")
