@@ -12,7 +12,7 @@ calls `apply()` (version check + install). One module per vLLM touch point:
     loading.py      WorkerLoRAManager._load_adapter: validate the served form, attach the side file
     landmarks.py    per-token landmark read-outs on the MLP blocks
     rope.py         the engine's RoPE override from a set of adapters
-    mq_wait.py      shm message-queue readers nap instead of spinning (CPU: the cores run the forward)
+    control.py      worker RPC `hylorada_lora_path` (switch grouped / vLLM path at run time)
     tp.py           tensor-parallel sharding of c (pure functions, mirrored by the layers)
     control.py      worker RPC switching the LoRA path (grouped / vLLM's) on a running engine
     attention.py    per-adapter DAA / sink / s2 attention (CPU platform): attn_state, attn_hooks,

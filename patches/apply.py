@@ -45,8 +45,7 @@ def apply() -> None:
     from vllm.platforms import current_platform
     check_version(vllm.__version__, current_platform.is_cpu(),
                   os.environ.get("HYLORADA_ALLOW_UNVERIFIED_VLLM") == "1")
-    from . import control, layers, loading, mq_wait, positions, slots
-    mq_wait.install(current_platform.is_cpu())
+    from . import control, layers, loading, positions, slots
     layers.install()
     loading.install()
     slots.install()
