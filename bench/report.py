@@ -38,6 +38,27 @@ def ratios_table(cmp: dict) -> str:
     return "\n".join(rows)
 
 
+def interleaved_table(cmp: dict) -> str:
+    """bench.compare --interleave: each system's tok/s per round and median, then the ratios of medians with
+    every round's own ratio (the rounds share the machine's minutes, so their spread is the noise)."""
+    it = cmp.get("interleaved")
+    if not it:
+        return ""
+    reps = it["reps"]
+    rows = ["| system | " + " | ".join(f"round {i}" for i in range(reps)) + " | median tok/s | median p50 TTFT ms |",
+            "|---|" + "---:|" * (reps + 2)]
+    for name, toks in it["tok_per_s"].items():
+        rows.append(f"| {name} | " + " | ".join(f"{t:.1f}" for t in toks) +
+                    f" | {it['median_tok_per_s'][name]:.1f} | {_ms(it['median_ttft_p50_s'][name])} |")
+    rows += ["", "| ratio (medians) | output tok/s | per round | p50 TTFT | target | |", "|---|---:|---|---:|---:|---|"]
+    for r in it["ratios"]:
+        verdict = "" if r["target"] is None else ("met" if r["met"] else "missed")
+        target = "" if r["target"] is None else f">= {r['target']}x"
+        rows.append(f"| {r['ratio']} | {r['output_tok_per_s']:.2f}x | " + ", ".join(f"{x:.2f}" for x in r["per_rep"])
+                    + f" | {r['ttft_p50']:.2f}x | {target} | {verdict} |")
+    return "\n".join(rows)
+
+
 def scaling_table(cmp: dict, knob: str) -> str:
     sweeps = cmp.get("scaling") or {}
     if not sweeps:
@@ -85,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             print(systems_table(cmp) + "\n\n" + ratios_table(cmp) + "\n")
         elif cmp.get("paired"):
             print(ratios_table(cmp) + "\n")
+        t = interleaved_table(cmp)
+        if t:
+            print(t + "\n")
         for knob in ("num_adapters", "rate"):
             t = scaling_table(cmp, knob)
             if t:
