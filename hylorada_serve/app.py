@@ -1,5 +1,6 @@
 """What hylorada-serve adds to vLLM's own OpenAI app (built by vLLM's build_app/init_app_state):
 
+  * BodyLimitMiddleware (limits.py) — 413 for bodies over `--max-body-mb`, before anything reads them.
   * AuthMiddleware — `--api-key` on every route except /health, /metrics, /ping, /version; `--admin-key`
     (when set) on /v1/adapters*, where the inference key is not enough. Keys are compared as SHA-256 digests
     with hmac.compare_digest and never logged.
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from . import metrics
+from .limits import BodyLimitMiddleware
 from .models import ADMISSION, Admission, HotSwapModels
 from .store import NAME_RE, AdapterStore
 from .watcher import HotSwapper
@@ -142,7 +144,8 @@ def admin_router(swapper: HotSwapper) -> APIRouter:
     return router
 
 
-def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: str | None) -> None:
+def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: str | None,
+            max_body_bytes: int = 0) -> None:
     """Wire the store into vLLM's app (before it starts serving)."""
     models = HotSwapModels.adopt(app.state.openai_serving_models, swapper.store)
     app.include_router(admin_router(swapper))
@@ -151,4 +154,5 @@ def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: s
     app.user_middleware.insert(0, Middleware(AdmissionMiddleware, store=swapper.store,
                                              base_name=models.base_model_paths[0].name))
     app.user_middleware.insert(0, Middleware(AuthMiddleware, api_key=api_key, admin_key=admin_key))
+    app.user_middleware.insert(0, Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))  # before anything reads
     app.middleware_stack = app.build_middleware_stack()

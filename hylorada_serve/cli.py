@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder without a .ready marker is loaded once unchanged this long (default 2)")
     p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between scans of DIR/ (default 0.5)")
     p.add_argument("--cache-dir", default=None, help="--demo: where the demo base/adapters are built")
+    p.add_argument("--max-body-mb", type=float, default=16.0,
+                   help="answer 413 to request bodies larger than this many MiB, before reading them (default 16; "
+                        "0 = no limit)")
     return p
 
 
@@ -138,7 +141,7 @@ async def serve(args, opts) -> int:
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
                                  on_event=on_event)
-            install(app, swapper, opts.api_key, opts.admin_key)
+            install(app, swapper, opts.api_key, opts.admin_key, max_body_bytes=int(opts.max_body_mb * (1 << 20)))
             own_log_handler()                      # again, after the engine's start-up configured logging
             await initial_load(swapper, opts)
             stop = asyncio.Event()
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         rest = ["--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30), *rest]
     if not opts.base or not opts.adapters:
         build_parser().error("--base and --adapters are required (or --demo)")
+    if not opts.max_body_mb >= 0:
+        build_parser().error(f"--max-body-mb must be >= 0 (got {opts.max_body_mb})")
     Path(opts.adapters).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     own_log_handler()

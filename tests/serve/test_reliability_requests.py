@@ -174,3 +174,17 @@ def test_many_concurrent_streams_all_complete(server):
     for t in threads:
         t.join(timeout=240)
     assert len(results) == 32 and all(r == (200, "data: [DONE]", 12) for r in results), results
+
+
+def test_huge_body_is_413_before_it_is_read(http):
+    """--max-body-mb (16 MiB by default): declared or chunked, the body is refused before vLLM parses it."""
+    prompt = "x" * (17 << 20)
+    err = assert_error(post(http, "/v1/completions", json.dumps({**OK, "prompt": prompt})), (413,))
+    assert "--max-body-mb" in err["message"]
+
+    def chunked():
+        piece = b"[" + b"1," * (1 << 19)
+        for _ in range(40):                      # ~40 MiB with no Content-Length
+            yield piece
+    r = http.post("/v1/completions", content=chunked(), headers={"Content-Type": "application/json"})
+    assert_error(r, (413,))
