@@ -155,6 +155,7 @@ def run_interleaved(systems: list[str], base: Path, ad: dict, out: Path, work: P
     which separate back-to-back runs cannot promise (the same system differed by up to 25 % minutes apart here).
     Idle servers cost next to nothing meanwhile (their engine loops park); a 2 s pause separates the runs."""
     runs: dict[str, list] = {s: [] for s in systems}
+    records: dict[str, list] = {s: [] for s in systems}
     specs, loads = {}, []
     with contextlib.ExitStack() as stack:
         urls = {}
@@ -172,6 +173,9 @@ def run_interleaved(systems: list[str], base: Path, ad: dict, out: Path, work: P
                                 plot=False)
                 print(f"[interleaved {s} {rep}] {headline(res)}", flush=True)
                 runs[s].append(res["overall"])
+                records[s] += res["requests"]
+    plot_cdfs(records, out / "interleaved_cdf.png", title=f"interleaved, {a.interleave_reps} rounds pooled: "
+              f"{a.num_requests} requests x 48+48 tokens, concurrency 16, {a.num_adapters} adapters")
     return {"commands": {s: sp.shell() for s, sp in specs.items()}, "reps": a.interleave_reps, "loadavg_1m": loads,
             "tok_per_s": {s: [o["output_tok_per_s"] for o in v] for s, v in runs.items()},
             "ttft_p50_s": {s: [o["ttft_s"]["p50"] for o in v] for s, v in runs.items()}, **interleaved_ratios(runs)}
