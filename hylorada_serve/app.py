@@ -97,10 +97,8 @@ class AdmissionMiddleware:
             ADMISSION.reset(token)
             self.store.release(ticket)
             label = adm.used.name if adm.used else (self.base_name if status[0] == 200 else "-")
-            metrics.REQUESTS.labels(label, str(status[0])).inc()
-            metrics.LATENCY.labels(label).observe(time.perf_counter() - t0)
-            if counter[0] is not None:
-                metrics.TOKENS.labels(label).inc(counter[0].total())
+            metrics.request_done(label, status[0], time.perf_counter() - t0,
+                                 None if counter[0] is None else counter[0].total())
 
 
 def admin_router(swapper: HotSwapper) -> APIRouter:
@@ -148,6 +146,7 @@ def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: s
             max_body_bytes: int = 0) -> None:
     """Wire the store into vLLM's app (before it starts serving)."""
     models = HotSwapModels.adopt(app.state.openai_serving_models, swapper.store)
+    swapper.store.on_forget = metrics.forget          # forgotten names leave /metrics too (bounded series)
     app.include_router(admin_router(swapper))
     # vLLM's build_app already built the middleware stack (its SageMaker bootstrap does), so insert ours as the
     # outermost layers and rebuild it, as that bootstrap itself does.

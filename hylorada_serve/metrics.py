@@ -2,11 +2,14 @@
 /metrics route exposes (single API-server process), so one scrape returns vLLM's metrics and these.
 
 `adapter` is the public adapter name, or the served base name for base-model requests, or "-" when the request
-named no servable model (404) or failed before resolving one.
+named no servable model (404) or failed before resolving one. When the store forgets a removed name (store.py:
+`_forget`, after `forget_seconds`), `forget(name)` drops every series labelled with it, so a server that sees
+adapters come and go for weeks keeps a bounded set of series (and /metrics stays small).
 """
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -23,10 +26,35 @@ VERSION = Gauge("hylorada_adapter_version", "Version number now serving (0: not 
 SERVING = Gauge("hylorada_adapters_serving", "Adapters now servable")
 
 
+_SERIES: dict[str, set] = defaultdict(set)     # adapter -> {(metric, other label values)} it has a series in
+
+
+def _series(metric, name: str, *rest: str):
+    _SERIES[name].add((metric, rest))
+    return metric.labels(name, *rest)
+
+
 def on_event(name: str, event: str, version: int | None, serving: int) -> None:
-    LOAD_EVENTS.labels(name, event).inc()
-    VERSION.labels(name).set(version or 0)
+    _series(LOAD_EVENTS, name, event).inc()
+    _series(VERSION, name).set(version or 0)
     SERVING.set(serving)
+
+
+def request_done(adapter: str, code: int, seconds: float, tokens: int | None) -> None:
+    """One finished inference request: its status, latency and (when counted) generated tokens."""
+    _series(REQUESTS, adapter, str(code)).inc()
+    _series(LATENCY, adapter).observe(seconds)
+    if tokens is not None:
+        _series(TOKENS, adapter).inc(tokens)
+
+
+def forget(name: str) -> None:
+    """Drop every series labelled `name` (the store forgot it; a name that comes back starts again at zero)."""
+    for metric, rest in _SERIES.pop(name, ()):
+        try:
+            metric.remove(name, *rest)
+        except KeyError:
+            pass
 
 
 class TokenCounter:

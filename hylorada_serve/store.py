@@ -116,6 +116,7 @@ class AdapterStore:
         self.forget_seconds = forget_seconds     # a removed name is dropped from the books after this long
         self.new_refusals: list[tuple[str, str]] = []    # (name, reason) refused by scan; the watcher logs them
         self.clock = clock
+        self.on_forget: Callable[[str], None] = lambda name: None   # called for each name _forget drops
         self.entries: dict[str, Entry] = {}
         self._mapping: dict[str, Version] = {}
         self._gen = 0
@@ -185,6 +186,7 @@ class AdapterStore:
         for n in [n for n, e in self.entries.items() if e.status == "removed" and n not in present
                   and n not in pinned and now - e.removed_at >= self.forget_seconds]:
             del self.entries[n]
+            self.on_forget(n)
 
     def _refuse_quietly(self, e: Entry, reason: str) -> None:
         e.blocked = True

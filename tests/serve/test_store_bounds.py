@@ -12,6 +12,8 @@ from .test_store import Clock, commit, write
 def test_removed_names_are_forgotten_once_unpinned(tmp_path):
     clock = Clock()
     store = AdapterStore(tmp_path, stable_seconds=0.0, clock=clock, forget_seconds=60.0)
+    forgotten = []
+    store.on_forget = forgotten.append                   # metrics.forget in the server
     for i in range(50):                                  # 50 short-lived adapters
         write(tmp_path / f"a{i}")
         store.scan()
@@ -30,6 +32,7 @@ def test_removed_names_are_forgotten_once_unpinned(tmp_path):
     assert len(store.collectable()) == 50
     store.scan()
     assert store.entries == {}                           # forgotten: GET /v1/adapters no longer lists them
+    assert sorted(forgotten) == sorted(f"a{i}" for i in range(50))
     write(tmp_path / "a0", b"again")
     store.scan()
     v = commit(store, "a0")
