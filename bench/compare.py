@@ -36,7 +36,7 @@ from .config import BenchConfig
 from .metrics import headline
 from .plots import plot_cdfs, plot_sweep
 from .serve import run_bench
-from .servers import hylorada_spec, link_adapter_dir, peft_spec, running, vllm_spec
+from .servers import hylorada_spec, link_adapter_dir, peft_spec, running, stop_servers_on_sigterm, vllm_spec
 
 SYSTEMS = ("hylorada", "hylorada-lora", "vllm-lora", "vllm-base", "peft-single", "peft-mixed")
 SLOTS = 8
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peft-threads", type=int, default=2, help="torch threads of the PEFT server (2 = this machine's "
                    "cores; under load from other processes 1 is far faster: OpenMP spin-waits collapse)")
     a = p.parse_args(argv)
+    stop_servers_on_sigterm()
     a.adapter_counts = [int(x) for x in a.adapter_counts.split(",")]
     a.rates = [float(x) for x in a.rates.split(",")]
     out, work = Path(a.out), build.CACHE / "compare"

@@ -109,6 +109,15 @@ def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
         proc.wait(timeout=10)
 
 
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM (kill, `timeout`) raises SystemExit in the main thread, so every `running` block still stops its
+    server's process group; with Python's default handler the process died at once and left the servers (and
+    their engine processes, ~2 GB each) running."""
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _exit)
+
+
 @contextlib.contextmanager
 def running(spec: ServerSpec, port: int, log_path: Path, ready_timeout_s: float = 420.0):
     """Start spec, wait until /v1/models lists its models (bounded), yield (url, startup seconds); always stop it."""
