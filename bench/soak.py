@@ -13,6 +13,10 @@ cycling the cases) into DIR/, checks it is refused, then deletes it. RSS = every
 sampled every few seconds; the slope is fitted after the warm-up (first 20 %). At the end every adapter's greedy
 answer is compared with hylorada.reference.ServedReference; then SIGTERM (must exit 0, no process left).
 Writes bench/results/soak.json and soak.png; the last line printed is a JSON summary.
+
+Memory diagnosis (bench/soak_mem.py): --memprobe (malloc in use vs free, Python objects, per process, and one
+malloc_trim at the end), --env K=V (e.g. an allocator setting), --upstream (the same traffic against stock vLLM,
+without swaps or bad adapters). Growth is reported per minute and per 1000 requests served.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import soak_mem                            # noqa: E402
 from bench import soak_report as report              # noqa: E402
 from bench.hotswap import free_port                  # noqa: E402
 from tests.serve.bad_adapters import BUILDERS         # noqa: E402
@@ -186,22 +191,34 @@ class Soak:
                 shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
 
 
-def start(base: Path, adapters: Path, log: Path) -> tuple[subprocess.Popen, str]:
+ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--max-loras", "4",
+          "--max-cpu-loras", "8", "--kv-cache-memory-bytes", str(512 << 20)]
+
+
+def start(base: Path, adapters: Path, log: Path, a, env: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters), "--port",
-           str(port), "--api-key", API, "--admin-key", ADMIN, "--stable-seconds", "1", "--poll-interval", "0.5",
-           "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--max-loras", "4",
-           "--max-cpu-loras", "8", "--kv-cache-memory-bytes", str(512 << 20)]
+    if a.upstream:     # stock vLLM, same engine settings, the same adapters fixed at start (swap-a = demo-lora)
+        cmd = soak_mem.upstream_cmd(base, port, {n: adapters / n for n in [*DEMO, SWAP]}, ENGINE)
+        env = {**env, "VLLM_PLUGINS": soak_mem.UPSTREAM_PLUGINS}
+    else:
+        cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters), "--port",
+               str(port), "--api-key", API, "--admin-key", ADMIN, "--stable-seconds", "1", "--poll-interval", "0.5",
+               *ENGINE]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
-                            env={**os.environ, "VLLM_HOST_IP": "127.0.0.1"})
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+                            env={**os.environ, "VLLM_HOST_IP": "127.0.0.1", **env})
+    print(f"server pid {proc.pid} (own session), log {log}", flush=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + a.start_timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+    except BaseException:
+        stop_server(proc)
+        raise
     stop_server(proc)
     raise SystemExit(f"server did not start; see {log}")
 
@@ -234,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-frac", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak"))
+    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds the server may take to start")
+    p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the server")
+    p.add_argument("--memprobe", action="store_true", help="per-process malloc/Python probe (bench/memprobe)")
+    p.add_argument("--upstream", action="store_true", help="stock vLLM instead of hylorada-serve (no swaps, no bad)")
     a = p.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in a.env)
     from hylorada_serve.demo import prepare
 
     base, spare = prepare(ROOT / ".cache" / "hylorada-bench-hotswap")
@@ -244,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in DEMO:
         shutil.copytree(spare / n, adapters / n)
     shutil.copytree(spare / "demo-lora", adapters / SWAP)
-    proc, url = start(base, adapters, work / "server.log")
+    probe_dir = work / "memprobe"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("soak: SIGTERM"))   # a bounded run stops its server too
+    proc, url = start(base, adapters, work / "server.log", a,
+                      soak_mem.probe_env(env, probe_dir) if a.memprobe else env)
     soak = Soak(url, adapters, spare, a)
     samples, code, left = [], None, -1
     try:
@@ -253,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                 soak.baseline[m] = soak.greedy(http, m).json()["choices"][0]["token_ids"]
             soak.t0 = time.time()
             threads = [threading.Thread(target=soak.worker, args=(a.seed + i,), daemon=True) for i in range(a.workers)]
-            threads += [threading.Thread(target=soak.swapper, daemon=True), threading.Thread(target=soak.dropper, daemon=True)]
+            if not a.upstream:
+                threads += [threading.Thread(target=soak.swapper, daemon=True),
+                            threading.Thread(target=soak.dropper, daemon=True)]
             for t in threads:
                 t.start()
             end = soak.t0 + a.minutes * 60
@@ -269,19 +296,29 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 t.join(timeout=120)
             health = http.get("/health").status_code
-            adm = soak.status(http)
+            adm = {} if a.upstream else soak.status(http)
             served = {m: soak.greedy(http, m).json()["choices"][0]["token_ids"] for m in ["tiny-llama", *DEMO, SWAP]}
+            if a.memprobe:                  # each process: RSS before/after one malloc_trim(0)
+                (probe_dir / "trim").touch()
+                time.sleep(4)
     finally:
         code, left = stop_server(proc)
     dirs = {"tiny-llama": None, **{m: spare / m for m in DEMO}, SWAP: spare / soak.swap_src}
-    ref = report.reference_tokens(base, dirs, PROMPT, N_NEW)
-    correct = {m: served[m] == ref[m] for m in dirs}
+    if a.upstream:                          # stock vLLM serves every folder as plain LoRA: only consistency counts
+        correct = {m: served[m] == (soak.baseline.get(m) or soak.baseline["demo-lora"]) for m in dirs}
+    else:
+        ref = report.reference_tokens(base, dirs, PROMPT, N_NEW)
+        correct = {m: served[m] == ref[m] for m in dirs}
     warm = a.warmup_frac * a.minutes * 60
     slope = report.slope_mb_per_min(samples, warm)
+    grow = report.growth(samples, warm)
+    probe = soak_mem.summarise(probe_dir, soak.t0, warm, samples) if a.memprobe else None
     unexpected = sum(v for k, v in soak.outcomes.items() if k.endswith("UNEXPECTED"))
     out = {"bench": "soak", "minutes": a.minutes, "workers": a.workers, "requests": sum(soak.outcomes.values()),
            "unexpected_errors": unexpected, "outcomes": dict(sorted(soak.outcomes.items())),
-           "unexpected_first": soak.unexpected, "rss": slope, "warmup_s": warm, "samples": samples,
+           "unexpected_first": soak.unexpected, "rss": slope, "growth": grow, "memprobe": probe,
+           "server": "upstream vLLM" if a.upstream else "hylorada-serve", "server_env": env,
+           "warmup_s": warm, "samples": samples,
            "swaps": soak.swaps, "swaps_ok": sum(s["ok"] for s in soak.swaps), "bad_dropped": len(soak.bad_log),
            "bad_refused": sum(b["refused"] for b in soak.bad_log), "bad_log": soak.bad_log,
            "adapters_listed_at_end": sorted(adm), "health_at_end": health, "correct_vs_reference": correct,
@@ -289,15 +326,17 @@ def main(argv: list[str] | None = None) -> int:
            "load_average": os.getloadavg(), "command": " ".join(["python bench/soak.py", *(argv or sys.argv[1:])])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(out, indent=1) + "\n")
+    label = out["server"] + "".join(f" {k}={v}" for k, v in env.items())
     report.plot(samples, warm, slope, Path(a.out + ".png"),
-                f"hylorada-serve soak: {a.minutes:g} min, {out['requests']} requests, {unexpected} unexpected")
+                f"{label} soak: {a.minutes:g} min, {out['requests']} requests, {unexpected} unexpected", probe)
     shutil.rmtree(work, ignore_errors=True)
     summary = {k: out[k] for k in ("minutes", "requests", "unexpected_errors", "swaps_ok", "bad_dropped", "bad_refused",
                                    "all_correct", "sigterm_exit_code", "processes_left")}
     summary["rss_slope_mb_per_min"] = slope.get("slope_mb_per_min")
     summary["rss_last_mb"] = slope.get("rss_last_mb")
+    summary["rss_mb_per_1000_requests"] = grow.get("total", {}).get("mb_per_1000_requests")
     print(json.dumps(summary))
-    ok = unexpected == 0 and out["all_correct"] and code == 0 and len(soak.swaps) == out["swaps_ok"]
+    ok = unexpected == 0 and out["all_correct"] and (a.upstream or code == 0) and len(soak.swaps) == out["swaps_ok"]
     return 0 if ok else 1
 
 
