@@ -1,0 +1,29 @@
+"""hylorada-serve bounds oneDNN's primitive cache in its engine processes (the soak's worker memory growth,
+docs/reliability.md): the setting must reach the spawned engine core and worker, and an operator's value wins."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hylorada_serve.cli import ONEDNN_CACHE, engine_env
+
+from .conftest import session_pids
+
+
+def test_engine_env_sets_the_cache_bound_unless_the_operator_did():
+    assert engine_env({}) == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": ONEDNN_CACHE}
+    assert engine_env({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}) == {}
+
+
+def test_engine_processes_inherit_the_cache_bound(server):
+    """Read from /proc: vLLM spawns the engine core and worker after main() set the variable."""
+    seen = {}
+    for pid in session_pids(server.proc.pid):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+        except OSError:
+            continue
+        if name.startswith("VLLM::"):
+            seen[name] = env.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    assert any(n.startswith("VLLM::Worker") for n in seen), seen
+    assert all(v == ONEDNN_CACHE for v in seen.values()), seen
