@@ -33,9 +33,15 @@ from .attn_state import ModeSpec, server_default
 _ORIG: dict = {}
 
 
+MAX_CACHED_SPECS = 1024     # every published adapter version has its own path: bound the cache under hot-swaps
+
+
 def request_spec(manager, request) -> ModeSpec:
-    """The attention mode of a scheduler Request (cached per adapter path on the KV cache manager)."""
+    """The attention mode of a scheduler Request (cached per adapter path on the KV cache manager; the cache is
+    emptied when it reaches MAX_CACHED_SPECS paths — a path is only re-read, so nothing is lost)."""
     cache = manager.__dict__.setdefault("_hylorada_specs", {})
+    if len(cache) >= MAX_CACHED_SPECS:
+        cache.clear()
     lora = getattr(request, "lora_request", None)
     key = None if lora is None else lora.lora_path
     spec = cache.get(key)

@@ -183,5 +183,10 @@ def test_scheduler_side_mode_lookup(tmp_path):
     assert request_spec(mgr, req(good)) == ModeSpec("sink", 4, 16)
     assert request_spec(mgr, req(bad)) == ModeSpec() and request_spec(mgr, req(None)) == ModeSpec()
     assert request_spec(mgr, req(tmp_path / "missing")) == ModeSpec()
+    from patches import attn_kv                        # bounded under hot-swaps: one new path per version
+    for i in range(attn_kv.MAX_CACHED_SPECS + 10):
+        request_spec(mgr, req(tmp_path / f"v{i}"))
+    assert len(mgr._hylorada_specs) <= attn_kv.MAX_CACHED_SPECS
+    assert request_spec(mgr, req(good)) == ModeSpec("sink", 4, 16)      # re-read after a clear
     assert gap_blocks(ModeSpec("sink", 4, 16), processed=100, block_size=32) == (1, 2)   # blocks [1, 2): tokens 32..63
     assert gap_blocks(ModeSpec("sink", 4, 16), processed=40, block_size=32) == (1, 0)    # nothing to free yet
