@@ -44,6 +44,16 @@ def segment_table(idx: torch.Tensor, n_adapters: int) -> SegmentTable:
 
 
 @triton.jit
+def _segment_rows(perm_ptr, start_ptr, a, pid_m, count, BLOCK_M: tl.constexpr):
+    """Rows [pid_m*BLOCK_M, +BLOCK_M) of adapter a's segment: (start, rows, row mask, token ids)."""
+    start = tl.load(start_ptr + a)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < count
+    tok = tl.load(perm_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
+    return start, rows, rmask, tok
+
+
+@triton.jit
 def _shrink_kernel(x_ptr, a_ptr, p_ptr, h_ptr, perm_ptr, count_ptr, start_ptr, d_in, rank,
                    sxt, sxk, san, sar, sak, sht,
                    FP32_IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -53,10 +63,7 @@ def _shrink_kernel(x_ptr, a_ptr, p_ptr, h_ptr, perm_ptr, count_ptr, start_ptr, d
     count = tl.load(count_ptr + a)
     if pid_m * BLOCK_M >= count:
         return
-    start = tl.load(start_ptr + a)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < count
-    tok = tl.load(perm_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
+    start, rows, rmask, tok = _segment_rows(perm_ptr, start_ptr, a, pid_m, count, BLOCK_M)
     r = tl.arange(0, BLOCK_R)
     rkeep = r < rank
     a_base = a_ptr + a.to(tl.int64) * san
@@ -89,10 +96,7 @@ def _expand_kernel(h_ptr, b_ptr, c_ptr, base_ptr, out_ptr, perm_ptr, count_ptr, 
     count = tl.load(count_ptr + a)
     if pid_m * BLOCK_M >= count:
         return
-    start = tl.load(start_ptr + a)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < count
-    tok = tl.load(perm_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
+    start, rows, rmask, tok = _segment_rows(perm_ptr, start_ptr, a, pid_m, count, BLOCK_M)
     o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     omask = o < d_out
     mask = rmask[:, None] & omask[None, :]
