@@ -48,16 +48,24 @@ def start_server(base: Path, adapters: Path, log: Path, args) -> tuple[subproces
            "--kv-cache-memory-bytes", str(512 << 20)]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                             env={**os.environ, "VLLM_HOST_IP": "127.0.0.1"})
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 300
+    url = f"http://127.0.0.1:{port}"
+    if wait_healthy(proc, url, 300):
+        return proc, url
+    stop_server(proc)
+    raise SystemExit(f"server did not start; see {log}")
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
+    """Poll url/health once a second: True at the first 200; False once the process exits or timeout_s passes."""
+    deadline = time.time() + timeout_s
     while time.time() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    stop_server(proc)
-    raise SystemExit(f"server did not start; see {log}")
+    return False
 
 
 def stop_server(proc: subprocess.Popen) -> int | None:

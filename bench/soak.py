@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import soak_mem                            # noqa: E402
 from bench import soak_report as report              # noqa: E402
-from bench.hotswap import free_port                  # noqa: E402
+from bench.hotswap import free_port, wait_healthy    # noqa: E402
 from tests.serve.bad_adapters import BUILDERS         # noqa: E402
 
 API, ADMIN = "soak-api-key", "soak-admin-key"
@@ -207,15 +207,10 @@ def start(base: Path, adapters: Path, log: Path, a, env: dict) -> tuple[subproce
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                             env={**os.environ, "VLLM_HOST_IP": "127.0.0.1", **env})
     print(f"server pid {proc.pid} (own session), log {log}", flush=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + a.start_timeout
+    url = f"http://127.0.0.1:{port}"
     try:
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        if wait_healthy(proc, url, a.start_timeout):
+            return proc, url
     except BaseException:
         stop_server(proc)
         raise
