@@ -1,6 +1,6 @@
 """What hylorada-serve adds to vLLM's own OpenAI app (built by vLLM's build_app/init_app_state):
 
-  * BodyLimitMiddleware (limits.py) — 413 for bodies over `--max-body-mb`, before anything reads them.
+  * BodyLimitMiddleware — 413 for bodies over `--max-body-mb`, before anything reads them.
   * AuthMiddleware — `--api-key` on every route except /health, /metrics, /ping, /version; `--admin-key`
     (when set) on /v1/adapters*, where the inference key is not enough. Keys are compared as SHA-256 digests
     with hmac.compare_digest and never logged.
@@ -25,7 +25,6 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from . import metrics
-from .limits import BodyLimitMiddleware
 from .models import ADMISSION, Admission, HotSwapModels
 from .store import NAME_RE, AdapterStore
 from .watcher import HotSwapper
@@ -39,6 +38,52 @@ def error(status: int, message: str, err_type: str, param: str | None = None) ->
     """OpenAI's error shape (the one vLLM answers with)."""
     return JSONResponse({"error": {"message": message, "type": err_type, "param": param, "code": status}},
                         status_code=status)
+
+
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over max_bytes (`--max-body-mb`; 0 = off) before the app reads it. vLLM's app
+    buffers a whole JSON body before validating it and uvicorn sets no limit. A declared Content-Length over the
+    limit is refused at once; a body without one (chunked) is read up to the limit, then refused, or replayed to
+    the app unchanged when it fits (the app would have buffered it all anyway); a declared length within the limit
+    passes untouched (the HTTP server enforces the framing). 16 MiB holds well over a million prompt tokens."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    def too_large(self) -> JSONResponse:
+        return error(413, f"request body larger than {self.max_bytes} bytes (--max-body-mb)", "RequestTooLargeError")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.max_bytes <= 0 or scope.get("method", "").encode() not in BODY_METHODS:
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                return await error(400, "malformed Content-Length header", "BadRequestError")(scope, receive, send)
+            if n > self.max_bytes:
+                return await self.too_large()(scope, receive, send)
+            return await self.app(scope, receive, send)
+        messages, seen = [], 0
+        while True:                                      # chunked: buffer up to the limit, then replay
+            msg = await receive()
+            if msg["type"] != "http.request":            # client went away
+                return
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                return await self.too_large()(scope, receive, send)
+            messages.append(msg)
+            if not msg.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
 
 
 class AuthMiddleware:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from hylorada_serve.limits import BodyLimitMiddleware
+from hylorada_serve.app import BodyLimitMiddleware
 
 LIMIT = 1000
 
