@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -152,6 +153,18 @@ def test_health_and_metrics(client, server):
     assert 'hylorada_adapter_generated_tokens_total{adapter="demo-lora"}' in text
     assert 'hylorada_adapter_request_seconds_count{adapter="demo-lora"}' in text
     assert 'hylorada_adapter_load_events_total{adapter="demo-lora",event="loaded"}' in text
+
+
+def test_lora_requests_info_keeps_one_series(client, server):
+    """vLLM's own gauge made a series per (running, waiting) adapter set ever seen (patches/lora_info.py)."""
+    for name in ("demo-lora", "demo-dora", "demo-hylorada", "demo-lora"):
+        client.completions.create(model=name, prompt="the", max_tokens=3)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda m: client.completions.create(model=m, prompt="a cat", max_tokens=4),
+                      ["demo-lora", "demo-dora", "demo-hylorada"] * 2))
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    lines = [x for x in text.splitlines() if x.startswith("vllm:lora_requests_info{")]
+    assert len(lines) == 1, lines
 
 
 def test_bad_adapters_are_refused_at_start_with_a_reason(client, server):

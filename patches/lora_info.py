@@ -1,0 +1,57 @@
+"""vLLM's `vllm:lora_requests_info` gauge keeps one series per label set ever seen; keep only the latest.
+
+vLLM 0.32 (vllm/v1/metrics/loggers.py, `PrometheusStatLogger.record`) sets, every step,
+
+    vllm:lora_requests_info{max_lora, running_lora_adapters="a,b", waiting_lora_adapters="c"} = now
+
+where the two labels are comma-joined names of the adapters with requests in flight. Every distinct
+(running, waiting) pair becomes a new child gauge that is never removed: the API server's memory and the
+`/metrics` text grow with every combination of adapters ever in flight, and `hylorada-serve` publishes each
+adapter version under its own name (`name@vN`), so churn makes the pairs unbounded (the 30-min soak grew
+1,180 children). The value is a timestamp and readers (routers) take the newest series, so only the newest
+carries information: this wrapper removes the previous label set whenever a new one is set.
+
+The API server process loads general plugins too (vllm/engine/arg_utils.py), so this is installed there.
+"""
+from __future__ import annotations
+
+
+class LatestOnlyGauge:
+    """Wraps a labelled prometheus Gauge: `.labels(**kw)` first removes the label set used before, if different.
+
+    Series alive at any time: at most one. Everything else is passed through to the wrapped gauge.
+    """
+
+    def __init__(self, gauge):
+        self._gauge = gauge
+        self._names = tuple(gauge._labelnames)
+        self._last: tuple[str, ...] | None = None
+
+    def labels(self, *values, **kw):
+        key = tuple(str(v) for v in values) if values else tuple(str(kw[n]) for n in self._names)
+        if self._last is not None and self._last != key:
+            try:
+                self._gauge.remove(*self._last)
+            except KeyError:                 # removed by someone else: nothing to drop
+                pass
+        self._last = key
+        return self._gauge.labels(*key)
+
+    def __getattr__(self, name):
+        return getattr(self._gauge, name)
+
+
+def install() -> None:
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    if getattr(PrometheusStatLogger.__init__, "_hylorada", False):
+        return
+    orig = PrometheusStatLogger.__init__
+
+    def __init__(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        if getattr(self, "gauge_lora_info", None) is not None:
+            self.gauge_lora_info = LatestOnlyGauge(self.gauge_lora_info)
+
+    __init__._hylorada = True
+    PrometheusStatLogger.__init__ = __init__
