@@ -59,13 +59,19 @@ def _smaps() -> dict:
     return kinds
 
 
+_MALLINFO2 = None
+
+
 def _malloc(libc) -> dict:
     import ctypes
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
-    libc.mallinfo2.restype = MallInfo2
+    global _MALLINFO2
+    if _MALLINFO2 is None:                  # one Structure class per process: a ctypes class is ~10 objects
+        class MallInfo2(ctypes.Structure):  # that live forever (one per sample showed up as growth)
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _MALLINFO2 = MallInfo2
+    libc.mallinfo2.restype = _MALLINFO2
     m = libc.mallinfo2()
     out = {"in_use_kb": (m.uordblks + m.hblkhd) >> 10, "free_kb": m.fordblks >> 10, "mmapped_kb": m.hblkhd >> 10,
            "sbrk_and_arenas_kb": m.arena >> 10, "top_releasable_kb": m.keepcost >> 10}
