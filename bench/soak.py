@@ -238,14 +238,18 @@ def stop_server(proc: subprocess.Popen) -> tuple[int | None, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--swap-every", type=float, default=20.0)
-    p.add_argument("--bad-every", type=float, default=30.0)
-    p.add_argument("--sample-every", type=float, default=5.0)
-    p.add_argument("--warmup-frac", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak"))
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the traffic phase (default 10)")
+    p.add_argument("--workers", type=int, default=4, help="client threads sending requests (default 4)")
+    p.add_argument("--swap-every", type=float, default=20.0, help="seconds between swaps of DIR/swap-a (default 20)")
+    p.add_argument("--bad-every", type=float, default=30.0, help="seconds between bad adapters dropped (default 30)")
+    p.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples (default 5)")
+    p.add_argument("--warmup-frac", type=float, default=0.2,
+                   help="share of the run before the slope is fitted (default 0.2)")
+    p.add_argument("--window-minutes", type=float, default=10.0,
+                   help="growth is also fitted per window of about this length, at least 3 (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the traffic mix (default 0)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak"),
+                   help="result path without extension: writes OUT.json and OUT.png (default bench/results/soak)")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds the server may take to start")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the server")
     p.add_argument("--memprobe", action="store_true", help="per-process malloc/Python probe (bench/memprobe)")
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         correct = {m: served[m] == ref[m] for m in dirs}
     warm = a.warmup_frac * a.minutes * 60
     slope = report.slope_mb_per_min(samples, warm)
-    grow = report.growth(samples, warm)
+    grow = report.growth(samples, warm, windows=max(3, round(a.minutes * (1 - a.warmup_frac) / a.window_minutes)))
     probe = soak_mem.summarise(probe_dir, soak.t0, warm, samples) if a.memprobe else None
     unexpected = sum(v for k, v in soak.outcomes.items() if k.endswith("UNEXPECTED"))
     out = {"bench": "soak", "minutes": a.minutes, "workers": a.workers, "requests": sum(soak.outcomes.values()),
