@@ -15,6 +15,7 @@ calls `apply()` (version check + install). One module per vLLM touch point:
     control.py      worker RPC `hylorada_lora_path` (switch grouped / vLLM path at run time)
     tp.py           tensor-parallel sharding of c (pure functions, mirrored by the layers)
     lora_info.py    vLLM's vllm:lora_requests_info gauge keeps only its newest label set (was unbounded)
+    shm_notify.py   busy shm-ring readers let libzmq free the notify socket's queued commands (was unbounded)
     attention.py    per-adapter DAA / sink / s2 attention (CPU platform): attn_state, attn_hooks,
                     attn_backend (CPU attention forward), attn_compute (paged-KV reference), attn_kv (sink KV freeing)
 """

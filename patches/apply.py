@@ -37,7 +37,7 @@ def check_version(version: str, is_cpu: bool, allow_unverified: bool = False) ->
 
 
 def apply() -> None:
-    """Version check, then install the patches (layers, loading, slots, positions + landmarks, control, lora_info)."""
+    """Version check, then install every patch module (one per vLLM touch point, listed in __init__.py)."""
     global _APPLIED
     if _APPLIED:
         return
@@ -45,12 +45,13 @@ def apply() -> None:
     from vllm.platforms import current_platform
     check_version(vllm.__version__, current_platform.is_cpu(),
                   os.environ.get("HYLORADA_ALLOW_UNVERIFIED_VLLM") == "1")
-    from . import control, layers, loading, lora_info, positions, slots
+    from . import control, layers, loading, lora_info, positions, shm_notify, slots
     layers.install()
     loading.install()
     slots.install()
     positions.install()
     control.install()
     lora_info.install()                            # API server: vllm:lora_requests_info keeps one series
+    shm_notify.install()                           # engine core + worker: busy shm readers free zmq commands
     from . import attention; attention.install()   # DAA / sink / s2 per adapter (attn_*.py)
     _APPLIED = True
