@@ -114,7 +114,7 @@ async def serve(args, opts) -> int:
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
     from vllm.lora.request import LoRARequest
 
-    from . import metrics
+    from . import gc_heap, metrics
     from .app import install
     from .store import AdapterStore
     from .watcher import HotSwapper
@@ -146,13 +146,14 @@ async def serve(args, opts) -> int:
             await initial_load(swapper, opts)
             stop = asyncio.Event()
             watcher = asyncio.create_task(swapper.run(stop, opts.poll_interval))
+            gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
             print(banner(listen_address, args.served_model_name[0], store, opts), flush=True)
             shutdown = await serve_http(app, sock=sock, host=args.host, port=args.port, log_level="warning",
                                         access_log=False, timeout_keep_alive=5)
             died = engine.errored and not asked
             stop.set()
             watcher.cancel()                       # the engine is already stopped: do not wait on a pass
-            await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(watcher, gc_once, return_exceptions=True)
         await shutdown
     finally:
         sock.close()

@@ -167,6 +167,14 @@ def test_lora_requests_info_keeps_one_series(client, server):
     assert len(lines) == 1, lines
 
 
+def test_one_full_gc_after_vllm_froze_the_heap(client, server):
+    """hylorada_serve/gc_heap.py: without it CPython's full collections wait on the frozen start-up heap."""
+    deadline = time.monotonic() + 30
+    while "gc: one full collection after the start-up heap was frozen" not in server.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.5)
+
+
 def test_bad_adapters_are_refused_at_start_with_a_reason(client, server):
     from .conftest import BROKEN
 
