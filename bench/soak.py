@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memprobe", action="store_true", help="per-process malloc/Python probe (bench/memprobe)")
     p.add_argument("--upstream", action="store_true", help="stock vLLM instead of hylorada-serve (no swaps, no bad)")
     a = p.parse_args(argv)
+    for opt in ("minutes", "workers", "window_minutes", "sample_every", "start_timeout"):
+        if not getattr(a, opt) > 0:
+            p.error(f"--{opt.replace('_', '-')} must be > 0 (got {getattr(a, opt)})")
+    if not 0 <= a.warmup_frac < 1:
+        p.error(f"--warmup-frac must be in [0, 1) (got {a.warmup_frac})")
+    if any("=" not in kv for kv in a.env):
+        p.error(f"--env takes K=V (got {[kv for kv in a.env if '=' not in kv]})")
     env = dict(kv.split("=", 1) for kv in a.env)
     from hylorada_serve.demo import prepare
 

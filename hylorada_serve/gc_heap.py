@@ -1,14 +1,14 @@
 """One full garbage collection after vLLM freezes the API server's start-up heap, so closed connections get freed.
 
 vLLM's app lifespan (vllm/entrypoints/launchers/utils/server_utils.py) calls `freeze_gc_heap()`: gc.collect(2), then
-gc.freeze(). CPython (3.11, 3.12) runs a full, generation-2 collection only once the objects promoted into
-generation 2 since the last full collection exceed a quarter of `long_lived_total`, the survivors of that last
-collection. freeze() moves the heap to the permanent generation but leaves `long_lived_total` at the whole start-up
-heap, so for hours no full collection runs. Meanwhile every connection and request object that lived long enough to
-be promoted (a keep-alive connection lives seconds; generations 0 and 1 run every few milliseconds under load) and
-then died in a reference cycle (transport <-> protocol, request cycle <-> its task) stays in memory. Measured in a
-60-min soak: +46 transports and +1,500 gc objects a minute in the API server, none collected
-(docs/reliability.md, "Soak").
+gc.freeze(). CPython 3.11 runs a full, generation-2 collection only once the objects promoted into generation 2
+since the last full collection exceed a quarter of `long_lived_total`, the survivors of that last collection.
+freeze() moves the heap to the permanent generation but leaves `long_lived_total` at the whole start-up heap, so the
+first full collection waits until a quarter of that many objects has been promoted. Meanwhile every connection and
+request object that lived long enough to be promoted (a keep-alive connection lives seconds; generations 0 and 1
+run every few milliseconds under load) and then died in a reference cycle (transport <-> protocol, request cycle
+<-> its task) stays in memory. Measured in a 60-min soak: +46 transports and +1,500 gc objects a minute in the API
+server for at least the first 14 minutes, until that first full collection (docs/reliability.md, "Soak").
 
 One gc.collect() after the freeze sets `long_lived_total` to the live, unfrozen heap, so full collections run at the
 usual rate from then on. Frozen objects are not traversed, so that collection takes milliseconds.

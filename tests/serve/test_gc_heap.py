@@ -9,6 +9,7 @@ run (at most one per 10 generation-1 collections, CPython's own rate) and far fe
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -85,6 +86,6 @@ def test_gives_up_without_a_freeze_or_when_stopped():
         stop.set()
         assert await collect_after_freeze(stop, poll_s=0.01, limit_s=30) is False
 
-    if __import__("gc").get_freeze_count():
+    if gc.get_freeze_count():
         pytest.skip("this test process has a frozen heap")
     asyncio.run(go())
