@@ -5,9 +5,9 @@
 - base: hylorada.tiny "small" (26M parameters: hidden 512, 8 layers, GQA, vocab 2048).
 - peft/lora-{k}: PEFT rsLoRA r16 on all seven projections, A and B drawn from a seeded normal (B non-zero so
   every adapter changes the output). What a user hands to upstream vLLM or to a PEFT server.
-- served-lora/lora-{k}: the same adapters converted by `hylorada.convert.convert_peft` (the served form, scale 1).
+- served-lora/lora-{k}: the same adapters converted by `hylorada.commands.convert_peft.convert_peft` (the served form, scale 1).
 - hylorada/hyl-{k}: HyLoRADA adapters with dynamic parts (c per layer, position bias), exported from a
-  HyLoRADAModel by `hylorada.export` when that module exists; without it, none are built (reported).
+  HyLoRADAModel by `hylorada.commands.export` when that module exists; without it, none are built (reported).
 """
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def build_peft(base: Path, n: int, cache: Path = CACHE, rank: int = 16, alpha: f
 
 
 def build_served_lora(base: Path, peft_paths: list[Path], cache: Path = CACHE) -> list[Path]:
-    """The same adapters in the served form (kind 'lora'), converted with hylorada.convert."""
+    """The same adapters in the served form (kind 'lora'), converted with hylorada.commands.convert_peft."""
     import shutil
 
-    from hylorada.convert import convert_peft
+    from hylorada.commands.convert_peft import convert_peft
     out = []
     for p in peft_paths:
         dst = cache / "served-lora" / p.name
@@ -75,16 +75,13 @@ def build_served_lora(base: Path, peft_paths: list[Path], cache: Path = CACHE) -
 
 
 def build_hylorada(base: Path, n: int, cache: Path = CACHE, rank: int = 16) -> list[Path]:
-    """n HyLoRADA adapters with c and position bias, seeded, through hylorada.export (None if export is missing)."""
-    try:
-        from hylorada import export as hexport
-        hexport.export  # noqa: B018  (the format helper's function; absent in older trees)
-    except (ImportError, AttributeError):
-        return []
+    """n HyLoRADA adapters with c and position bias, seeded, through hylorada.commands.export."""
     import torch
 
+    from hylorada.commands import export as hexport
+
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.checkpoint import save_checkpoint
+    from hylorada.format.checkpoint import save_checkpoint
     root = cache / "hylorada"
     paths = [root / f"hyl-{k}" for k in range(n)]
     want = lambda k: {"rank": rank, "seed": k, "base": str(base), "export": "v1"}  # noqa: E731
@@ -124,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     served = build_served_lora(base, peft_paths[:a.num_hylorada], cache)
     hyl = build_hylorada(base, a.num_hylorada, cache)
     print(json.dumps({"base": str(base), "peft": len(peft_paths), "served_lora": len(served),
-                      "hylorada": len(hyl) or "hylorada.export missing"}))
+                      "hylorada": len(hyl)}))
     return 0
 
 

@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hylorada.config import HyLoRADAConfig
-    from hylorada.model import HyLoRADAModel
-    from hylorada.rope import load_scaled_config
+    from hylorada.method.model import HyLoRADAModel
+    from hylorada.method.rope import load_scaled_config
     from hylorada.tiny import TinySpec, build_tiny_llama
 
     short, long = args.short, args.short * args.factor

@@ -50,7 +50,7 @@ def build(cfg: SinkBenchConfig) -> tuple[Path, dict[str, str]]:
     """Tiny base with long positions + the two adapters (same weights, different attention mode)."""
     import torch
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.export import export
+    from hylorada.commands.export import export
     from hylorada.tiny import TinySpec, build_tiny_llama
     work = Path(cfg.work)
     base = build_tiny_llama(work / "tiny-long", TinySpec(max_position_embeddings=16384))

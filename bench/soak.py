@@ -11,7 +11,7 @@ The swapper alternates DIR/swap-a between the demo LoRA and DoRA weights (one re
 for 3 s (a 404 for swap-a is expected only then). The dropper puts a broken adapter (tests/serve/bad_adapters.py,
 cycling the cases) into DIR/, checks it is refused, then deletes it. RSS = every process of the server's session,
 sampled every few seconds; the slope is fitted after the warm-up (first 20 %). At the end every adapter's greedy
-answer is compared with hylorada.reference.ServedReference; then SIGTERM (must exit 0, no process left).
+answer is compared with hylorada.reference.served.ServedReference; then SIGTERM (must exit 0, no process left).
 Writes bench/results/soak.json and soak.png; the last line printed is a JSON summary.
 
 Memory diagnosis (bench/soak_mem.py): --memprobe (malloc in use vs free, Python objects, per process, and one

@@ -1,5 +1,5 @@
 """Pieces of bench/soak.py that do not talk HTTP: resident memory of a process session, the RSS slope after
-warm-up, the end-of-run correctness check against hylorada.reference.ServedReference, and the plot."""
+warm-up, the end-of-run correctness check against hylorada.reference.served.ServedReference, and the plot."""
 from __future__ import annotations
 
 import os
@@ -69,8 +69,8 @@ def growth(samples: list[dict], warmup_s: float, windows: int = 3) -> dict:
 
 def reference_tokens(base: Path, adapter_dirs: dict[str, Path | None], prompt: list[int], n_new: int) -> dict:
     """name -> greedy token ids from the served-form reference (HF, float32); None = the base model."""
-    from hylorada.reference import ServedReference
-    from hylorada.served import load_served
+    from hylorada.reference.served import ServedReference
+    from hylorada.format.load import load_served
 
     ref = ServedReference(base)
     out = {}

@@ -6,9 +6,9 @@ __all__ = ["HyLoRADAConfig", "ConfigError", "HyLoRADAModel", "HyLoRADAUnified", 
 
 def __getattr__(name):  # keep `import hylorada` light (no torch-heavy imports until used)
     if name == "HyLoRADAModel":
-        from .model import HyLoRADAModel
+        from hylorada.method.model import HyLoRADAModel
         return HyLoRADAModel
     if name in ("HyLoRADAUnified", "PositionBias"):
-        from . import layers
+        from hylorada.method import layers
         return getattr(layers, name)
     raise AttributeError(name)

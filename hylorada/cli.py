@@ -8,11 +8,11 @@ import sys
 
 SUBCOMMANDS = {
     # name: (module, one-line help)
-    "train": ("hylorada.train", "train an adapter on a text/jsonl file (progress, checkpoints, resume)"),
-    "export": ("hylorada.export", "write the served form (PEFT LoRA + hylorada side file) from a checkpoint"),
-    "convert-peft": ("hylorada.convert", "convert a PEFT LoRA / rsLoRA / DoRA adapter to the served form"),
-    "merge": ("hylorada.merge", "merge a static served adapter into a standalone transformers model"),
-    "inspect": ("hylorada.inspect_cmd", "validate a served adapter and print a summary (non-zero exit on problems)"),
+    "train": ("hylorada.train.cli", "train an adapter on a text/jsonl file (progress, checkpoints, resume)"),
+    "export": ("hylorada.commands.export", "write the served form (PEFT LoRA + hylorada side file) from a checkpoint"),
+    "convert-peft": ("hylorada.commands.convert_peft", "convert a PEFT LoRA / rsLoRA / DoRA adapter to the served form"),
+    "merge": ("hylorada.commands.merge", "merge a static served adapter into a standalone transformers model"),
+    "inspect": ("hylorada.commands.inspect", "validate a served adapter and print a summary (non-zero exit on problems)"),
 }
 
 
@@ -20,12 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hylorada", description="HyLoRADA long-context adapters: train, export, convert, merge, inspect.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=help_)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

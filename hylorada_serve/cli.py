@@ -100,7 +100,7 @@ def rope_overrides(opts) -> list[str]:
         return []
     from transformers import AutoConfig
 
-    from hylorada.rope import hf_overrides
+    from hylorada.method.rope import hf_overrides
     print(f"engine RoPE scaling: {meta} (asked for by {n} adapter(s); adapters that differ are refused)", flush=True)
     return ["--hf-overrides", json.dumps(hf_overrides(meta, AutoConfig.from_pretrained(opts.base)))]
 

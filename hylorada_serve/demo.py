@@ -52,7 +52,7 @@ def peft_adapter(base: Path, out: Path, dora: bool = False, seed: int = 0, rank:
     with tempfile.TemporaryDirectory() as tmp:
         peft.save_pretrained(tmp)
         try:
-            from hylorada.convert import convert_peft
+            from hylorada.commands.convert_peft import convert_peft
         except ImportError:            # before the converter existed: the plain PEFT folder is servable as is
             import shutil
             shutil.copytree(tmp, out)
@@ -65,8 +65,8 @@ def hylorada_adapter(base: Path, out: Path, dora: bool = False, seed: int = 0, r
     import torch
 
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.checkpoint import save_checkpoint
-    from hylorada.export import export
+    from hylorada.format.checkpoint import save_checkpoint
+    from hylorada.commands.export import export
 
     torch.manual_seed(seed)
     model = HyLoRADAModel.from_pretrained(base, HyLoRADAConfig(lora_rank=rank, lora_alpha=float(rank),

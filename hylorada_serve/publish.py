@@ -74,10 +74,11 @@ class ChangedWhileCopying(RuntimeError):
 
 
 def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) -> AdapterInfo:
-    """Validate the published copy `path` of `src` with the served-format checks (hylorada.served.load_served).
+    """Validate the published copy `path` of `src` with the served-format checks (hylorada.format.layout.load_served).
 
     Messages name the source folder's files, not the private copy."""
-    from hylorada.served import AdapterError, load_served
+    from hylorada.format.layout import AdapterError
+    from hylorada.format.load import load_served
 
     def refuse(msg: str) -> AdapterRefused:
         return AdapterRefused(msg.replace(str(path), str(src)))
@@ -107,13 +108,16 @@ def engine_rope(adapters_dir: Path) -> tuple[dict | None, int]:
     import json
     from collections import Counter
 
+    from hylorada.format.layout import META, AdapterError
+    from hylorada.format.load import read_json
+    from hylorada.format.meta import ServedMeta
+
     votes: Counter = Counter()
     for d in sorted(p for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            rs = json.loads((d / "hylorada.json").read_text()).get("rope_scaling") if (d / "hylorada.json").is_file() else None
-        except (OSError, ValueError, AttributeError):
+            rs = ServedMeta.parse(read_json(d / META), d / META).rope_scaling if (d / META).is_file() else None
+        except (OSError, AdapterError, RecursionError):   # refused later, with the reason, like any bad adapter
             continue
-        rs = None if not rs or rs.get("rope_type", "default") == "default" else rs
         votes[json.dumps(rs, sort_keys=True)] += 1
     if not votes:
         return None, 0

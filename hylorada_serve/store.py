@@ -13,7 +13,7 @@ Completion rule (a folder being copied is never loaded half-written). A folder i
     last), or
   * its signature — (relative path, size, mtime_ns) of every file — has not changed for `stable_seconds`
     of the server's clock (default 2 s), judged across polls.
-Writers that publish with one rename (hylorada.atomic.atomic_dir) are complete either way.
+Writers that publish with one rename (hylorada.format.atomic.atomic_dir) are complete either way.
 
 Versions. Every load gets a new version number (per name, never reused) and a new global uid (vLLM's
 lora_int_id), and is served from its own published copy (DESIGN.md §6: prefix-cache keys include

@@ -32,9 +32,9 @@ def attach(manager) -> AttnState:
 
 def check_attention(served, hf_config) -> None:
     """AdapterError unless the attention mode is known and well formed and DAA fits the engine's heads."""
-    from hylorada.served import META, AdapterError
+    from hylorada.format.layout import META, AdapterError
     try:
-        ModeSpec.from_meta(served.meta.get("attention"))
+        ModeSpec.from_meta(served.meta.attention.to_json())
     except ValueError as e:
         raise AdapterError(served.path / META, str(e), "attention") from None
     heads = getattr(hf_config, "num_attention_heads", None)

@@ -67,9 +67,9 @@ def server_default(env: dict | None = None) -> ModeSpec:
 
 def daa_layers(served) -> dict[int, tuple[Tensor, Tensor, int]]:
     """{layer: (head_scale, bucket_bias, max_position)} of a ServedAdapter (empty without DAA)."""
-    if served is None or not served.meta.get("daa"):
+    if served is None or served.meta.daa is None:
         return {}
-    max_pos = int(served.meta["daa"].get("max_position", 32768))
+    max_pos = served.meta.daa.max_position
     layers = sorted({int(k.split(".")[1]) for k in served.dynamic if k.endswith(".daa.head_scale")})
     return {i: (served.daa(i)[0].float(), served.daa(i)[1].float(), max_pos) for i in layers}
 
@@ -87,8 +87,7 @@ class AttnState:
 
     def set_slot(self, index: int, served) -> None:
         """Tables of slot `index` from its ServedAdapter (None: a plain vLLM LoRA -> the default)."""
-        att = (served.meta.get("attention") or {}) if served is not None else {}
-        spec = ModeSpec.from_meta(att)
+        spec = ModeSpec.from_meta(served.meta.attention.to_json() if served is not None else None)
         self.specs[index] = spec if spec.mode != "full" else self.default
         self.daa[index] = daa_layers(served)
 

@@ -2,7 +2,7 @@
 `LoRAModel.from_local_checkpoint` for adapter_model.safetensors): a served-form folder is one
 adapter to vLLM — hylorada.json and hylorada_dynamic.safetensors are read with it.
 
-Order: `hylorada.served.load_served(dir, base_config=<the engine's HF config>, max_rank=max_lora_rank)`
+Order: `hylorada.format.layout.load_served(dir, base_config=<the engine's HF config>, max_rank=max_lora_rank)`
 validates names, shapes, shape hash and rank against the base, plus `check_servable` (parts these
 patches cannot apply, RoPE vs the engine) — all BEFORE vLLM loads anything or touches a slot. Then
 vLLM's own loader runs and the validated adapter (side-file tensors only) is attached to the
@@ -21,14 +21,14 @@ def check_servable(served, hf_config) -> None:
     DAA and the sink / s2 attention modes are served by attention.py where it installs (the CPU
     platform); there they are validated (attn_hooks.check_attention), elsewhere refused.
     """
-    from hylorada.served import META, AdapterError
+    from hylorada.format.layout import META, AdapterError
     from .attention import variants_supported
     from .rope import check_engine_rope
-    mode = (served.meta.get("attention") or {}).get("mode", "full")
+    mode = served.meta.attention.mode
     if variants_supported():
         from .attn_hooks import check_attention
         check_attention(served, hf_config)
-    elif served.meta.get("daa"):
+    elif served.meta.daa is not None:
         raise AdapterError(served.path / META, "PositionalDAA is applied only by the CPU attention patch on this "
                            "vLLM; this adapter would be served wrongly here", "daa")
     elif mode != "full":
@@ -39,7 +39,7 @@ def check_servable(served, hf_config) -> None:
 
 def load_hylorada(path: str, hf_config, max_rank: int | None):
     """Validated ServedAdapter for `path` with its LoRA tensors dropped (vLLM holds those)."""
-    from hylorada.served import load_served
+    from hylorada.format.load import load_served
     served = load_served(path, base_config=hf_config, max_rank=max_rank)
     check_servable(served, hf_config)
     return dataclasses.replace(served, lora={})

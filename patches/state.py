@@ -69,9 +69,9 @@ class HyState:
                 self.bias = torch.cat([self.bias, torch.zeros(self.num_slots + 1, nb - self.bias.shape[1],
                                                               device=self.device)], 1)
             self.bias[index, :nb] = pb.float().to(self.device)
-            spec = served.meta["position_bias"]
-            self.cfg[index] = (int(spec.get("num_buckets", nb)), int(spec.get("max_position", 32768)))
-        if served.meta.get("landmarks"):
+            spec = served.meta.position_bias
+            self.cfg[index] = (spec.num_buckets, spec.max_position)
+        if served.meta.landmarks is not None:
             layers = {int(k.split(".")[1]) for k in served.dynamic if ".landmark." in k}
             self.landmarks[index] = {i: tuple(t.to(self.device) for t in served.landmark(i)) for i in sorted(layers)}
 

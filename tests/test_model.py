@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from hylorada import HyLoRADAConfig, HyLoRADAModel
-from hylorada import functional as F
-from hylorada.checkpoint import CONFIG_FILE, STATE_FILE
+from hylorada import HyLoRADAConfig, HyLoRADAModel, functional as F
+from hylorada.format.checkpoint import CONFIG_FILE, STATE_FILE
 from tests.helpers import randomize_adapter
 
 CONFIGS = [  # a table of configurations, as PEFT drives its method tests

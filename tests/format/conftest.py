@@ -52,7 +52,7 @@ _REFS = {}
 
 def reference_for(base_dir):
     """A ServedReference per base folder, cached for the session."""
-    from hylorada.reference import ServedReference
+    from hylorada.reference.served import ServedReference
     if str(base_dir) not in _REFS:
         _REFS[str(base_dir)] = ServedReference(base_dir)
     return _REFS[str(base_dir)]

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hylorada.atomic import OutputExistsError, atomic_dir
-from hylorada.convert import convert_peft
-from hylorada.served import AdapterError, load_served
+from hylorada.format.atomic import OutputExistsError, atomic_dir
+from hylorada.commands.convert_peft import convert_peft
+from hylorada.format.layout import AdapterError
+from hylorada.format.load import load_served
 
 A0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
@@ -166,7 +167,7 @@ def test_convert_bad_inputs_leave_nothing(tiny_base, peft_factory, tmp_path):
 
 def test_export_bad_checkpoint_leaves_nothing(tiny_base, tmp_path):
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.export import export
+    from hylorada.commands.export import export
     model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(target_modules=("q_proj",)))
     with torch.no_grad():
         model.adapter_state_dict()["model.layers.1.self_attn.q_proj.hylorada.lora_B"].fill_(float("nan"))

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from hylorada.convert import convert_peft
-from hylorada.served import AdapterError, load_served
+from hylorada.commands.convert_peft import convert_peft
+from hylorada.format.layout import AdapterError
+from hylorada.format.load import load_served
 from tests.format.conftest import IDS, base_logits
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

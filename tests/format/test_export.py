@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hylorada import HyLoRADAConfig, HyLoRADAModel
-from hylorada.export import export
-from hylorada.served import AdapterError, load_served
+from hylorada.commands.export import export
+from hylorada.format.layout import AdapterError
+from hylorada.format.load import load_served
 from tests.format.conftest import IDS, base_logits
 from tests.helpers import randomize_adapter
 
@@ -31,7 +32,7 @@ def test_export_equals_training_model(tiny_base, reference, tmp_path, case):
     model.save(tmp_path / "ckpt")
     out = export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
     ad = load_served(out, base_config=reference.model.config)
-    assert ad.kind == "hylorada" and ad.meta["has_scale"]
+    assert ad.kind == "hylorada" and ad.meta.has_scale
     assert (ad.position_bias is not None) == model.config.position_bias_enabled
     ids = torch.randint(3, 500, (2, 300), generator=torch.Generator().manual_seed(1)) if case == "big_positions" else IDS
     with torch.no_grad():
@@ -39,7 +40,7 @@ def test_export_equals_training_model(tiny_base, reference, tmp_path, case):
     torch.testing.assert_close(reference.logits(ids, [ad, ad]), want, rtol=1e-5, atol=1e-5)
     assert (want - base_logits(tiny_base, ids)).abs().max() > 1e-2
     if ad.position_bias is not None:   # p(pos) matters: dropping it moves the logits past the tolerance
-        no_p = type(ad)(path=ad.path, meta=ad.meta | {"position_bias": None}, peft_config=ad.peft_config, lora=ad.lora,
+        no_p = type(ad)(path=ad.path, meta=ad.meta.replace(position_bias=None), peft_config=ad.peft_config, lora=ad.lora,
                         dynamic={k: v for k, v in ad.dynamic.items() if k.endswith(".c")})
         assert (reference.logits(ids, [no_p, no_p]) - want).abs().max() > 1e-3
 
@@ -70,7 +71,7 @@ def test_exported_lora_part_loads_in_peft(tiny_base, tmp_path):
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["lora_alpha"] == cfg["r"] and cfg["use_rslora"] is False and cfg["bias"] == "none"
     ad = load_served(out)
-    lora_only = type(ad)(path=ad.path, meta=ad.meta | {"position_bias": None, "has_scale": False},
+    lora_only = type(ad)(path=ad.path, meta=ad.meta.replace(position_bias=None, has_scale=False),
                          peft_config=ad.peft_config, lora=ad.lora, dynamic={})
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32), out).eval()
     from tests.format.conftest import reference_for
@@ -82,8 +83,7 @@ def test_exported_lora_part_loads_in_peft(tiny_base, tmp_path):
 def test_trained_embeddings_are_refused_with_a_pointer_to_merge(tiny_base, tmp_path):
     model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(train_norms=True))
     model.save(tmp_path / "ckpt")
-    if not any("norm" in k for k in model.adapter_state_dict()):
-        pytest.skip("train_norms not wired into the model yet")
+    assert any("norm" in k for k in model.adapter_state_dict()), "train_norms must make the norms adapter state"
     with pytest.raises(AdapterError, match=r"hylorada_state\.safetensors: tensor '.*norm.*': .*hylorada merge"):
         export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
     assert not (tmp_path / "served").exists() and not list(tmp_path.glob(".served*"))

@@ -3,14 +3,15 @@ reference equals HyLoRADAModel (float32, 1e-5), and each part changes the output
 import pytest
 import torch
 
+from hylorada.format.meta import Attention
+
 from hylorada import HyLoRADAConfig, HyLoRADAModel
-from hylorada.export import export
-from hylorada.reference import ServedReference
-from hylorada.served import load_served
+from hylorada.commands.export import export
+from hylorada.reference.served import ServedReference
+from hylorada.format.load import load_served
 from tests.format.conftest import IDS, reference_for
 from tests.helpers import randomize_adapter
 
-pytest.importorskip("hylorada.extensions")
 
 CASES = {
     "landmarks": dict(landmark_enabled=True, num_landmarks=4),
@@ -37,7 +38,7 @@ def test_export_long_context_equals_training_model(tiny_base, tmp_path, case):
     _randomize_long_context(model, seed=6)
     model.save(tmp_path / "ckpt")
     ad = load_served(export(tmp_path / "ckpt", tmp_path / "served", tiny_base), base_config=model.base.config)
-    rope = ad.meta["rope_scaling"]
+    rope = ad.meta.rope_scaling
     ref = reference_for(tiny_base) if rope is None else ServedReference(tiny_base, rope_scaling=rope)
     mask = torch.ones_like(IDS)
     mask[1, :3] = 0
@@ -48,9 +49,9 @@ def test_export_long_context_equals_training_model(tiny_base, tmp_path, case):
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1, 3:], want[1, 3:], rtol=1e-5, atol=1e-5)
     # the long-context part matters: without it the reference is off by more than the tolerance
-    stripped = type(ad)(path=ad.path, meta=ad.meta | {"daa": None, "landmarks": None, "attention": {"mode": "full"}},
+    stripped = type(ad)(path=ad.path, meta=ad.meta.replace(daa=None, landmarks=None, attention=Attention()),
                         peft_config=ad.peft_config, lora=ad.lora,
                         dynamic={k: v for k, v in ad.dynamic.items() if ".daa." not in k and ".landmark." not in k})
     if rope is not None:   # ... or without the RoPE scaling
-        ref, stripped.meta = reference_for(tiny_base), stripped.meta | {"rope_scaling": None}
+        ref, stripped.meta = reference_for(tiny_base), stripped.meta.replace(rope_scaling=None)
     assert (ref.logits(IDS, [stripped, stripped], attention_mask=mask)[0] - want[0]).abs().max() > 1e-3

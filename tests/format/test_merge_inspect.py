@@ -4,9 +4,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hylorada.cli import main
-from hylorada.convert import convert_peft
-from hylorada.merge import merge
-from hylorada.served import AdapterError, load_served
+from hylorada.commands.convert_peft import convert_peft
+from hylorada.commands.merge import merge
+from hylorada.format.layout import AdapterError
+from hylorada.format.load import load_served
 from tests.format.conftest import IDS
 
 
@@ -29,7 +30,7 @@ def test_merge_equals_unmerged(tiny_base, peft_factory, reference, tmp_path, kw)
 def test_merge_static_hylorada_export(tiny_base, reference, tmp_path):
     """An exported adapter with a zero position bias (p == 1 exactly) merges; a trained one is refused."""
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.export import export
+    from hylorada.commands.export import export
     from tests.helpers import randomize_adapter
     model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(target_modules=("o_proj", "up_proj"))).eval()
     randomize_adapter(model, seed=7)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hylorada.cli import main
-from hylorada.convert import convert_peft
-from hylorada.reference import ServedReference
-from hylorada.served import load_served
+from hylorada.commands.convert_peft import convert_peft
+from hylorada.reference.served import ServedReference
+from hylorada.format.load import load_served
 from tests.format.conftest import IDS, make_peft
 
 

@@ -22,7 +22,7 @@ def load_base(tiny_base):
 @pytest.fixture()
 def randomize_daa():
     """randomize_daa(module_or_model, seed): give every PositionalDAA non-trivial values."""
-    from hylorada.daa import PositionalDAA
+    from hylorada.method.daa import PositionalDAA
 
     def go(model, seed=0):
         g = torch.Generator().manual_seed(seed)

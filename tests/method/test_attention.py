@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from hylorada import functional as F
-from hylorada.attention import AttentionSpec, hylorada_attention_forward, register
-from hylorada.attention_ref import causal_reference, s2_reference, sink_reference
-from hylorada.daa import PositionalDAA
+from hylorada.method.attention import AttentionSpec, hylorada_attention_forward, register
+from hylorada.reference.loops import causal_reference, s2_reference, sink_reference
+from hylorada.method.daa import PositionalDAA
 
 D = 32
 TOL = dict(atol=2e-5, rtol=1e-4)
@@ -64,7 +64,7 @@ def test_s2_with_padding_mask_matches_loop():
     group = s2_reference(q, k, v, D ** -0.5, ratio, sinks)
     torch.testing.assert_close(fast[0], group[0], **TOL)
     # row 1: same rule with padded keys removed -> compare with a per-query loop of the same rule
-    from hylorada.attention_ref import reference_attention
+    from hylorada.reference.loops import reference_attention
     G = F.s2_group_size(T, ratio)
 
     def visible(b, h, i, j):

@@ -6,7 +6,7 @@ import math
 import torch
 
 from hylorada import functional as F
-from hylorada.daa import PositionalDAA
+from hylorada.method.daa import PositionalDAA
 
 
 def reference_bucket(p: int, num_buckets: int = 64, max_position: int = 32768) -> int:

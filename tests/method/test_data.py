@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hylorada.data import DataError, batch_indices, load_blocks, read_texts
+from hylorada.train.data import DataError, batch_indices, load_blocks, read_texts
 
 
 def test_jsonl_and_txt_to_blocks(tiny_base, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hylorada.config import HyLoRADAConfig
-from hylorada.model import HyLoRADAModel
+from hylorada.method.model import HyLoRADAModel
 
 PARTS = {
     "daa": dict(daa_enabled=True),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hylorada.config import HyLoRADAConfig
-from hylorada.rope import apply_rope_scaling, hf_overrides, load_scaled_config, rope_scaling_meta
+from hylorada.method.rope import apply_rope_scaling, hf_overrides, load_scaled_config, rope_scaling_meta
 
 ORIG, FACTOR = 128, 4.0
 
@@ -90,7 +90,7 @@ def test_meta_and_vllm_overrides(tiny_base):
 
 
 def test_hylorada_model_builds_with_scaling(tiny_base):
-    from hylorada.model import HyLoRADAModel
+    from hylorada.method.model import HyLoRADAModel
     cfg = HyLoRADAConfig(rope_scaling_type="linear", rope_scaling_factor=FACTOR, rope_original_max_position=ORIG)
     model = HyLoRADAModel.from_pretrained(tiny_base, cfg)
     assert model.base.config.rope_parameters["rope_type"] == "linear"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hylorada.config import HyLoRADAConfig
-from hylorada.train import train
-from hylorada.train_state import latest_checkpoint, list_checkpoints
+from hylorada.train.loop import train
+from hylorada.train.state import latest_checkpoint, list_checkpoints
 
 KW = dict(seq_len=32, batch_size=2, lr=3e-3, log_every=2, progress=False, log=lambda *_: None)
 CFG = dict(lora_rank=4, daa_enabled=True, landmark_enabled=True, num_landmarks=4, s2_attn_enabled=True, s2_sink_tokens=2)
@@ -59,7 +59,7 @@ def test_resume_continues_at_the_right_step(tiny_base, data_file, tmp_path):
 
 
 def test_crash_mid_save_keeps_previous_checkpoint(tiny_base, data_file, tmp_path, monkeypatch):
-    import hylorada.train_state as ts
+    import hylorada.train.state as ts
     out = tmp_path / "run"
     train(tiny_base, data_file, out, HyLoRADAConfig(lora_rank=4), steps=2, save_every=2, export=False, **KW)
     good = latest_checkpoint(out / "checkpoints")

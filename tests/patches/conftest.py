@@ -3,7 +3,7 @@ zoo of adapters built with the project's own writers:
 
     lora      plain PEFT LoRA folder (alpha/r scale, vLLM scales it itself)       r=8
     rslora    plain PEFT rsLoRA folder (alpha/sqrt(r))                            r=4
-    dora      PEFT DoRA converted by hylorada.convert.convert_peft (c = m/n)       r=4
+    dora      PEFT DoRA converted by hylorada.commands.convert_peft.convert_peft (c = m/n)       r=4
     hy_pos    HyLoRADA export: c, w_pos, position bias with 16 buckets up to 256   r=8
     hy_lm     HyLoRADA export: c, position bias (64 buckets) and landmarks (K=4)   r=8
     extra_*   more HyLoRADA/LoRA adapters to force slot swapping
@@ -45,7 +45,7 @@ def make_peft(base_dir, out_dir, seed: int, **kw):
 def make_hylorada(base_dir, work, name: str, seed: int, **kw):
     """Train-side HyLoRADA model with random non-trivial parts -> native checkpoint -> export (served form)."""
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.export import export
+    from hylorada.commands.export import export
     from tests.helpers import randomize_adapter
     model = HyLoRADAModel.from_pretrained(base_dir, HyLoRADAConfig(**kw)).eval()
     randomize_adapter(model, seed=seed, scale=0.15)
@@ -61,7 +61,7 @@ def make_hylorada(base_dir, work, name: str, seed: int, **kw):
 
 
 def build_zoo(base_dir, work) -> dict:
-    from hylorada.convert import convert_peft
+    from hylorada.commands.convert_peft import convert_peft
     work.mkdir(parents=True, exist_ok=True)
     zoo = {
         "lora": make_peft(base_dir, work / "lora", seed=1),
@@ -93,7 +93,7 @@ def peft_dirs(zoo):
 @pytest.fixture(scope="session")
 def served(zoo, tiny_base):
     """name -> ServedAdapter (what the reference runs)."""
-    from hylorada.served import load_served
+    from hylorada.format.load import load_served
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(tiny_base)
     return {k: load_served(v, base_config=cfg) for k, v in zoo.items()}
@@ -101,7 +101,7 @@ def served(zoo, tiny_base):
 
 @pytest.fixture(scope="session")
 def reference(tiny_base):
-    from hylorada.reference import ServedReference
+    from hylorada.reference.served import ServedReference
     return ServedReference(tiny_base, dtype=torch.float32)
 
 

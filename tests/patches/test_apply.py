@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from hylorada.served import AdapterError, ServedAdapter
+from hylorada.format.layout import AdapterError
+from hylorada.format.adapter import ServedAdapter
+from hylorada.format.meta import ServedMeta, rope_setting
 from patches import apply as A
 from patches.rope import check_engine_rope, common_rope_scaling, engine_hf_overrides
 
@@ -33,7 +35,7 @@ def test_apply_is_idempotent():
 
 
 def ad(name, rope):
-    return ServedAdapter(path=Path(f"/x/{name}"), meta={"kind": "hylorada", "rope_scaling": rope}, peft_config={}, lora={})
+    return ServedAdapter(path=Path(f"/x/{name}"), meta=ServedMeta(kind="hylorada", rope_scaling=rope_setting(rope)), peft_config={}, lora={})
 
 
 class Cfg:

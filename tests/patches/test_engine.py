@@ -1,5 +1,5 @@
 """The real vLLM 0.32 engine with the HyLoRADA plugin serves every adapter kind in mixed batches
-exactly like the served-form reference (hylorada.reference, itself equal to HF/PEFT and to the
+exactly like the served-form reference (hylorada.reference.served, itself equal to HF/PEFT and to the
 training model at 1e-5 — tests/format).
 
 One engine (conftest): max_loras=5, max_num_batched_tokens=64, float32. Prompts of 40-95 tokens
@@ -68,7 +68,7 @@ def test_mixed_batch_every_kind(engine, zoo, served, reference, tiny_base, peft_
     # the dynamic parts matter: the same adapters read as plain LoRA (what stock vLLM would serve) differ
     for n in ("dora", "hy_pos", "hy_lm"):
         ad = served[n]
-        plain = type(ad)(path=ad.path, meta=ad.meta | {"position_bias": None, "landmarks": None}, peft_config=ad.peft_config,
+        plain = type(ad)(path=ad.path, meta=ad.meta.replace(position_bias=None, landmarks=None), peft_config=ad.peft_config,
                          lora=ad.lora, dynamic={})
         ids = torch.tensor([prompts[names.index(n)]])
         assert (reference.logits(ids, [plain]) - reference.logits(ids, [ad])).abs().max() > 1e-2, n

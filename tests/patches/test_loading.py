@@ -8,7 +8,7 @@ import shutil
 import pytest
 from transformers import AutoConfig
 
-from hylorada.served import AdapterError
+from hylorada.format.layout import AdapterError
 from patches.loading import load_hylorada
 
 

@@ -1,5 +1,5 @@
 """One vLLM engine (with the HyLoRADA plugin) for tests/patches_attn, and adapters exported by the
-project's own writer (HyLoRADAModel -> native checkpoint -> hylorada.export):
+project's own writer (HyLoRADAModel -> native checkpoint -> hylorada.commands.export):
 
     daa       HyLoRADA + PositionalDAA (random head scales and bucket biases), full attention
     sink      HyLoRADA, attention mode `sink`: 4 sink tokens + a window of 16
@@ -33,7 +33,7 @@ ADAPTERS = {
 
 def make_adapter(base_dir, work, name: str, seed: int, **kw):
     from hylorada import HyLoRADAConfig, HyLoRADAModel
-    from hylorada.export import export
+    from hylorada.commands.export import export
     from tests.helpers import randomize_adapter
     model = HyLoRADAModel.from_pretrained(base_dir, HyLoRADAConfig(lora_rank=8, **kw)).eval()
     randomize_adapter(model, seed=seed, scale=0.15)
@@ -54,7 +54,7 @@ def attn_zoo(tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def attn_served(attn_zoo, tiny_base):
-    from hylorada.served import load_served
+    from hylorada.format.load import load_served
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(tiny_base)
     return {k: load_served(v, base_config=cfg) for k, v in attn_zoo.items()}
@@ -62,7 +62,7 @@ def attn_served(attn_zoo, tiny_base):
 
 @pytest.fixture(scope="session")
 def attn_reference(tiny_base):
-    from hylorada.reference import ServedReference
+    from hylorada.reference.served import ServedReference
     return ServedReference(tiny_base, dtype=torch.float32)
 
 

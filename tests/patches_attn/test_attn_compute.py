@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hylorada import attention_ref as R
+from hylorada.reference import loops as R
 from patches import attn_compute as C
 from patches.attn_state import AttnState, ModeSpec, server_default
 

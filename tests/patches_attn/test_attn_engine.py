@@ -1,5 +1,5 @@
 """The real vLLM 0.32 engine with the HyLoRADA plugin serves PositionalDAA, `sink` and `s2` adapters
-exactly like the served-form reference (hylorada.reference: per-row eager attention built from
+exactly like the served-form reference (hylorada.reference.served: per-row eager attention built from
 hylorada.functional), in batches where only some sequences use the variant: greedy tokens identical,
 every top-5 logprob within 1e-3 (float32). Prompts of 40-95 tokens (window 16-24, 4 sinks) are
 prefilled in 64-token chunks beside other requests' decode steps, then decoded past the prompt.
@@ -16,10 +16,12 @@ import contextlib
 import pytest
 import torch
 
+from hylorada.format.meta import Attention
+
 from tests.helpers import assert_same_generation, engine_outputs
 
 from hylorada import functional as F
-from hylorada import reference_attn
+from hylorada.reference import attention as reference_attn
 
 pytestmark = pytest.mark.vllm
 
@@ -52,8 +54,7 @@ def s2_prompt_len(prompt_len: int):
     orig = reference_attn.row_allowed
 
     def row_allowed(ad, pos, allowed, num_heads):
-        att = (ad.meta.get("attention") or {}) if ad is not None else {}
-        if att.get("mode") != "s2":
+        if ad is None or ad.meta.attention.mode != "s2":
             return orig(ad, pos, allowed, num_heads)
         P, idx = prompt_len, torch.arange(pos.shape[0])
         G, qi, kj = F.s2_group_size(P, att["s2_group_size_ratio"]), idx[:, None], idx[None, :]
@@ -90,7 +91,7 @@ def test_daa_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
     """DAA sequences beside the base and a plain HyLoRADA adapter; DAA really changes the output."""
     prompts, _ = check_batch(attn_engine, attn_zoo, attn_served, attn_reference, [None, "daa", "plain", "daa", None], 0)
     ad = attn_served["daa"]
-    no_daa = type(ad)(path=ad.path, meta=ad.meta | {"daa": None}, peft_config=ad.peft_config, lora=ad.lora,
+    no_daa = type(ad)(path=ad.path, meta=ad.meta.replace(daa=None), peft_config=ad.peft_config, lora=ad.lora,
                       dynamic={k: v for k, v in ad.dynamic.items() if ".daa." not in k})
     ids = torch.tensor([prompts[1]])
     assert (attn_reference.logits(ids, [no_daa]) - attn_reference.logits(ids, [ad])).abs().max() > 1e-2
@@ -102,7 +103,7 @@ def test_sink_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
     names = ["sink", "plain", None, "sink_daa", "sink", "daa"]
     prompts, _ = check_batch(attn_engine, attn_zoo, attn_served, attn_reference, names, 1)
     ad = attn_served["sink"]
-    full = type(ad)(path=ad.path, meta=ad.meta | {"attention": {"mode": "full"}}, peft_config=ad.peft_config,
+    full = type(ad)(path=ad.path, meta=ad.meta.replace(attention=Attention()), peft_config=ad.peft_config,
                     lora=ad.lora, dynamic=ad.dynamic)
     ids = torch.tensor([prompts[0]])
     assert (attn_reference.logits(ids, [full]) - attn_reference.logits(ids, [ad])).abs().max() > 1e-2

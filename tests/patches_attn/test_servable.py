@@ -7,7 +7,8 @@ import shutil
 import pytest
 from transformers import AutoConfig
 
-from hylorada.served import AdapterError, load_served
+from hylorada.format.layout import AdapterError
+from hylorada.format.load import load_served
 from hylorada_patches import attention, loading
 
 

@@ -128,7 +128,7 @@ class Watch:
 
 @pytest.mark.parametrize("n_ok", [0, 1], ids=["first-file", "second-file"])
 def test_disk_full_during_convert_publishes_nothing(monkeypatch, peft_and_base, n_ok):
-    import hylorada.convert as convert
+    import hylorada.commands.convert_peft as convert
 
     root, base, peft = peft_and_base
     out_root = root / f"DIR-{n_ok}"
@@ -144,7 +144,7 @@ def test_disk_full_during_convert_publishes_nothing(monkeypatch, peft_and_base, 
 
 
 def test_disk_full_during_cli_convert_exits_nonzero(monkeypatch, peft_and_base, capsys):
-    import hylorada.convert as convert
+    import hylorada.commands.convert_peft as convert
     from hylorada.cli import main
 
     root, base, peft = peft_and_base
@@ -159,9 +159,9 @@ def test_disk_full_during_cli_convert_exits_nonzero(monkeypatch, peft_and_base, 
 
 
 def test_disk_full_during_export_publishes_nothing(monkeypatch, tmp_path):
-    """`hylorada export` goes through the same write_served (hylorada.convert.save_file)."""
+    """`hylorada export` goes through the same write_served (hylorada.commands.convert_peft.save_file)."""
     from hylorada_serve.demo import hylorada_adapter
-    import hylorada.convert as convert
+    import hylorada.commands.convert_peft as convert
     from hylorada.tiny import build_tiny_llama
 
     base = build_tiny_llama(tmp_path / "tiny", "tiny")

@@ -25,10 +25,10 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def reference(server):
-    """Greedy tokens from hylorada.reference.ServedReference (HF, float32) for each model and prompt; and for the
+    """Greedy tokens from hylorada.reference.served.ServedReference (HF, float32) for each model and prompt; and for the
     DoRA/HyLoRADA adapters also their plain-LoRA part (what stock vLLM serves without the engine patches)."""
-    from hylorada.reference import ServedReference
-    from hylorada.served import load_served
+    from hylorada.reference.served import ServedReference
+    from hylorada.format.load import load_served
 
     ref = ServedReference(server.base)
     out = {}
@@ -36,8 +36,8 @@ def reference(server):
         ad = load_served(server.adapters / name) if name else None
         out[name or "base"] = [ids for ids, _ in ref.greedy(PROMPTS, [ad] * len(PROMPTS), N_NEW)]
         if ad is not None and ad.kind != "lora":
-            plain = dataclasses.replace(ad, dynamic={}, meta={**ad.meta, "position_bias": None, "daa": None,
-                                                              "landmarks": None, "has_scale": False})
+            plain = dataclasses.replace(ad, dynamic={}, meta=ad.meta.replace(position_bias=None, daa=None,
+                                                                                 landmarks=None, has_scale=False))
             out[name + ":lora-part"] = [ids for ids, _ in ref.greedy(PROMPTS, [plain] * len(PROMPTS), N_NEW)]
     return out
 

@@ -1,4 +1,4 @@
-"""Offline tour of the method on the embedded tiny model: `python -m hylorada.demo`.
+"""Offline tour of the method on the embedded tiny model: `python -m hylorada.commands.demo`.
 
 Builds a seeded tiny Llama (cached under .cache/), wraps it with HyLoRADA, fine-tunes for a
 few dozen steps on a synthetic sentence, and shows the loss falling and the generations
@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from . import HyLoRADAConfig, HyLoRADAModel
-    from .tiny import build_tiny_llama
+    from hylorada import HyLoRADAConfig, HyLoRADAModel
+    from hylorada.tiny import build_tiny_llama
 
     torch.manual_seed(0)
     base_dir = build_tiny_llama(Path(args.cache) / "tiny-llama", "tiny")

@@ -14,9 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import HyLoRADAConfig
-from .layers import HyLoRADALinear, HyLoRADAUnified, PositionBias
-from .positions import PositionContext, track_positions
+from hylorada.format.checkpoint import BASE_FILE, STATE_FILE, load_adapter_state, read_checkpoint, save_checkpoint
+from hylorada.format.base import base_shape_hash
+from hylorada.config import HyLoRADAConfig
+from hylorada.method.extensions import install_extensions
+from hylorada.method.rope import apply_rope_scaling
+from hylorada.method.layers import HyLoRADALinear, HyLoRADAUnified, PositionBias
+from hylorada.method.positions import PositionContext, track_positions
 
 
 def _target_linears(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
@@ -62,17 +66,7 @@ class HyLoRADAModel(nn.Module):
             _set_submodule(self.base, name, HyLoRADALinear(linear, adapter, self.position_bias, self.position_context))
         if self.position_bias is not None:
             self.position_bias.to(found[0][1].weight.device)
-        self._install_extensions()
-
-    def _install_extensions(self) -> None:
-        """Long-context parts (DAA, landmarks, trainable embeddings/norms) hook in here."""
-        try:
-            from .extensions import install_extensions
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.extensions":
-                raise
-            return
-        install_extensions(self)
+        install_extensions(self)          # long-context parts: DAA, landmarks, trainable embeddings/norms
 
     # --- construction ------------------------------------------------------------
     @classmethod
@@ -82,14 +76,7 @@ class HyLoRADAModel(nn.Module):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         hf_config = AutoConfig.from_pretrained(base_dir)
-        try:
-            from .rope import apply_rope_scaling
-        except ModuleNotFoundError:
-            apply_rope_scaling = None
-        if apply_rope_scaling is not None:
-            apply_rope_scaling(hf_config, config)
-        elif config.rope_scaling_type is not None:
-            raise NotImplementedError("RoPE scaling needs hylorada.rope")
+        apply_rope_scaling(hf_config, config)
         base = AutoModelForCausalLM.from_pretrained(base_dir, config=hf_config, dtype=dtype, **kwargs)
         model = cls(base, config)
         model.base_dir = str(base_dir)
@@ -146,10 +133,22 @@ class HyLoRADAModel(nn.Module):
 
     # --- checkpoint ------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
-        from .checkpoint import save_checkpoint
         return save_checkpoint(self, out_dir)
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, base_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> "HyLoRADAModel":
-        from .checkpoint import load_checkpoint
         return load_checkpoint(ckpt_dir, base_dir=base_dir, dtype=dtype)
+
+
+def load_checkpoint(ckpt_dir: str | Path, base_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """Rebuild the base (from `base_dir` or the recorded path) and the adapter, then load every tensor strictly."""
+    config, state, ident = read_checkpoint(ckpt_dir)
+    base_dir = base_dir or ident.get("base_model_name_or_path")
+    if not base_dir:
+        raise ValueError(f"{ckpt_dir}: no base recorded; pass base_dir")
+    model = HyLoRADAModel.from_pretrained(base_dir, config, dtype=dtype)
+    if base_shape_hash(model.base.config) != ident.get("shape_hash"):
+        raise ValueError(f"{ckpt_dir}/{BASE_FILE}: made for a base with shape hash {ident.get('shape_hash')}, "
+                         f"but {base_dir} has {base_shape_hash(model.base.config)}")
+    load_adapter_state(model, state, source=str(Path(ckpt_dir) / STATE_FILE))
+    return model

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
-from . import functional as F
-from .atomic import OutputExistsError, atomic_dir
-from .convert import base_config
-from .served import AdapterError, ServedAdapter, load_served
+from hylorada import functional as F
+from hylorada.format.atomic import OutputExistsError, atomic_dir
+from hylorada.format.base import base_config
+from hylorada.format.layout import AdapterError
+from hylorada.format.adapter import ServedAdapter
+from hylorada.format.load import load_served
 
 SKIP_FROM_BASE = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 
@@ -31,11 +33,11 @@ def unmergeable_parts(ad: ServedAdapter) -> list[str]:
     pb = ad.position_bias
     if pb is not None and bool((pb != 0).any()):
         parts.append("position bias p(pos) (a per-token scale of the LoRA delta)")
-    if ad.meta.get("daa"):
+    if ad.meta.daa is not None:
         parts.append("PositionalDAA (attention-score bias)")
-    if ad.meta.get("landmarks"):
+    if ad.meta.landmarks is not None:
         parts.append("landmarks (a per-token read-out added to each MLP)")
-    mode = (ad.meta.get("attention") or {}).get("mode", "full")
+    mode = ad.meta.attention.mode
     if mode != "full":
         parts.append(f"attention mode {mode!r}")
     return parts
@@ -50,7 +52,7 @@ def merge(adapter_dir: str | Path, base_dir: str | Path, out_dir: str | Path) ->
     src = Path(adapter_dir)
     if not (src / "hylorada_state.safetensors").is_file():
         return _merge_served(src, base_dir, out_dir, {}, src / "hylorada.json")
-    from .export import export
+    from hylorada.commands.export import export
     full: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as td:
         export(src, Path(td) / "served", base_dir, full_tensors=full)
@@ -66,9 +68,9 @@ def _merge_served(adapter_dir: Path, base_dir, out_dir, full: dict[str, torch.Te
         raise AdapterError(blame, "cannot merge into a standalone model: it has "
                            + "; ".join(parts) + ". The static part (A, B', c) could merge, but the per-token "
                            "part has no dense-weight form and must stay a LoRA: serve this adapter with hylorada-serve")
-    if ad.meta.get("rope_scaling"):
-        from .rope import apply_rope_scaling
-        apply_rope_scaling(cfg, ad.meta["rope_scaling"])
+    if ad.meta.rope_scaling:
+        from hylorada.method.rope import apply_rope_scaling
+        apply_rope_scaling(cfg, ad.meta.rope_scaling)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=cfg)
     layers = model.model.layers
     with torch.no_grad():

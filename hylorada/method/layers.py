@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from .positions import PositionContext
+from hylorada import functional as F
+from hylorada.method.positions import PositionContext
 
 
 class PositionBias(nn.Module):

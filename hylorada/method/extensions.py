@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import attention
-from .config import HyLoRADAConfig
-from .daa import PositionalDAA
-from .landmarks import install_landmarks
+from hylorada.method import attention
+from hylorada.config import HyLoRADAConfig
+from hylorada.method.daa import PositionalDAA
+from hylorada.method.landmarks import install_landmarks
 
 
 def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:

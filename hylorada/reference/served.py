@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from . import reference_attn
-from .positions import PositionContext, track_positions
-from .served import AdapterError, ServedAdapter
+from hylorada import functional as F
+from hylorada.reference import attention as reference_attn
+from hylorada.method.positions import PositionContext, track_positions
+from hylorada.format.meta import rope_setting
+from hylorada.format.layout import AdapterError
+from hylorada.format.adapter import ServedAdapter
 
 
 class _Batch:
@@ -67,12 +69,12 @@ def _position_scale(ad: ServedAdapter, layer: int, module: str, pos: Tensor) -> 
     pb, w = ad.position_bias, ad.w_pos(layer, module)
     if pb is None or w is None:
         return None
-    cfg = ad.meta["position_bias"]
-    return F.position_scale(pb, w, F.position_bucket(pos, cfg["num_buckets"], cfg["max_position"]))
+    cfg = ad.meta.position_bias
+    return F.position_scale(pb, w, F.position_bucket(pos, cfg.num_buckets, cfg.max_position))
 
 
 def _mode(ad: ServedAdapter) -> str:
-    return (ad.meta.get("attention") or {}).get("mode", "full")
+    return ad.meta.attention.mode
 
 
 class ServedReference:
@@ -82,9 +84,9 @@ class ServedReference:
         from transformers import AutoConfig, AutoModelForCausalLM
         cfg = AutoConfig.from_pretrained(str(base_dir))
         if rope_scaling:
-            from .rope import apply_rope_scaling      # the one place RoPE scaling is written into a config
+            from hylorada.method.rope import apply_rope_scaling  # the one place RoPE scaling is written into a config
             apply_rope_scaling(cfg, rope_scaling)
-        self.rope_scaling = rope_scaling or None
+        self.rope_scaling = rope_setting(rope_scaling)
         self.model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=cfg, dtype=dtype).eval()
         self.dtype = dtype
         self.decoder_layers = self.model.model.layers
@@ -106,7 +108,7 @@ class ServedReference:
             for i, layer in enumerate(self.decoder_layers):
                 if any(ad is not None and ad.landmark(i) is not None for ad in adapters):
                     hooks.append(layer.mlp.register_forward_hook(self._landmark_hook(i, batch)))
-            if any(ad is not None and (ad.meta.get("daa") or _mode(ad) != "full") for ad in adapters):
+            if any(ad is not None and (ad.meta.daa is not None or _mode(ad) != "full") for ad in adapters):
                 reference_attn.register()
                 for layer in self.decoder_layers:
                     layer.self_attn.__dict__["_served_ref_batch"] = batch
@@ -135,8 +137,8 @@ class ServedReference:
         for ad in adapters:
             if ad is None:
                 continue
-            if (ad.meta.get("rope_scaling") or None) != self.rope_scaling:
-                raise AdapterError(ad.path / "hylorada.json", f"rope_scaling {ad.meta.get('rope_scaling')!r} differs from "
+            if ad.meta.rope_scaling != self.rope_scaling:
+                raise AdapterError(ad.path / "hylorada.json", f"rope_scaling {ad.meta.rope_scaling!r} differs from "
                                    f"this reference's {self.rope_scaling!r}", "rope_scaling")
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .functional import position_bucket
+from hylorada.functional import position_bucket
 
 
 class PositionContext:

@@ -1,12 +1,12 @@
 """Validation of a loaded ServedAdapter: internal consistency, then against a base config.
 
-Split from served.py to keep each file one job. Every failure raises AdapterError naming
-the file, the tensor and the reason; the first problem found is reported.
+Every failure raises AdapterError naming the file, the tensor and the reason; the first problem found is reported.
 """
 from __future__ import annotations
 
-from .served import (ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, LORA_KEY, META, AdapterError, ServedAdapter,
-                     base_linear_shapes, base_shape_hash, lora_key)
+from .adapter import ServedAdapter
+from .base import base_linear_shapes, base_shape_hash
+from .layout import ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, LORA_KEY, META, AdapterError, lora_key
 
 
 def check_consistency(ad: ServedAdapter) -> None:
@@ -27,14 +27,14 @@ def check_consistency(ad: ServedAdapter) -> None:
             raise AdapterError(wf, f"rank {t.shape[0]} differs from lora_B's {ad.lora[other].shape[1]}", k)
     mods = set(ad.modules())
     meta = ad.meta
-    pb, daa, lm = meta.get("position_bias"), meta.get("daa"), meta.get("landmarks")
+    pb, daa, lm = meta.position_bias, meta.daa, meta.landmarks
     for k, t in ad.dynamic.items():
         m = DYN_KEY.match(k)
         if k == "position_bias":
             if not pb:
                 raise AdapterError(df, "present but hylorada.json has position_bias null", k)
-            if list(t.shape) != [pb.get("num_buckets")]:
-                raise AdapterError(df, f"shape {list(t.shape)} != [num_buckets={pb.get('num_buckets')}]", k)
+            if list(t.shape) != [pb.num_buckets]:
+                raise AdapterError(df, f"shape {list(t.shape)} != [num_buckets={pb.num_buckets}]", k)
             continue
         if not m:
             raise AdapterError(df, "unknown tensor name", k)
@@ -52,16 +52,16 @@ def check_consistency(ad: ServedAdapter) -> None:
                 raise AdapterError(df, "present but hylorada.json has daa null", k)
             hs = ad.dynamic.get(f"layers.{i}.daa.head_scale")
             bb = ad.dynamic.get(f"layers.{i}.daa.bucket_bias")
-            if hs is None or bb is None or hs.dim() != 1 or list(bb.shape) != [hs.shape[0], daa.get("num_buckets")]:
-                raise AdapterError(df, f"daa needs head_scale [H] and bucket_bias [H, num_buckets={daa.get('num_buckets')}]", k)
+            if hs is None or bb is None or hs.dim() != 1 or list(bb.shape) != [hs.shape[0], daa.num_buckets]:
+                raise AdapterError(df, f"daa needs head_scale [H] and bucket_bias [H, num_buckets={daa.num_buckets}]", k)
         else:
             if not lm:
                 raise AdapterError(df, "present but hylorada.json has landmarks null", k)
             km, vm, g = (ad.dynamic.get(f"layers.{i}.landmark.{n}") for n in ("keys", "values", "gate"))
-            K = lm.get("num_landmarks")
+            K = lm.num_landmarks
             if km is None or vm is None or g is None or km.shape != vm.shape or km.dim() != 2 or km.shape[0] != K or g.dim() != 0:
                 raise AdapterError(df, f"landmark needs keys and values [K={K}, hidden] and gate []", k)
-    if meta.get("has_scale") and not any(k.endswith(".c") for k in ad.dynamic):
+    if meta.has_scale and not any(k.endswith(".c") for k in ad.dynamic):
         raise AdapterError(mf, "has_scale is true but no c vector is stored", "c")
     if pb:
         if "position_bias" not in ad.dynamic:
@@ -78,11 +78,11 @@ def check_consistency(ad: ServedAdapter) -> None:
 def check_against_base(ad: ServedAdapter, base_config) -> None:
     """Every tensor name and shape fits the base; the recorded shape_hash (if any) is the base's."""
     wf, df, mf = ad.path / ADAPTER_WEIGHTS, ad.path / DYNAMIC, ad.path / META
-    base = ad.meta.get("base") or {}
+    base = ad.meta.base
     want = base_shape_hash(base_config)
-    if base.get("shape_hash") and base["shape_hash"] != want:
-        raise AdapterError(mf, f"adapter made for another base: shape_hash {base['shape_hash']} (base "
-                           f"{base.get('name')!r}) != this base's {want}", "base.shape_hash")
+    if base is not None and base.shape_hash and base.shape_hash != want:
+        raise AdapterError(mf, f"adapter made for another base: shape_hash {base.shape_hash} (base "
+                           f"{base.name!r}) != this base's {want}", "base.shape_hash")
     shapes = base_linear_shapes(base_config)
     for i, mod in ad.modules():
         name = f"layers.{i}.{mod}"

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
+from hylorada import functional as F
+from hylorada.format.meta import Attention
 
 NAME = "hylorada_served_reference"
 
@@ -30,14 +31,14 @@ def register() -> None:
 
 def row_allowed(ad, pos: Tensor, allowed: Tensor, num_heads: int) -> Tensor:
     """allowed [1|H, T, T] for one row after its adapter's attention mode; pos: [T]."""
-    att = (ad.meta.get("attention") or {}) if ad is not None else {}
-    mode, T = att.get("mode", "full"), pos.shape[0]
+    att = ad.meta.attention if ad is not None else Attention()
+    mode, T = att.mode, pos.shape[0]
     if mode == "sink":
-        allowed = allowed & F.sink_window_allowed(pos[:, None], pos[None, :], att["sink_tokens"], att["window"])
+        allowed = allowed & F.sink_window_allowed(pos[:, None], pos[None, :], att.sink_tokens, att.window)
     elif mode == "s2":
-        G = F.s2_group_size(T, att["s2_group_size_ratio"])
+        G = F.s2_group_size(T, att.s2_group_size_ratio)
         idx = torch.arange(T, device=pos.device)
-        per_head = [F.s2_allowed(idx[:, None], idx[None, :], G, F.s2_shift(h, num_heads, G, T), att.get("sink_tokens", 0))
+        per_head = [F.s2_allowed(idx[:, None], idx[None, :], G, F.s2_shift(h, num_heads, G, T), att.sink_tokens)
                     for h in range(num_heads)]
         allowed = allowed & torch.stack(per_head)
     return allowed
@@ -63,7 +64,7 @@ def served_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, 
         s = (query[b] @ k[b].transpose(-1, -2)) * scaling          # [H, T, T]
         daa = ad.daa(module.layer_idx) if ad is not None else None
         if daa is not None:
-            s = F.daa_scores(s[None], pos[None], pos[None], daa[0], daa[1], ad.meta["daa"]["max_position"])[0]
+            s = F.daa_scores(s[None], pos[None], pos[None], daa[0], daa[1], ad.meta.daa.max_position)[0]
         ok = row_allowed(ad, pos, attention_mask[b if attention_mask.shape[0] > 1 else 0], H)
         s = s.masked_fill(~ok, torch.finfo(s.dtype).min)
         outs.append(torch.softmax(s.float(), dim=-1).to(v.dtype) @ v[b])   # [H, T, d]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
+from hylorada import functional as F
 
 
 class PositionalDAA(nn.Module):

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
-from . import functional as F
-from .atomic import OutputExistsError
-from .convert import base_config, read_base_tensors, write_served
-from .base_id import served_base
-from .served import AdapterError, base_shape_hash
+from hylorada import functional as F
+from hylorada.format.atomic import OutputExistsError
+from hylorada.format.base import base_config, read_base_tensors
+from hylorada.format.write import write_served
+from hylorada.format.base import served_base
+from hylorada.format.layout import AdapterError
+from hylorada.format.base import base_shape_hash
 
 ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
 DAA_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.daa\.(head_scale|bucket_bias)$")
@@ -33,7 +35,7 @@ def served_meta(config, hf_config) -> dict:
     """hylorada.json fields that come from the training config (dynamic parts, RoPE, attention)."""
     rope = None
     if config.rope_scaling_type is not None:
-        from .rope import rope_scaling_meta
+        from hylorada.method.rope import rope_scaling_meta
         rope = rope_scaling_meta(config, hf_config)
     buckets = {"num_buckets": config.num_position_buckets, "max_position": config.bucket_max_position}
     return {"kind": "hylorada",
@@ -98,9 +100,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
 
     full_tensors: for `merge` only — receives trained embeddings/norms instead of refusing them.
     """
-    from .checkpoint import BASE_FILE, STATE_FILE, read_checkpoint
+    from hylorada.format.checkpoint import BASE_FILE, STATE_FILE, read_checkpoint
     ckpt = Path(checkpoint)
-    from .config import ConfigError
+    from hylorada.config import ConfigError
     try:
         config, state, ident = read_checkpoint(ckpt)
     except FileNotFoundError as e:

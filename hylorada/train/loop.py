@@ -6,7 +6,7 @@
 Progress bar (tqdm), a JSON loss line every --log-every steps (also appended to OUT/train_log.jsonl),
 crash-safe checkpoints under OUT/checkpoints/ (train_state.py) and --resume from the newest one
 (same batches, optimizer moments and RNG as an uninterrupted run). CUDA: float32 master weights with
-bf16 autocast; CPU: float32. At the end the adapter is exported to OUT/adapter (hylorada.export) when
+bf16 autocast; CPU: float32. At the end the adapter is exported to OUT/adapter (hylorada.commands.export) when
 the export module exists and accepts it; otherwise the native checkpoint is left and the reason printed.
 """
 from __future__ import annotations
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .config import HyLoRADAConfig
-from .data import batch_indices, load_blocks
-from .train_state import (latest_checkpoint, load_optimizer_tensors, read_training_checkpoint,
-                          save_training_checkpoint)
+from hylorada.config import HyLoRADAConfig
+from hylorada.train.data import batch_indices, load_blocks
+from hylorada.train.state import (latest_checkpoint, load_optimizer_tensors, read_training_checkpoint, save_training_checkpoint)
 
 
 def lr_at(step: int, lr: float, steps: int) -> float:
@@ -47,8 +46,8 @@ def train(base: str | Path, data: str | Path, out: str | Path, config: HyLoRADAC
     """Run training; returns {"step", "losses", "checkpoint", "adapter" (path or None), "export_note"}."""
     from transformers import AutoTokenizer
 
-    from .checkpoint import load_adapter_state, read_checkpoint
-    from .model import HyLoRADAModel
+    from hylorada.format.checkpoint import load_adapter_state, read_checkpoint
+    from hylorada.method.model import HyLoRADAModel
 
     out = Path(out)
     ck_root = out / "checkpoints"
@@ -140,9 +139,9 @@ def train(base: str | Path, data: str | Path, out: str | Path, config: HyLoRADAC
 def export_adapter(native: Path, out: Path, base, log=print) -> dict:
     """Export the native checkpoint's served form to OUT/adapter (OUT/adapter-step-N if that exists)."""
     try:
-        from .export import export as export_fn
+        from hylorada.commands.export import export as export_fn
     except ModuleNotFoundError:
-        note = f"hylorada.export is not available; the native checkpoint is at {native}"
+        note = f"hylorada.commands.export is not available; the native checkpoint is at {native}"
         log(note)
         return {"export_note": note}
     target = out / "adapter"
@@ -156,38 +155,3 @@ def export_adapter(native: Path, out: Path, base, log=print) -> dict:
         return {"export_note": note}
     log(f"exported the served adapter to {path}")
     return {"adapter": str(path), "export_note": f"exported to {path}"}
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--base", required=True, metavar="MODEL_DIR", help="base model folder (transformers format)")
-    p.add_argument("--data", required=True, metavar="FILE", help=".txt (one document) or .jsonl with a \"text\" field")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints/, train_log.jsonl, adapter/)")
-    p.add_argument("--config", default=None, metavar="CFG_JSON", help="HyLoRADAConfig as JSON (default: the defaults)")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--steps", type=int, default=200, help="total optimizer steps (a resumed run continues to this)")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under OUT/checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--no-export", action="store_true", help="leave only the native checkpoint")
-
-
-def run(args) -> int:
-    from .config import ConfigError
-    from .data import DataError
-    try:
-        config = HyLoRADAConfig.from_json(Path(args.config)) if args.config else None
-        res = train(args.base, args.data, args.out, config, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
-                    batch_size=args.batch_size, save_every=args.save_every, log_every=args.log_every,
-                    resume=args.resume, seed=args.seed, device=args.device, keep=args.keep_checkpoints,
-                    export=not args.no_export)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
-        print(f"hylorada train: error: {e}")
-        return 1
-    print(json.dumps({"step": res["step"], "final_loss": res["losses"][-1] if res["losses"] else None,
-                      "checkpoint": res["checkpoint"], "adapter": res["adapter"], "export": res["export_note"]}))
-    return 0

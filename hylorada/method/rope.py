@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 
-from .config import HyLoRADAConfig
+from hylorada.config import HyLoRADAConfig
 
 ROPE_KEYS = ("rope_type", "factor", "original_max_position_embeddings")
 

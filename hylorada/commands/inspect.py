@@ -6,7 +6,9 @@ base's shapes and shape hash) and prints a readable summary. Exit 0 when valid, 
 """
 from __future__ import annotations
 
-from .served import AdapterError, ServedAdapter, load_served
+from hylorada.format.layout import AdapterError
+from hylorada.format.adapter import ServedAdapter
+from hylorada.format.load import load_served
 
 
 def summary(ad: ServedAdapter, status: str = "valid") -> str:
@@ -14,31 +16,29 @@ def summary(ad: ServedAdapter, status: str = "valid") -> str:
     mods = ad.modules()
     layers = sorted({i for i, _ in mods})
     targets = sorted({m.rsplit(".", 1)[-1] for _, m in mods})
-    base = ad.meta.get("base") or {}
+    base = ad.meta.base
     parts = []
-    if ad.meta.get("has_scale"):
+    if ad.meta.has_scale:
         parts.append(f"c scale vectors ({sum(k.endswith('.c') for k in ad.dynamic)})")
-    if ad.meta.get("position_bias"):
-        pb = ad.meta["position_bias"]
-        parts.append(f"position bias ({pb['num_buckets']} buckets, max_position {pb['max_position']}; "
+    if (pb := ad.meta.position_bias) is not None:
+        parts.append(f"position bias ({pb.num_buckets} buckets, max_position {pb.max_position}; "
                      f"{sum(k.endswith('.w_pos') for k in ad.dynamic)} w_pos)")
-    if ad.meta.get("daa"):
+    if ad.meta.daa is not None:
         parts.append(f"DAA ({sum(k.endswith('daa.head_scale') for k in ad.dynamic)} layers)")
-    if ad.meta.get("landmarks"):
-        parts.append(f"landmarks (K={ad.meta['landmarks']['num_landmarks']}, "
+    if ad.meta.landmarks is not None:
+        parts.append(f"landmarks (K={ad.meta.landmarks.num_landmarks}, "
                      f"{sum(k.endswith('landmark.keys') for k in ad.dynamic)} layers)")
-    att = ad.meta.get("attention") or {"mode": "full"}
+    att = ad.meta.attention
     rows = [
         ("adapter", str(ad.path)),
-        ("kind", f"{ad.kind} (format_version {ad.meta['format_version']})"),
-        ("base", f"{base.get('name', '?')} [{base.get('architecture', '?')}, shape_hash {base.get('shape_hash', '?')}]"
+        ("kind", f"{ad.kind} (format_version {ad.meta.format_version})"),
+        ("base", f"{base.name or '?'} [{base.architecture or '?'}, shape_hash {base.shape_hash or '?'}]"
          if base else "not recorded (plain PEFT folder)"),
         ("rank", str(ad.rank)),
         ("targets", f"{', '.join(targets)} in {len(layers)} layers ({len(mods)} linears)"),
         ("dynamic parts", ", ".join(parts) if parts else "none (static: can merge)"),
-        ("rope scaling", str(ad.meta.get("rope_scaling")) if ad.meta.get("rope_scaling") else "none"),
-        ("attention", att.get("mode", "full") + (f" (sinks {att.get('sink_tokens')}, window {att.get('window')})"
-                                                 if att.get("mode") == "sink" else "")),
+        ("rope scaling", str(ad.meta.rope_scaling) if ad.meta.rope_scaling else "none"),
+        ("attention", att.mode + (f" (sinks {att.sink_tokens}, window {att.window})" if att.mode == "sink" else "")),
         ("size", f"{ad.size_bytes / 1024:.1f} KiB in {len(ad.lora) + len(ad.dynamic)} tensors"),
         ("status", status),
     ]
@@ -56,7 +56,7 @@ def run(args) -> int:
     try:
         cfg = None
         if args.base:
-            from .convert import base_config
+            from hylorada.format.base import base_config
             cfg = base_config(args.base)
         ad = load_served(args.adapter_dir, base_config=cfg, max_rank=args.max_rank)
     except AdapterError as e:

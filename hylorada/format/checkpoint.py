@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .base_id import base_identity, base_shape_hash
-from .config import HyLoRADAConfig
+from hylorada.format.base import base_identity, base_shape_hash
+from hylorada.config import HyLoRADAConfig
 
 CONFIG_FILE, STATE_FILE, BASE_FILE = "hylorada_config.json", "hylorada_state.safetensors", "hylorada_base.json"
 
@@ -55,22 +55,6 @@ def read_checkpoint(ckpt_dir: str | Path) -> tuple[HyLoRADAConfig, dict[str, tor
         if not (d / f).is_file():
             raise FileNotFoundError(f"{d / f}: missing (not a HyLoRADA checkpoint folder)")
     return HyLoRADAConfig.from_json(d / CONFIG_FILE), load_file(str(d / STATE_FILE)), json.loads((d / BASE_FILE).read_text())
-
-
-def load_checkpoint(ckpt_dir: str | Path, base_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
-    """Rebuild the base (from `base_dir` or the recorded path) and the adapter, then load every tensor strictly."""
-    from .model import HyLoRADAModel
-
-    config, state, ident = read_checkpoint(ckpt_dir)
-    base_dir = base_dir or ident.get("base_model_name_or_path")
-    if not base_dir:
-        raise ValueError(f"{ckpt_dir}: no base recorded; pass base_dir")
-    model = HyLoRADAModel.from_pretrained(base_dir, config, dtype=dtype)
-    if base_shape_hash(model.base.config) != ident.get("shape_hash"):
-        raise ValueError(f"{ckpt_dir}/{BASE_FILE}: made for a base with shape hash {ident.get('shape_hash')}, "
-                         f"but {base_dir} has {base_shape_hash(model.base.config)}")
-    load_adapter_state(model, state, source=str(Path(ckpt_dir) / STATE_FILE))
-    return model
 
 
 def load_adapter_state(model, state: dict[str, torch.Tensor], source: str = "state") -> None:

@@ -1,7 +1,7 @@
 """Crash-safe training checkpoints: adapter + optimizer + step, published by one rename.
 
     OUT/checkpoints/step-00000050/
-        adapter/                   a native HyLoRADA checkpoint (hylorada.checkpoint.save_checkpoint)
+        adapter/                   a native HyLoRADA checkpoint (hylorada.format.checkpoint.save_checkpoint)
         optimizer.safetensors      every optimizer state tensor, key "<param name>/<state key>", + "__rng__"
         trainer_state.json         {"step", "seed", "batch_size", "seq_len", "lr", "losses": [...]}
 
@@ -67,7 +67,7 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, params: dict[str, t
 def save_training_checkpoint(root: str | Path, step: int, model, optimizer, names: dict[int, str], state: dict,
                              keep: int = 2) -> Path:
     """Publish step-N atomically, then drop all but the newest `keep` checkpoints and stale temporaries."""
-    from .checkpoint import save_checkpoint
+    from hylorada.format.checkpoint import save_checkpoint
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
+from hylorada import functional as F
 
 
 def attend_one(q: Tensor, keys: Tensor, values: Tensor, scaling: float, q_pos: int | None = None,

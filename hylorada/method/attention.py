@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import functional as F
+from hylorada import functional as F
 
 NAME = "hylorada"
 

@@ -1,0 +1,66 @@
+"""`ServedAdapter`: one validated served adapter in memory (format.load builds it; nothing else should).
+
+Shapes: A [r, d_in], B' [d_out, r], c [d_out], w_pos [], position_bias [nb],
+daa head_scale [H], bucket_bias [H, nb], landmark keys/values [K, hidden], gate [].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import Tensor
+
+from .layout import LORA_KEY, lora_key, module_name
+from .meta import ServedMeta
+
+
+@dataclass
+class ServedAdapter:
+    """`lora` holds PEFT keys with B' = s*B (scale 1), `dynamic` the side file, `meta` the typed hylorada.json."""
+    path: Path
+    meta: ServedMeta
+    peft_config: dict
+    lora: dict[str, Tensor]
+    dynamic: dict[str, Tensor] = field(default_factory=dict)
+    rank: int = 0
+    target_modules: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
+
+    def layer_lora(self, i: int, module: str) -> tuple[Tensor, Tensor] | None:
+        """(A [r, in], B' [out, r]) of layer i's module, or None when that module is not adapted."""
+        a = self.lora.get(lora_key(i, module, "A"))
+        return None if a is None else (a, self.lora[lora_key(i, module, "B")])
+
+    def c(self, i: int, module: str) -> Tensor | None:
+        return self.dynamic.get(f"layers.{i}.{module_name(module)}.c")
+
+    def w_pos(self, i: int, module: str) -> Tensor | None:
+        return self.dynamic.get(f"layers.{i}.{module_name(module)}.w_pos")
+
+    @property
+    def position_bias(self) -> Tensor | None:
+        return self.dynamic.get("position_bias")
+
+    def landmark(self, i: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        k = self.dynamic.get(f"layers.{i}.landmark.keys")
+        return None if k is None else (k, self.dynamic[f"layers.{i}.landmark.values"], self.dynamic[f"layers.{i}.landmark.gate"])
+
+    def daa(self, i: int) -> tuple[Tensor, Tensor] | None:
+        h = self.dynamic.get(f"layers.{i}.daa.head_scale")
+        return None if h is None else (h, self.dynamic[f"layers.{i}.daa.bucket_bias"])
+
+    @property
+    def dynamic_parts(self) -> list[str]:
+        """Names of the per-token/attention parts present (they cannot merge into W)."""
+        return self.meta.dynamic_parts
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.lora.values(), *self.dynamic.values()])
+
+    def modules(self) -> list[tuple[int, str]]:
+        """(layer, qualified module) of every adapted linear, sorted."""
+        return sorted((int(m.group(1)), m.group(2)) for k in self.lora if (m := LORA_KEY.match(k)) and m.group(3) == "A")
