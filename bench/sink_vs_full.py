@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     total_blocks = cfg.batch * -(-max_len // cfg.block_size) + 8
     llm = LLM(model=str(base), enable_lora=True, max_loras=2, max_lora_rank=8, dtype="float32", max_model_len=max_len,
               max_num_batched_tokens=cfg.chunk, max_num_seqs=max(8, cfg.batch), block_size=cfg.block_size,
-              num_gpu_blocks_override=total_blocks, gpu_memory_utilization=0.05, enforce_eager=True, seed=cfg.seed,
+              num_gpu_blocks_override=total_blocks, kv_cache_memory_bytes=1 << 30, enforce_eager=True, seed=cfg.seed,
               enable_prefix_caching=False, disable_log_stats=False)
     hf = llm.llm_engine.vllm_config.model_config.hf_config
     kv_bytes_per_block = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) \

@@ -70,7 +70,7 @@ def attn_reference(tiny_base):
 def attn_engine(tiny_base):
     from vllm import LLM
     llm = LLM(model=str(tiny_base), enable_lora=True, max_loras=5, max_lora_rank=8, max_cpu_loras=5, dtype="float32",
-              max_model_len=512, max_num_batched_tokens=64, max_num_seqs=16, gpu_memory_utilization=0.05,
+              max_model_len=512, max_num_batched_tokens=64, max_num_seqs=16, kv_cache_memory_bytes=256 << 20,
               enforce_eager=True, seed=0, enable_prefix_caching=True, block_size=BLOCK, num_gpu_blocks_override=NUM_BLOCKS,
               disable_log_stats=False)
     yield llm

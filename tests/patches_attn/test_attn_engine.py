@@ -56,9 +56,9 @@ def s2_prompt_len(prompt_len: int):
     def row_allowed(ad, pos, allowed, num_heads):
         if ad is None or ad.meta.attention.mode != "s2":
             return orig(ad, pos, allowed, num_heads)
-        P, idx = prompt_len, torch.arange(pos.shape[0])
-        G, qi, kj = F.s2_group_size(P, att["s2_group_size_ratio"]), idx[:, None], idx[None, :]
-        heads = [torch.where(qi < P, F.s2_allowed(qi, kj, G, F.s2_shift(h, num_heads, G, P), att.get("sink_tokens", 0)),
+        att, P, idx = ad.meta.attention, prompt_len, torch.arange(pos.shape[0])
+        G, qi, kj = F.s2_group_size(P, att.s2_group_size_ratio), idx[:, None], idx[None, :]
+        heads = [torch.where(qi < P, F.s2_allowed(qi, kj, G, F.s2_shift(h, num_heads, G, P), att.sink_tokens),
                              kj <= qi) for h in range(num_heads)]
         return allowed & torch.stack(heads)
 
