@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from hylorada.format.atomic import atomic_dir
+
 WORDS = ("the a an one two three four five six seven eight nine ten red blue green cat dog bird fish "
          "runs jumps sits sees likes eats big small old new fast slow river hill tree stone house "
          "road light dark day night sun moon star rain snow wind fire water key door book pass code "
@@ -87,15 +89,8 @@ def build_tiny_llama(out_dir: str | Path, spec: TinySpec | str = "tiny", dtype: 
     )
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "hylorada_tiny.json").write_text(want)
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out, replace=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "hylorada_tiny.json").write_text(want)
     return out

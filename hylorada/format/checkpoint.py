@@ -7,14 +7,12 @@ dir/hylorada_base.json            which base it was trained on (name, architectu
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hylorada.format.atomic import atomic_dir
 from hylorada.format.base import base_identity, base_shape_hash
 from hylorada.config import HyLoRADAConfig
 
@@ -22,30 +20,14 @@ CONFIG_FILE, STATE_FILE, BASE_FILE = "hylorada_config.json", "hylorada_state.saf
 
 
 def save_checkpoint(model, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write to a sibling temp folder, fsync, then rename over `out_dir`: a crash never leaves a half checkpoint."""
+    """Write to a hidden sibling, fsync, then rename over `out_dir` (atomic_dir): a crash never leaves a half checkpoint."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict().items()}
         save_file(state, str(tmp / STATE_FILE))
         model.config.to_json(tmp / CONFIG_FILE)
         ident = base_identity(model.base.config, getattr(model, "base_dir", None))
         (tmp / BASE_FILE).write_text(json.dumps(ident | (extra or {}), indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

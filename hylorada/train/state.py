@@ -11,14 +11,14 @@ at any point leaves the previous checkpoints untouched; hidden leftovers are ign
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from hylorada.format.atomic import atomic_dir
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -72,28 +72,16 @@ def save_training_checkpoint(root: str | Path, step: int, model, optimizer, name
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    os.chmod(tmp, 0o755)
-    try:
+    with atomic_dir(final, replace=True) as tmp:           # same step saved again (e.g. a re-run): replaced
         save_checkpoint(model, tmp / "adapter")
         tensors = optimizer_tensors(optimizer, names)
         tensors["__rng__"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps(state | {"step": step}, indent=1) + "\n")
-        for f in tmp.iterdir():
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if final.exists():                               # same step saved again (e.g. a re-run): replace
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for _, old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for p in root.iterdir():
-        if p.name.startswith(".step-") and p.is_dir():
+        if p.name.startswith(".step-") and p.is_dir():     # temporaries of a crashed save
             shutil.rmtree(p, ignore_errors=True)
     return final
 

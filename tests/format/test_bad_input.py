@@ -22,7 +22,7 @@ C0 = "layers.0.self_attn.q_proj.c"
 @pytest.fixture(scope="module")
 def good_served(tiny_base, tmp_path_factory):
     """A valid converted DoRA adapter (it has c vectors, so all four files exist), built once."""
-    from tests.format.conftest import make_peft
+    from tests.helpers import make_peft
     d = tmp_path_factory.mktemp("good")
     make_peft(tiny_base, d / "peft", use_dora=True)
     return convert_peft(d / "peft", d / "served", tiny_base)

@@ -17,6 +17,8 @@ import time
 import httpx
 import pytest
 
+from hylorada.commands.convert_peft import convert_peft
+
 from .conftest import ADMIN_KEY, API_KEY
 
 
@@ -128,23 +130,23 @@ class Watch:
 
 @pytest.mark.parametrize("n_ok", [0, 1], ids=["first-file", "second-file"])
 def test_disk_full_during_convert_publishes_nothing(monkeypatch, peft_and_base, n_ok):
-    import hylorada.commands.convert_peft as convert
+    import hylorada.format.write as convert
 
     root, base, peft = peft_and_base
     out_root = root / f"DIR-{n_ok}"
     out_root.mkdir()
     calls = enospc_after(monkeypatch, convert, n_ok)
     with Watch(out_root) as w, pytest.raises(OSError) as e:
-        convert.convert_peft(peft, out_root / "my-adapter", base)
+        convert_peft(peft, out_root / "my-adapter", base)
     assert e.value.errno == errno.ENOSPC and len(calls) == n_ok + 1
     assert list(out_root.iterdir()) == [] and w.seen == [] and w.store.entries == {}
     monkeypatch.undo()                                           # space again: the same command succeeds
-    convert.convert_peft(peft, out_root / "my-adapter", base)
+    convert_peft(peft, out_root / "my-adapter", base)
     assert [p.name for p in out_root.iterdir()] == ["my-adapter"]
 
 
 def test_disk_full_during_cli_convert_exits_nonzero(monkeypatch, peft_and_base, capsys):
-    import hylorada.commands.convert_peft as convert
+    import hylorada.format.write as convert
     from hylorada.cli import main
 
     root, base, peft = peft_and_base
@@ -159,9 +161,9 @@ def test_disk_full_during_cli_convert_exits_nonzero(monkeypatch, peft_and_base, 
 
 
 def test_disk_full_during_export_publishes_nothing(monkeypatch, tmp_path):
-    """`hylorada export` goes through the same write_served (hylorada.commands.convert_peft.save_file)."""
+    """`hylorada export` goes through the same write_served (hylorada.format.write.save_file)."""
     from hylorada_serve.demo import hylorada_adapter
-    import hylorada.commands.convert_peft as convert
+    import hylorada.format.write as convert
     from hylorada.tiny import build_tiny_llama
 
     base = build_tiny_llama(tmp_path / "tiny", "tiny")

@@ -215,9 +215,9 @@ def test_engine_rope_is_the_most_common_setting(tmp_path):
     lin = {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 4096}
     for name, rs in (("a", lin), ("b", lin), ("c", None), ("d", {"rope_type": "default"})):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "hylorada.json").write_text(json.dumps({"rope_scaling": rs}))
+        (tmp_path / name / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": rs}))
     (tmp_path / "plain").mkdir()                       # a PEFT folder: no hylorada.json, no scaling
     assert publish.engine_rope(tmp_path) == (None, 3)  # 3 without scaling vs 2 linear
     (tmp_path / "plain").rmdir()
-    (tmp_path / "c" / "hylorada.json").write_text(json.dumps({"rope_scaling": lin}))
+    (tmp_path / "c" / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": lin}))
     assert publish.engine_rope(tmp_path) == (lin, 3)

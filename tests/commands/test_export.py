@@ -9,7 +9,7 @@ from hylorada import HyLoRADAConfig, HyLoRADAModel
 from hylorada.commands.export import export
 from hylorada.format.layout import AdapterError
 from hylorada.format.load import load_served
-from tests.format.conftest import IDS, base_logits
+from tests.helpers import IDS, base_logits
 from tests.helpers import randomize_adapter
 
 CASES = {
@@ -74,7 +74,7 @@ def test_exported_lora_part_loads_in_peft(tiny_base, tmp_path):
     lora_only = type(ad)(path=ad.path, meta=ad.meta.replace(position_bias=None, has_scale=False),
                          peft_config=ad.peft_config, lora=ad.lora, dynamic={})
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32), out).eval()
-    from tests.format.conftest import reference_for
+    from tests.helpers import reference_for
     with torch.no_grad():
         torch.testing.assert_close(peft(input_ids=IDS).logits, reference_for(tiny_base).logits(IDS, [lora_only] * 2),
                                    rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ from hylorada.cli import main
 from hylorada.commands.convert_peft import convert_peft
 from hylorada.reference.served import ServedReference
 from hylorada.format.load import load_served
-from tests.format.conftest import IDS, make_peft
+from tests.helpers import IDS, make_peft
 
 
 @pytest.fixture(scope="module")

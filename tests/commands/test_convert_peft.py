@@ -11,7 +11,7 @@ import torch
 from hylorada.commands.convert_peft import convert_peft
 from hylorada.format.layout import AdapterError
 from hylorada.format.load import load_served
-from tests.format.conftest import IDS, base_logits
+from tests.helpers import IDS, base_logits
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CASES = {

@@ -8,7 +8,7 @@ from hylorada.commands.convert_peft import convert_peft
 from hylorada.commands.merge import merge
 from hylorada.format.layout import AdapterError
 from hylorada.format.load import load_served
-from tests.format.conftest import IDS
+from tests.helpers import IDS
 
 
 def _merged_logits(out, ids=IDS):

@@ -9,7 +9,7 @@ from hylorada import HyLoRADAConfig, HyLoRADAModel
 from hylorada.commands.export import export
 from hylorada.reference.served import ServedReference
 from hylorada.format.load import load_served
-from tests.format.conftest import IDS, reference_for
+from tests.helpers import IDS, reference_for
 from tests.helpers import randomize_adapter
 
 
