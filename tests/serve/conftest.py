@@ -3,21 +3,23 @@
 
 The server fixture is only built by the modules that use it (they are marked `vllm`); test_store.py needs no
 engine. test_server_shutdown.py (collected after test_server.py) sends SIGTERM to the shared server.
+Start / ready / stop / free port: bench/proc.py, the one process helper bench/ uses too.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from bench.proc import free_port, http_ok, launch, session_pids, wait_ready   # noqa: F401  (session_pids: tests)
+from bench.proc import stop as proc_stop
 
 API_KEY, ADMIN_KEY = "test-inference-key", "test-admin-key"
 START_TIMEOUT_S = 300
@@ -39,51 +41,13 @@ class Server:
         return "\n".join(line for line in lines[-n:])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes still alive in the server's session (it is started with start_new_session=True)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if os.getsid(int(p.name)) == sid and int(p.name) != os.getpid():
-                    state = (p / "stat").read_text().split(") ")[1].split()[0]
-                    if state != "Z":
-                        out.append(int(p.name))
-            except (OSError, IndexError):
-                pass
-    return out
-
-
 def stop(server: Server, sig=signal.SIGTERM, timeout: float = 90) -> int | None:
     """Signal the server, wait (bounded); kill the whole session if it overstays. Returns the exit code."""
-    if server.proc.poll() is None:
-        server.proc.send_signal(sig)
-        try:
-            server.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    sid = server.proc.pid
-    deadline = time.time() + 15
-    while session_pids(sid) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid in session_pids(sid):                        # never leave engine processes behind
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    return server.proc.poll()
+    return proc_stop(server.proc, sig, timeout_s=timeout, settle_s=15)[0]
 
 
 def start(root: Path, adapters: Path, base: Path, spare: Path, extra: tuple[str, ...] = ()) -> Server:
     """Start hylorada-serve and wait (bounded) until /health answers 200."""
-    import httpx
-
     port = free_port()
     log = root / f"server-{port}.log"
     cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters),
@@ -92,24 +56,13 @@ def start(root: Path, adapters: Path, base: Path, spare: Path, extra: tuple[str,
            "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--shutdown-timeout", "10",
            "--kv-cache-memory-bytes", str(KV_BYTES), *extra]
     env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=Path(__file__).resolve().parents[2])
+    proc = launch(cmd, log, env=env, cwd=Path(__file__).resolve().parents[2])
     srv = Server(f"http://127.0.0.1:{port}", proc, base, adapters, log, spare)
-    deadline = time.time() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            stop(srv)
-            pytest.fail(f"hylorada-serve exited with {proc.returncode} during start-up:\n{srv.log_tail()}")
-        if time.time() > deadline:
-            stop(srv)
-            pytest.fail(f"hylorada-serve not healthy after {START_TIMEOUT_S} s:\n{srv.log_tail()}")
-        try:
-            if httpx.get(srv.url + "/health", timeout=2).status_code == 200:
-                return srv
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    why = wait_ready(proc, lambda: http_ok(srv.url + "/health"), START_TIMEOUT_S)
+    if why is not None:
+        stop(srv)
+        pytest.fail(f"hylorada-serve {why} during start-up:\n{srv.log_tail()}")
+    return srv
 
 
 @pytest.fixture(scope="session")
