@@ -24,9 +24,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	VLLM_HOST_IP=127.0.0.1 $(BIN)/hylorada-serve --demo
 
-# bench/soak.py: mixed traffic + adapter swaps + bad adapters against one real server (MINUTES, default 10)
+# python -m bench.soak (bench/soak/): mixed traffic + adapter swaps + bad adapters against one real server (MINUTES, default 10)
 soak: $(STAMP)
-	VLLM_HOST_IP=127.0.0.1 $(BIN)/python bench/soak.py --minutes $(or $(MINUTES),10)
+	VLLM_HOST_IP=127.0.0.1 $(BIN)/python -m bench.soak --minutes $(or $(MINUTES),10)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path, title):
-    from bench.plots import _plt
+    from bench.load.plots import _plt
     plt = _plt()
     shapes = sorted({r["shape"] for r in rows})
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)

@@ -1,6 +1,6 @@
 """Bad adapters dropped into the running server's DIR/ (the shared session server): each is refused or deferred with
 a log line and a status in GET /v1/adapters, never listed or served, while traffic to the good adapters keeps
-getting the same tokens. Cases: tests/serve/bad_adapters.py, plus case clashes, a slow partial copy and a folder
+getting the same tokens. Cases: bench/soak/bad_adapters.py, plus case clashes, a slow partial copy and a folder
 replaced many times quickly. Everything this module adds to DIR/ is removed at the end."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import uuid
 import httpx
 import pytest
 
-from .bad_adapters import BUILDERS, EXPECT
+from bench.soak.bad_adapters import BUILDERS, EXPECT
 from .conftest import ADMIN_KEY, API_KEY
 
 pytestmark = pytest.mark.vllm
@@ -227,7 +227,7 @@ def test_folder_replaced_many_times_quickly_serves_the_last_content(server, http
 def test_bad_update_leaves_the_previous_version_serving(server, http, baseline):
     """A served adapter replaced by broken content (NaN) keeps serving its last good version, with the refusal as
     its reason; fixed content then becomes a new version."""
-    from .bad_adapters import nan_weights
+    from bench.soak.bad_adapters import nan_weights
 
     name, dst = "update-me", server.adapters / "update-me"
     try:

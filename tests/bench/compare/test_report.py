@@ -1,0 +1,20 @@
+"""bench.compare.report: the markdown tables come from comparison.json as written by bench.compare (no engines)."""
+from bench.compare.ratios import interleaved_ratios
+from bench.compare.report import interleaved_table, main
+
+
+def _o(tok, ttft):
+    return {"output_tok_per_s": tok, "ttft_s": {"p50": ttft}}
+
+
+def test_interleaved_table_lists_rounds_medians_and_verdicts(tmp_path, capsys):
+    runs = {"hylorada": [_o(500, 0.3), _o(480, 0.32)], "vllm-lora": [_o(240, 1.5), _o(250, 1.6)]}
+    it = {"reps": 2, "tok_per_s": {s: [o["output_tok_per_s"] for o in v] for s, v in runs.items()},
+          **interleaved_ratios(runs)}
+    table = interleaved_table({"interleaved": it})
+    assert "| hylorada | 500.0 | 480.0 | 490.0 | 310 |" in table
+    assert "| hylorada / vllm-lora | 2.00x | 2.08, 1.92 | 0.20x | >= 2.0x | met |" in table
+    assert interleaved_table({"interleaved": None}) == ""
+    (tmp_path / "comparison.json").write_text(__import__("json").dumps(
+        {"systems": {}, "ratios": [], "paired": None, "scaling": {}, "interleaved": it}))
+    assert main([str(tmp_path)]) == 0 and "| vllm-lora | 240.0 | 250.0 | 245.0 | 1550 |" in capsys.readouterr().out
