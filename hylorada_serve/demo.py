@@ -12,10 +12,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+
+from .config import ServeConfig
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hylorada" / "serve-demo"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+DEMO_VLLM_ARGS = ("--dtype", "float32", "--max-model-len", "2048")     # before the user's own: theirs win
+
+
+def demo_config(config: ServeConfig) -> ServeConfig:
+    """`config` serving the demo: the demo base and adapters (built once), float32, 2048 positions."""
+    base, adapters = prepare(config.cache_dir)
+    return replace(config, base=str(base), adapters=str(adapters), vllm_args=DEMO_VLLM_ARGS + config.vllm_args)
 
 
 def prepare(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -49,14 +59,10 @@ def peft_adapter(base: Path, out: Path, dora: bool = False, seed: int = 0, rank:
                 p.mul_(0.5)
             if "lora_magnitude_vector" in n:
                 p.mul_(1 + 0.2 * torch.randn_like(p))
+    from hylorada.commands.convert_peft import convert_peft
+
     with tempfile.TemporaryDirectory() as tmp:
         peft.save_pretrained(tmp)
-        try:
-            from hylorada.commands.convert_peft import convert_peft
-        except ImportError:            # before the converter existed: the plain PEFT folder is servable as is
-            import shutil
-            shutil.copytree(tmp, out)
-            return out
         return convert_peft(tmp, out, base)
 
 

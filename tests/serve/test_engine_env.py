@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hylorada_serve.cli import ONEDNN_CACHE, engine_env
+from hylorada_serve.launch import ONEDNN_CACHE, engine_env
 
 from .conftest import session_pids
 

@@ -1,0 +1,109 @@
+"""`ServeConfig`: every option of hylorada-serve, validated once at the door.
+
+cli.py builds it from argv (each field is the option of the same name, `_` written `-`), launch.py reads it; nothing
+else parses options. Construction checks every field and raises one ConfigError listing every bad value, so a user
+fixes a command line in one go. vLLM-free: the engine's own options travel unparsed in `vllm_args`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Options of vLLM's that hylorada-serve sets itself; passing one through would fight the adapters folder or the keys.
+MANAGED_VLLM_FLAGS = ("--lora-modules", "--api-key", "--enable-lora")
+# vLLM options that size the KV cache; when vllm_args names none of them, the engine gets kv_cache_memory_bytes.
+KV_SIZING_FLAGS = ("--kv-cache-memory-bytes", "--gpu-memory-utilization", "--device-memory-utilization")
+
+
+class ConfigError(ValueError):
+    """Every bad value of one ServeConfig, one line each (`problems`)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = tuple(problems)
+        super().__init__("invalid hylorada-serve options:\n  " + "\n  ".join(self.problems))
+
+
+def flag_given(args: tuple[str, ...] | list[str], *flags: str) -> bool:
+    """True when `args` (vLLM's pass-through options) name one of `flags`, as `--flag v` or `--flag=v`, with `_` or
+    `-` (vLLM's parser accepts both)."""
+    return any(a.startswith("--") and a.split("=", 1)[0].replace("_", "-") in flags for a in args)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    # what to serve
+    base: str | None = None                 # base model: a local model folder (or a hub id where a hub is reachable)
+    adapters: str | None = None             # DIR/: every sub-folder is one adapter, watched while serving
+    demo: bool = False                      # build (once, cached) a tiny base and demo adapters, and serve those
+    cache_dir: str | None = None            # --demo: where the demo base and adapters are built (default ~/.cache)
+    served_model_name: str | None = None    # the base model's name in /v1/models (default: the base folder's name)
+    # where to listen, and who may call
+    host: str = "127.0.0.1"                 # bind address
+    port: int = 8000                        # TCP port (0: any free port)
+    api_key: str | None = field(default=None, repr=False)    # Bearer key for inference routes (None: open)
+    admin_key: str | None = field(default=None, repr=False)  # Bearer key for /v1/adapters* (None: the API key)
+    max_body_mb: float = 16.0               # 413 for request bodies over this many MiB, before reading them; 0 = off
+    # adapters
+    max_loras: int = 4                      # adapters in one batch (vLLM's LoRA slots)
+    max_cpu_loras: int | None = None        # adapters cached in CPU memory, >= max_loras (None: vLLM's default)
+    max_lora_rank: int = 16                 # largest rank accepted (vLLM allows 1, 8, 16, 32, 64, ...)
+    stable_seconds: float = 2.0             # a folder without a .ready marker loads once unchanged this long, > 0
+    poll_interval: float = 0.5              # seconds between scans of DIR/, > 0
+    # engine defaults (vLLM options hylorada-serve sets unless vllm_args gives its own)
+    kv_cache_memory_bytes: int = 1 << 30    # KV cache size unless vllm_args names one of KV_SIZING_FLAGS. Fixed, not
+    #                                         a share: on the CPU backend a share of NUMA node 0, which can report half
+    #                                         the RAM, can fall below the worker's own RSS and the engine refuses
+    shutdown_timeout: int = 10              # seconds running requests get to finish on SIGINT/SIGTERM (vLLM's flag)
+    vllm_args: tuple[str, ...] = ()         # vLLM's own engine/server options, passed through unchanged
+
+    def __post_init__(self):
+        bad: list[str] = []
+        if not self.demo:
+            bad += [f"--{f}: required (or --demo)" for f in ("base", "adapters") if not getattr(self, f)]
+        if not isinstance(self.host, str) or not self.host:
+            bad.append(f"--host: must be a non-empty address (got {self.host!r})")
+        if not _int(self.port) or not 0 <= self.port <= 65535:
+            bad.append(f"--port: must be an integer in 0..65535 (got {self.port!r})")
+        if not _number(self.max_body_mb) or self.max_body_mb < 0:
+            bad.append(f"--max-body-mb: must be >= 0 (got {self.max_body_mb!r})")
+        if not _int(self.max_loras) or self.max_loras < 1:
+            bad.append(f"--max-loras: must be an integer >= 1 (got {self.max_loras!r})")
+        if self.max_cpu_loras is not None and (not _int(self.max_cpu_loras) or not _int(self.max_loras)
+                                               or self.max_cpu_loras < self.max_loras):
+            bad.append(f"--max-cpu-loras: must be an integer >= --max-loras {self.max_loras!r} "
+                       f"(got {self.max_cpu_loras!r})")
+        if not _int(self.max_lora_rank) or self.max_lora_rank < 1:
+            bad.append(f"--max-lora-rank: must be an integer >= 1 (got {self.max_lora_rank!r})")
+        for name in ("stable_seconds", "poll_interval"):
+            v = getattr(self, name)
+            if not _number(v) or v <= 0:
+                bad.append(f"--{name.replace('_', '-')}: must be a positive number of seconds (got {v!r})")
+        if not _int(self.kv_cache_memory_bytes) or self.kv_cache_memory_bytes < 1:
+            bad.append(f"kv_cache_memory_bytes: must be a positive integer (got {self.kv_cache_memory_bytes!r})")
+        if not _int(self.shutdown_timeout) or self.shutdown_timeout < 0:
+            bad.append(f"shutdown_timeout: must be an integer >= 0 (got {self.shutdown_timeout!r})")
+        if not isinstance(self.vllm_args, tuple) or not all(isinstance(a, str) for a in self.vllm_args):
+            bad.append(f"vllm_args: must be a tuple of strings (got {self.vllm_args!r})")
+        else:
+            bad += [f"{f}: managed by hylorada-serve; use --adapters DIR and --api-key/--admin-key"
+                    for f in MANAGED_VLLM_FLAGS if flag_given(self.vllm_args, f)]
+        if bad:
+            raise ConfigError(bad)
+
+    @property
+    def served_name(self) -> str:
+        """The base model's public name: --served-model-name, else the base folder's name."""
+        return self.served_model_name or Path(self.base).name or str(self.base)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return (_int(v) or isinstance(v, float)) and math.isfinite(v)

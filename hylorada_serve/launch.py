@@ -1,0 +1,198 @@
+"""Run hylorada-serve from a ServeConfig: environment, vLLM's engine and OpenAI app, our store/watcher/admin, the
+serve loop, shutdown and the exit code.
+
+    run(config) → engine environment → (demo files) → vLLM's args → serve(): engine up → app + install() →
+    initial load → serve_http until SIGINT/SIGTERM (vLLM drains) or engine death (exit 1) → free published copies
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import KV_SIZING_FLAGS, ServeConfig, flag_given
+
+log = logging.getLogger("hylorada_serve")
+
+ONEDNN_CACHE = "128"
+
+
+def engine_env(env) -> dict:
+    """Environment the engine processes need, set before vLLM spawns them (they inherit it; an operator's own
+    value wins). ONEDNN_PRIMITIVE_CACHE_CAPACITY: vLLM's CPU linear layers run oneDNN matmuls, and oneDNN keeps
+    every compiled primitive, one per (weight shape, tokens in the step), in a process-wide cache of 1,024 by
+    default, besides the 32 token counts each layer's own handler caches. Measured (docs/reliability.md, Soak):
+    offline, 5 GEMM shapes x 400 token counts grew RSS by 490 MiB with 1,024 and 91 MiB with 128; in the 30-min
+    soak the vLLM worker grew 3.3 MiB per 1000 requests with the default (stock vLLM: 6.8) and 0.8 with 128."""
+    return {k: v for k, v in {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": ONEDNN_CACHE}.items() if k not in env}
+
+
+def set_process_env() -> None:
+    """This process's environment, before vLLM is imported (the engine processes it spawns inherit it)."""
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"     # vLLM's path-taking load route stays off
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    os.environ.setdefault("VLLM_MAX_N_SEQUENCES", "64")     # n / best_of above this are 400s (vLLM: 16384)
+    os.environ.update(engine_env(os.environ))
+
+
+def engine_argv(config: ServeConfig, rope: list[str] = ()) -> list[str]:
+    """vLLM's command line: our options, our defaults for what `config.vllm_args` leaves unset (KV cache size,
+    shutdown timeout, the `rope` overrides), then the pass-through options."""
+    rest = list(config.vllm_args)
+    argv = ["--model", str(config.base), "--served-model-name", config.served_name, "--host", config.host,
+            "--port", str(config.port), "--enable-lora", "--max-loras", str(config.max_loras),
+            "--max-lora-rank", str(config.max_lora_rank)]
+    if config.max_cpu_loras is not None:
+        argv += ["--max-cpu-loras", str(config.max_cpu_loras)]
+    if not flag_given(rest, *KV_SIZING_FLAGS):
+        argv += ["--kv-cache-memory-bytes", str(config.kv_cache_memory_bytes)]
+    if not flag_given(rest, "--shutdown-timeout"):
+        argv += ["--shutdown-timeout", str(config.shutdown_timeout)]
+    if not flag_given(rest, "--hf-overrides"):
+        argv += list(rope)
+    return argv + rest
+
+
+def vllm_args(config: ServeConfig):
+    """vLLM's own server/engine Namespace, parsed and validated by vLLM's parser."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    rope = [] if flag_given(config.vllm_args, "--hf-overrides") else rope_overrides(config)
+    args = make_arg_parser(FlexibleArgumentParser(prog="hylorada-serve")).parse_args(engine_argv(config, rope))
+    validate_parsed_serve_args(args)
+    return args
+
+
+def rope_overrides(config: ServeConfig) -> list[str]:
+    """--hf-overrides giving the engine the RoPE scaling most start-up adapters were trained with (if any)."""
+    from .publish import engine_rope
+
+    meta, n = engine_rope(Path(config.adapters))
+    if meta is None:
+        return []
+    from transformers import AutoConfig
+
+    from hylorada.method.rope import hf_overrides
+    print(f"engine RoPE scaling: {meta} (asked for by {n} adapter(s); adapters that differ are refused)", flush=True)
+    return ["--hf-overrides", json.dumps(hf_overrides(meta, AutoConfig.from_pretrained(config.base)))]
+
+
+async def serve(args, config: ServeConfig) -> int:
+    """Engine up → app (vLLM's) + our store/watcher/admin → serve until SIGINT/SIGTERM or engine death."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client_from_engine_args
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+    from vllm.lora.request import LoRARequest
+
+    from . import gc_heap, metrics
+    from .app import install
+    from .report import banner, report_adapters
+    from .store import AdapterStore
+    from .watcher import HotSwapper
+
+    loop, me = asyncio.get_running_loop(), asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):   # during start-up: cancel (the engine context shuts it down);
+        loop.add_signal_handler(sig, me.cancel)   # vLLM's serve_http installs its own drain handlers later
+    store = AdapterStore(config.adapters, stable_seconds=config.stable_seconds)
+    store.scan()                                   # start the stability clock while the engine loads
+    listen_address, sock = setup_server(args, reuse_port=False)
+    publish_root = tempfile.mkdtemp(prefix="hylorada-serve-")
+    died = False
+    try:
+        async with build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args)) as engine:
+            asked = mark_shutdown_requests(engine)
+            tasks = await engine.get_supported_tasks()
+            app = build_app(args, tasks, engine.model_config)
+            await init_app_state(engine, app.state, args, tasks)
+
+            def on_event(name: str, event: str) -> None:
+                e = store.entries.get(name)
+                metrics.on_event(name, event, e.current.number if e and e.current else None, len(store.serving()))
+
+            swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
+                                 base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
+                                 on_event=on_event)
+            install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes)
+            own_log_handler()                      # again, after the engine's start-up configured logging
+            await initial_load(swapper, config)
+            report_adapters(store)
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(swapper.run(stop, config.poll_interval))
+            gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
+            print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key)), flush=True)
+            shutdown = await serve_http(app, sock=sock, host=args.host, port=args.port, log_level="warning",
+                                        access_log=False, timeout_keep_alive=5)
+            died = engine.errored and not asked
+            stop.set()
+            watcher.cancel()                       # the engine is already stopped: do not wait on a pass
+            await asyncio.gather(watcher, gc_once, return_exceptions=True)
+        await shutdown
+    finally:
+        sock.close()
+        shutil.rmtree(publish_root, ignore_errors=True)
+    if died:
+        log.error("the engine died; exiting non-zero so a supervisor restarts the server")
+        return 1
+    return 0
+
+
+def mark_shutdown_requests(engine) -> list:
+    """A list that becomes non-empty once anyone asks the engine to shut down (vLLM's SIGINT/SIGTERM handler
+    does, before it stops the HTTP server). An engine that errored without being asked died on its own."""
+    asked: list = []
+    shutdown = engine.shutdown
+
+    def shutdown_and_mark(*a, **kw):
+        asked.append(True)
+        return shutdown(*a, **kw)
+    engine.shutdown = shutdown_and_mark
+    return asked
+
+
+async def initial_load(swapper, config: ServeConfig) -> None:
+    """Load what DIR/ holds before accepting traffic (bounded wait for folders still being written)."""
+    deadline = asyncio.get_running_loop().time() + config.stable_seconds + 4 * config.poll_interval + 1
+    while True:
+        await swapper.step()
+        waiting = [e.name for e in swapper.store.entries.values() if e.status == "waiting"]
+        if not waiting or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(config.poll_interval)
+
+
+def own_log_handler() -> None:
+    """Our log lines (adapter loaded / refused / removed) on their own handler: vLLM's engine start-up reconfigures
+    logging (measured: with only the root handler, not one hylorada_serve line reached the log). Idempotent."""
+    log.disabled, log.propagate = False, False
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_hylorada", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
+        h._hylorada = True
+        log.addHandler(h)
+
+
+def run(config: ServeConfig) -> int:
+    """Serve `config` until a signal (exit 0) or the engine's death (exit 1)."""
+    set_process_env()
+    if config.demo:
+        from .demo import demo_config
+        config = demo_config(config)
+    Path(config.adapters).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    own_log_handler()
+    args = vllm_args(config)
+    try:
+        return asyncio.run(serve(args, config))
+    except (KeyboardInterrupt, asyncio.CancelledError):     # signalled during start-up: engine already stopped
+        return 0

@@ -1,0 +1,36 @@
+"""What hylorada-serve prints once at start-up: the adapters found in DIR/ (serving / refused, with reasons) and the
+ready banner with a copy-paste request. Strings only; nothing here changes the server."""
+from __future__ import annotations
+
+from .store import AdapterStore
+
+
+def report_adapters(store: AdapterStore) -> None:
+    """One summary line, then one line per folder: kind, rank and size, or the status and reason."""
+    rows = store.status()
+    print(f"adapters in {store.root}: {sum(r['status'] == 'ready' for r in rows)} serving, "
+          f"{sum(r['status'] == 'refused' for r in rows)} refused", flush=True)
+    for r in rows:
+        if r["status"] == "ready":
+            print(f"  ok       {r['name']:<24} kind={r['kind']:<9} rank={r['rank']:<4} "
+                  f"size={r['size_bytes'] / 1024:.1f} KiB", flush=True)
+        else:
+            print(f"  {r['status']:<8} {r['name']:<24} {r['reason']}", flush=True)
+
+
+def banner(url: str, base_name: str, store: AdapterStore, keyed: bool) -> str:
+    """The ready line and example requests (curl, the openai client) on the first adapter, or the base."""
+    names = sorted(store.serving())
+    model = names[0] if names else base_name
+    key = ' -H "Authorization: Bearer $HYLORADA_API_KEY"' if keyed else ""
+    return f"""
+hylorada-serve ready on {url}   (base model: "{base_name}"; adapters: {", ".join(names) or "none"})
+
+  curl {url}/v1/completions -H 'Content-Type: application/json'{key} \\
+       -d '{{"model": "{model}", "prompt": "the cat", "max_tokens": 16, "temperature": 0}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="{'KEY' if keyed else 'none'}"); \\
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "hello"}}], max_tokens=16).choices[0].message.content)'
+
+  adapters: curl {url}/v1/adapters   (drop a new folder into {store.root} to add one)
+"""
