@@ -17,16 +17,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hylorada_patches.loading import check_servable     # the engine patches' own pre-load checks (vLLM-free)
+
 from .store import Signature, folder_signature
 
 COPIED_SUFFIXES = (".json", ".safetensors")
 MAX_ADAPTER_BYTES = 8 << 30
-
-
-try:                                   # the engine patches' own pre-load checks (vLLM-free functions)
-    from hylorada_patches.loading import check_servable
-except ImportError:                    # pragma: no cover - patches not installed
-    check_servable = None
 
 
 class AdapterRefused(ValueError):
@@ -74,7 +70,8 @@ class ChangedWhileCopying(RuntimeError):
 
 
 def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) -> AdapterInfo:
-    """Validate the published copy `path` of `src` with the served-format checks (hylorada.format.layout.load_served).
+    """Validate the published copy `path` of `src`: hylorada.format.load.load_served (names, shapes, rank, finite
+    values, against the base) and, given the base, the engine patches' check_servable.
 
     Messages name the source folder's files, not the private copy."""
     from hylorada.format.layout import AdapterError
@@ -89,15 +86,12 @@ def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) 
         raise refuse(f"{src / 'adapter_model.safetensors'}: missing (pickle files such as .bin are never loaded)")
     try:
         ad = load_served(path, base_config=base_config, max_rank=max_rank)
-        if base_config is not None and check_servable is not None:
+        if base_config is not None:
             check_servable(ad, base_config)        # parts the engine patches cannot apply; RoPE vs the engine
     except AdapterError as e:
         raise refuse(str(e)) from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:     # corrupt files, bad JSON types
         raise refuse(f"{src}: unreadable adapter ({type(e).__name__}: {e})") from None
-    bad = [k for k, t in [*ad.lora.items(), *ad.dynamic.items()] if t.is_floating_point() and not t.isfinite().all()]
-    if bad:
-        raise refuse(f"{src}: non-finite values (NaN/Inf) in tensor {bad[0]}")
     return AdapterInfo(kind=ad.kind, rank=int(ad.rank), size_bytes=int(ad.size_bytes),
                        dynamic_parts=tuple(ad.dynamic_parts))
 
