@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from . import metrics
-from .models import ADMISSION, Admission, HotSwapModels
-from .store import NAME_RE, AdapterStore
+from .models import HotSwapModels
+from .store import NAME_RE
 from .watcher import HotSwapper
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -111,39 +111,38 @@ class AuthMiddleware:
 
 
 class AdmissionMiddleware:
-    def __init__(self, app, store: AdapterStore, base_name: str):
-        self.app, self.store, self.base_name = app, store, base_name
+    """Pins each inference request to the adapter versions serving at admission (models.admitted), names the
+    version it ran on in the response headers, and records its metrics."""
+
+    def __init__(self, app, models: HotSwapModels):
+        self.app, self.models, self.base_name = app, models, models.base_model_paths[0].name
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
             return await self.app(scope, receive, send)
-        ticket = self.store.admit()
-        adm = Admission(ticket)
-        token = ADMISSION.set(adm)
         t0, status, counter = time.perf_counter(), [500], [None]
+        with self.models.admitted() as adm:
 
-        async def send_(msg):
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-                headers = list(msg.get("headers") or [])
-                ctype = dict(headers).get(b"content-type", b"")
-                counter[0] = metrics.TokenCounter(stream=b"text/event-stream" in ctype)
-                if adm.used is not None:
-                    headers += [(b"x-hylorada-adapter", adm.used.name.encode()),
-                                (b"x-hylorada-adapter-version", str(adm.used.number).encode())]
-                msg = {**msg, "headers": headers}
-            elif msg["type"] == "http.response.body" and counter[0] is not None and status[0] == 200:
-                counter[0].feed(msg.get("body", b""))
-            await send(msg)
+            async def send_(msg):
+                if msg["type"] == "http.response.start":
+                    status[0] = msg["status"]
+                    headers = list(msg.get("headers") or [])
+                    ctype = dict(headers).get(b"content-type", b"")
+                    counter[0] = metrics.TokenCounter(stream=b"text/event-stream" in ctype)
+                    if adm.used is not None:
+                        headers += [(b"x-hylorada-adapter", adm.used.name.encode()),
+                                    (b"x-hylorada-adapter-version", str(adm.used.number).encode())]
+                    msg = {**msg, "headers": headers}
+                elif msg["type"] == "http.response.body" and counter[0] is not None and status[0] == 200:
+                    counter[0].feed(msg.get("body", b""))
+                await send(msg)
 
-        try:
-            await self.app(scope, receive, send_)
-        finally:
-            ADMISSION.reset(token)
-            self.store.release(ticket)
-            label = adm.used.name if adm.used else (self.base_name if status[0] == 200 else "-")
-            metrics.request_done(label, status[0], time.perf_counter() - t0,
-                                 None if counter[0] is None else counter[0].total())
+            try:
+                await self.app(scope, receive, send_)
+            finally:
+                label = adm.used.name if adm.used else (self.base_name if status[0] == 200 else "-")
+                metrics.request_done(label, status[0], time.perf_counter() - t0,
+                                     None if counter[0] is None else counter[0].total())
 
 
 def admin_router(swapper: HotSwapper) -> APIRouter:
@@ -195,8 +194,7 @@ def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: s
     app.include_router(admin_router(swapper))
     # vLLM's build_app already built the middleware stack (its SageMaker bootstrap does), so insert ours as the
     # outermost layers and rebuild it, as that bootstrap itself does.
-    app.user_middleware.insert(0, Middleware(AdmissionMiddleware, store=swapper.store,
-                                             base_name=models.base_model_paths[0].name))
+    app.user_middleware.insert(0, Middleware(AdmissionMiddleware, models=models))
     app.user_middleware.insert(0, Middleware(AuthMiddleware, api_key=api_key, admin_key=admin_key))
     app.user_middleware.insert(0, Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))  # before anything reads
     app.middleware_stack = app.build_middleware_stack()

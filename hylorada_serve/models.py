@@ -6,16 +6,21 @@ captured when the request was admitted (store Ticket), so an adapter replaced or
 not change what the request runs on. The view also records which version the request resolved, for the
 response headers and the per-adapter metrics.
 
-The admission travels in a ContextVar: it is set by AdmissionMiddleware around exactly one HTTP request and
-inherited by the tasks vLLM's handlers start (asyncio copies the context), and reset when the response ends.
+Admission state lives on the adopted models object (`app.state.openai_serving_models`), not in a module global:
+the store (tickets, open-ticket counts per generation) and one ContextVar per models object. The ContextVar is
+there because vLLM's handlers read `models.lora_requests` with no request in hand, so the current request can only
+be found through the context: `admitted()` (AdmissionMiddleware) sets it around exactly one HTTP request, the tasks
+vLLM's handlers start inherit it (asyncio copies the context), and it is reset when the response ends.
 
 vLLM sees one adapter name per version (`name@vN`): its LoRARequest equality is by name, so two versions of one
 adapter in a batch must not share a name. Clients only ever see `name`.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 from http import HTTPStatus
 
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
@@ -30,8 +35,6 @@ class Admission:
     ticket: Ticket
     used: Version | None = None     # the adapter version the request resolved (None: base model / not yet)
 
-
-ADMISSION: ContextVar[Admission | None] = ContextVar("hylorada_admission", default=None)
 
 
 class _View(dict):
@@ -52,17 +55,31 @@ class HotSwapModels(OpenAIServingModels):
     """Adopted in place (`adopt`) so every vLLM handler already holding the models object sees the store."""
 
     _store: AdapterStore
+    _admission: ContextVar[Admission | None]     # the request being handled in this context (None: outside one)
 
     @classmethod
     def adopt(cls, models: OpenAIServingModels, store: AdapterStore) -> "HotSwapModels":
         models.__dict__.pop("lora_requests", None)
         models.__class__ = cls
         models._store = store
+        models._admission = ContextVar(f"hylorada_admission_{id(models):x}", default=None)
         return models
+
+    @contextmanager
+    def admitted(self) -> Iterator[Admission]:
+        """One request's admission: a store ticket (the versions serving now), visible to `lora_requests` in this
+        context until the block ends; the ticket is then released, so retired versions can be freed."""
+        adm = Admission(self._store.admit())
+        token = self._admission.set(adm)
+        try:
+            yield adm
+        finally:
+            self._admission.reset(token)
+            self._store.release(adm.ticket)
 
     @property
     def lora_requests(self) -> dict:
-        adm = ADMISSION.get()
+        adm = self._admission.get()
         return _View(adm.ticket.mapping if adm is not None else self._store.serving(), adm)
 
     @lora_requests.setter
