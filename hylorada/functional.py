@@ -164,7 +164,7 @@ def landmark_readout(h: Tensor, keys: Tensor, values: Tensor, gate: Tensor) -> T
     return torch.tanh(gate).to(h.dtype) * (attn @ values.to(h.dtype))
 
 
-# --- long-context attention patterns (appended for issue 3: attention.py and the served mask_mods) ------
+# --- long-context attention patterns ------------------------------------------------------------
 
 def daa_bias(q_pos: Tensor, k_pos: Tensor, bucket_bias: Tensor, max_position: int = 32768) -> Tensor:
     """The additive half of daa_scores: bias[b,h,i,j] = bucket_bias[h, bucket(q_i - k_j)].
@@ -200,3 +200,54 @@ def sink_window_allowed(q_pos: Tensor, k_pos: Tensor, sink_tokens: int, window: 
     """`sink` attention mode (StreamingLLM): allowed(i, j) = k_j <= q_i and (k_j < sink_tokens or q_i - k_j < window).
     Positions (not indices), so left padding keeps the first real tokens as the sinks. Broadcast shapes."""
     return (k_pos <= q_pos) & ((k_pos < sink_tokens) | (q_pos - k_pos < window))
+
+
+def mode_allowed(mode: str, q_pos: Tensor, k_pos: Tensor, *, sink_tokens: int = 0, window: int = 1, s2_ratio: float = 0.25,
+                 heads: range | None = None, total_heads: int = 1, prompt_len: int | None = None) -> Tensor:
+    """The served attention modes as one mask, causal included. q_pos [n], k_pos [m] -> bool [1|h, n, m].
+
+        full  allowed(i, j) = k_j <= q_i
+        sink  sink_window_allowed(q_i, k_j, sink_tokens, window)
+        s2    for queries q_i < P (the prompt; P = prompt_len): s2_allowed(q_i, k_j, G, s2_shift(h, H, G, P), sinks)
+              with G = s2_group_size(P, s2_ratio), one row per head h in `heads` (global indices of H = total_heads);
+              queries at or after P (generated tokens) attend causally to everything
+
+    q_pos / k_pos are positions in vLLM (where a token's position is its index) and token indices in a
+    training sequence; the caller chooses. Used by the served reference and the paged-KV path; the
+    training path (method/attention.py) builds the same rules blockwise for sdpa.
+    """
+    qi, kj = q_pos[:, None], k_pos[None, :]
+    if mode == "full":
+        return (kj <= qi)[None]
+    if mode == "sink":
+        return sink_window_allowed(qi, kj, sink_tokens, window)[None]
+    if mode == "s2":
+        P = int(prompt_len if prompt_len is not None else q_pos.shape[0])
+        G = s2_group_size(P, s2_ratio)
+        per_head = torch.stack([s2_allowed(qi, kj, G, s2_shift(h, total_heads, G, P), sink_tokens)
+                                for h in (heads if heads is not None else range(total_heads))])
+        return torch.where((qi < P)[None], per_head, (kj <= qi)[None])
+    raise ValueError(f"unknown attention mode {mode!r}")
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scaling: float, daa: tuple | None = None,
+                    q_pos: Tensor | None = None, k_pos: Tensor | None = None) -> Tensor:
+    """One sequence's attention, every step written out. q [H, n, d], k/v [Hkv, m, d], allowed bool [1|H, n, m].
+
+        s[h, i, j] = scaling * q[h, i] . k[h // (H // Hkv), j]
+        s          = daa_scores(s, q_pos, k_pos, head_scale, bucket_bias, max_position)   daa = (hs, bb, max_pos)
+        out[h, i]  = softmax_j(s masked to allowed) @ v[kv(h)]        (scores and softmax in float32)
+
+    Returns [H, n, d] in q's dtype. Masked scores are float32's lowest value, not -inf, so a query row
+    with no allowed key (left padding) gives a finite mean of v instead of NaN; rows with one allowed key
+    are unaffected (exp underflows to exactly 0).
+    """
+    rep = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+    s = (q.float() @ k.float().transpose(-1, -2)) * scaling                          # [H, n, m]
+    if daa is not None:
+        head_scale, bucket_bias, max_position = daa
+        s = daa_scores(s[None], q_pos[None], k_pos[None], head_scale.float(), bucket_bias.float(), max_position)[0]
+    s = s.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return (torch.softmax(s, dim=-1) @ v.float()).to(q.dtype)
+

@@ -1,8 +1,9 @@
 """Reference attention over vLLM's paged KV cache: a request's query chunk, or a batch of decode queries (torch only).
 
 Used by attn_backend for the requests whose adapter has PositionalDAA or a non-full attention mode;
-vLLM's CPU kernel cannot express a per-head bucket bias, a sink+window union or S² groups. Every
-rule comes from hylorada.functional (the formulas' one home):
+vLLM's CPU kernel cannot express a per-head bucket bias, a sink+window union or S² groups. The mask
+(functional.mode_allowed) and the attention body (functional.eager_attention) are the ones the served
+reference uses; this module only finds the keys in the paged cache:
 
     s[h, i, j]  = scale * q[i, h] . k[j, kv(h)]                          kv(h) = h // (H // Hkv)
     s           = daa_scores(s, q_pos, k_pos, head_scale, bucket_bias)    adapter has DAA at this layer
@@ -38,35 +39,6 @@ def key_positions(spec: ModeSpec, q_lo: int, q_hi: int) -> Tensor:
     start = max(0, q_lo - spec.window + 1)
     sinks = torch.arange(min(spec.sink_tokens, start))
     return torch.cat([sinks, torch.arange(start, q_hi)])
-
-
-def allowed_mask(spec: ModeSpec, q_pos: Tensor, k_pos: Tensor, heads: range, total_heads: int, prompt_len: int) -> Tensor:
-    """bool [1|h, n, m]: may query q_pos[i] see key k_pos[j]. heads: the model's (global) head indices held
-    here, of total_heads (a tensor-parallel rank holds a slice; S² shifts the second half of ALL heads)."""
-    qi, kj = q_pos[:, None], k_pos[None, :]
-    causal = kj <= qi
-    if spec.mode == "sink":
-        return F.sink_window_allowed(qi, kj, spec.sink_tokens, spec.window)[None]
-    if spec.mode == "s2" and int(q_pos[0]) < prompt_len:
-        G = F.s2_group_size(prompt_len, spec.s2_ratio)
-        per_head = [F.s2_allowed(qi, kj, G, F.s2_shift(h, total_heads, G, prompt_len), spec.sink_tokens) for h in heads]
-        return torch.where((qi < prompt_len)[None], torch.stack(per_head), causal[None])
-    return causal[None]
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, allowed: Tensor, scale: float,
-           daa: tuple | None) -> Tensor:
-    """q [n, H, d], k/v [m, Hkv, d], allowed bool [1|H, n, m] -> [n, H, d] (float32 softmax)."""
-    H = q.shape[1]
-    rep = H // k.shape[1]
-    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    s = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) * scale                 # [H, n, m]
-    if daa is not None:
-        head_scale, bucket_bias, max_pos = daa
-        s = F.daa_scores(s[None], q_pos[None], k_pos[None], head_scale, bucket_bias, max_pos)[0]
-    s = s.masked_fill(~allowed, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    return torch.einsum("hnm,mhd->nhd", p, v.float()).to(q.dtype)
 
 
 class PagedKV:
@@ -118,7 +90,7 @@ def decode_attention(q: Tensor, kv: "PagedKV", block_rows: Tensor, seq_lens: Ten
                      daa: dict, scale: float) -> Tensor:
     """One decode query per request, batched: q [R, H, d] at positions seq_lens - 1, all with `spec`
     (`s2` decode is causal); slots [R] the requests' slots, daa {slot: (head_scale, bucket_bias, max_pos)}.
-    Same rules as allowed_mask/attend; DAA is applied with daa_scores once per distinct slot."""
+    Same rules as functional.mode_allowed / eager_attention (batched over requests); DAA is applied with daa_scores once per distinct slot."""
     R, H, _ = q.shape
     k_pos, valid = decode_keys(spec, seq_lens)                                   # [R, m]
     q_pos = (seq_lens - 1)[:, None]                                               # [R, 1]
@@ -149,5 +121,8 @@ def request_attention(q: Tensor, kv: PagedKV, block_row: Tensor, seq_len: int, s
         q_pos = torch.arange(first + a, first + b)
         k_pos = key_positions(spec, first + a, first + b)
         k, v = kv.gather(block_row, k_pos)
-        allowed = allowed_mask(spec, q_pos, k_pos, heads or range(H), total_heads or H, prompt_len)
-        out[a:b] = attend(q[a:b], k, v, q_pos, k_pos, allowed, scale, daa)
+        allowed = F.mode_allowed(spec.mode, q_pos, k_pos, sink_tokens=spec.sink_tokens, window=spec.window,
+                                 s2_ratio=spec.s2_ratio, heads=heads or range(H), total_heads=total_heads or H,
+                                 prompt_len=prompt_len)                                          # [1|h, n, m]
+        out[a:b] = F.eager_attention(q[a:b].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), allowed, scale,
+                                     daa, q_pos, k_pos).transpose(0, 1)
