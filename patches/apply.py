@@ -1,21 +1,21 @@
-"""`apply()`: install every HyLoRADA patch into vLLM, once per process, behind a version check.
+"""`apply()`: install every HyLoRADA patch into vLLM behind a version check.
 
 vLLM internals move between releases, so the patches run only on versions they were verified on:
 
     0.32.0 on the CPU platform   verified here (tests/patches run against it)
     0.33.0 (GPU build)           intended, NOT verified (no vLLM on the accelerator machines):
-                                 runs only with HYLORADA_ALLOW_UNVERIFIED_VLLM=1, at your own risk
+                                 runs only with HYLORADA_ALLOW_UNVERIFIED_VLLM=1 (env.py), at your own risk
 
 Any other version stops the engine with a message naming the installed and supported versions.
-Idempotent: a second call (vLLM loads general plugins in every process, sometimes twice) does nothing.
+Idempotent: vLLM loads general plugins in every process, sometimes twice; every install goes through
+wrap.py, which installs each attribute once per process.
 """
 from __future__ import annotations
 
-import os
+from .env import Settings
 
 VERIFIED = {"0.32.0"}
 INTENDED_UNVERIFIED = {"0.33.0"}
-_APPLIED = False
 
 
 class UnsupportedVLLM(RuntimeError):
@@ -38,20 +38,14 @@ def check_version(version: str, is_cpu: bool, allow_unverified: bool = False) ->
 
 def apply() -> None:
     """Version check, then install every patch module (one per vLLM touch point, listed in __init__.py)."""
-    global _APPLIED
-    if _APPLIED:
-        return
     import vllm
     from vllm.platforms import current_platform
-    check_version(vllm.__version__, current_platform.is_cpu(),
-                  os.environ.get("HYLORADA_ALLOW_UNVERIFIED_VLLM") == "1")
-    from . import control, layers, loading, lora_info, positions, shm_notify, slots
-    layers.install()
-    loading.install()
-    slots.install()
-    positions.install()
-    control.install()
+    check_version(vllm.__version__, current_platform.is_cpu(), Settings.read().allow_unverified_vllm)
+    from . import attention, control, engine, layers, loading, lora_info, shm_notify
+    layers.install()                               # HyLoRADA subclasses of vLLM's LoRA linear layers
+    loading.install()                              # side file validated and attached before vLLM loads
+    engine.install()                               # LoRA manager + runner: slot tables, step plan (both halves)
+    control.install()                              # worker RPC hylorada_lora_path
     lora_info.install()                            # API server: vllm:lora_requests_info keeps one series
     shm_notify.install()                           # engine core + worker: busy shm readers free zmq commands
-    from . import attention; attention.install()   # DAA / sink / s2 per adapter (attn_*.py)
-    _APPLIED = True
+    attention.install()                            # DAA / sink / s2 per adapter (attn_*.py), CPU platform

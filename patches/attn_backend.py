@@ -3,7 +3,7 @@ decoder layer on vLLM 0.32's CPU platform, which always selects CPU_ATTN (FlexAt
 score_mod/mask_mod hooks are not selectable there) — so that the requests whose adapter has
 PositionalDAA or a `sink`/`s2` attention mode get that attention, and no other request changes.
 
-Per layer call, with the step's plan from attn_state (set by attn_hooks):
+Per layer call, with the step's plan from attn_state (planned by engine.py):
   - no variant request at this layer: vLLM's kernel, untouched;
   - some: vLLM's kernel for the other requests only (kernel_subset: their tokens and a sub-metadata),
     and each variant request's output rows from attn_compute (request_attention / decode_attention) over the paged KV cache
@@ -21,12 +21,13 @@ import functools
 import logging
 
 import torch
+from vllm.v1.attention.backend import AttentionType
 
 from .attn_compute import PagedKV, decode_attention, request_attention
 from .attn_state import server_default
+from .wrap import wrap
 
 log = logging.getLogger("vllm.hylorada_patches")     # under vLLM's logger: printed with its own lines
-_ORIG = None
 _LOGGED = set()
 
 
@@ -101,7 +102,7 @@ def variant_forward(impl, layer, query, kv_cache, meta, output, state, rows: lis
                                     [s for _, s, _ in group], {s: d for _, s, d in group if d is not None}, impl.scale)
 
 
-def kernel_subset(impl, layer, query, key, value, kv_cache, meta, output, keep: list[int], state) -> None:
+def kernel_subset(kernel, impl, layer, query, key, value, kv_cache, meta, output, keep: list[int], state) -> None:
     """vLLM's kernel for the requests `keep` only (the others are variant requests, recomputed after):
     their tokens gathered, a sub-metadata with its own scheduler metadata (built once per step and
     shared by the layers), outputs scattered back. Variant requests never pay full attention twice."""
@@ -129,43 +130,42 @@ def kernel_subset(impl, layer, query, key, value, kv_cache, meta, output, keep: 
         sub = state.scratch[ck] = (tok, sub_meta)
     tok, sub_meta = sub
     out = torch.empty((tok.shape[0],) + tuple(output.shape[1:]), dtype=output.dtype)
-    _ORIG(impl, layer, query[tok], key[tok], value[tok], kv_cache, sub_meta, out)
+    kernel(impl, layer, query[tok], key[tok], value[tok], kv_cache, sub_meta, out)
     output[tok] = out
 
 
+def forward(orig, self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
+    """vLLM's kernel (`orig`) for every request without a variant at this layer; the reference for the others."""
+    state = getattr(layer, "hylorada_attn", None)
+    if state is None and _server_wide and self.attn_type == AttentionType.DECODER:
+        raise RuntimeError("hylorada_patches: HYLORADA_ATTENTION (server-wide attention mode) needs the engine "
+                           "started with LoRA enabled (--enable-lora): the per-step plan lives in the LoRA manager")
+    if (state is None or attn_metadata is None or self.attn_type != AttentionType.DECODER
+            or self.kv_sharing_target_layer_name is not None):
+        return orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+    rows = state.rows(layer_index(layer))
+    num_reqs = attn_metadata.seq_lens.shape[0]
+    if not rows:
+        return orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+    if state.req_slots.shape[0] != num_reqs:
+        raise RuntimeError(f"hylorada_patches: step plan has {state.req_slots.shape[0]} requests, "
+                           f"attention metadata {num_reqs}")
+    _once("ref", "hylorada_patches: DAA / sink / s2 attention runs on a torch reference path over the "
+          "paged KV cache for the requests that use it (CPU_ATTN cannot express it); others keep CPU_ATTN")
+    if len(rows) < num_reqs and attn_metadata.dynamic_causal is None:
+        kernel_subset(orig, self, layer, query, key, value, kv_cache, attn_metadata, output,
+                      sorted(set(range(num_reqs)) - set(rows)), state)
+    elif len(rows) < num_reqs:
+        orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+    variant_forward(self, layer, query, kv_cache, attn_metadata, output, state, rows)
+    return output
+
+
+_server_wide = False            # HYLORADA_ATTENTION asks for a variant (read once, at install)
+
+
 def install() -> None:
-    global _ORIG
-    from vllm.v1.attention.backend import AttentionType
+    global _server_wide
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
-    if _ORIG is not None:
-        return
-    _ORIG = CPUAttentionBackendImpl.forward
-    server_wide = server_default().mode != "full"               # a malformed HYLORADA_ATTENTION stops here
-
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
-        state = getattr(layer, "hylorada_attn", None)
-        if state is None and server_wide and self.attn_type == AttentionType.DECODER:
-            raise RuntimeError("hylorada_patches: HYLORADA_ATTENTION (server-wide attention mode) needs the engine "
-                               "started with LoRA enabled (--enable-lora): the per-step plan lives in the LoRA manager")
-        if (state is None or attn_metadata is None or self.attn_type != AttentionType.DECODER
-                or self.kv_sharing_target_layer_name is not None):
-            return _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-        rows = state.rows(layer_index(layer))
-        num_reqs = attn_metadata.seq_lens.shape[0]
-        if not rows:
-            return _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-        if state.req_slots.shape[0] != num_reqs:
-            raise RuntimeError(f"hylorada_patches: step plan has {state.req_slots.shape[0]} requests, "
-                               f"attention metadata {num_reqs}")
-        _once("ref", "hylorada_patches: DAA / sink / s2 attention runs on a torch reference path over the "
-              "paged KV cache for the requests that use it (CPU_ATTN cannot express it); others keep CPU_ATTN")
-        if len(rows) < num_reqs and attn_metadata.dynamic_causal is None:
-            kernel_subset(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                          sorted(set(range(num_reqs)) - set(rows)), state)
-        elif len(rows) < num_reqs:
-            _ORIG(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-        variant_forward(self, layer, query, kv_cache, attn_metadata, output, state, rows)
-        return output
-
-    forward.__doc__ = _ORIG.__doc__
-    CPUAttentionBackendImpl.forward = forward
+    _server_wide = server_default().mode != "full"               # a malformed HYLORADA_ATTENTION stops here
+    wrap(CPUAttentionBackendImpl, "forward")(forward)

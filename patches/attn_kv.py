@@ -29,9 +29,7 @@ import json
 from pathlib import Path
 
 from .attn_state import ModeSpec, server_default
-
-_ORIG: dict = {}
-
+from .wrap import wrap
 
 MAX_CACHED_SPECS = 1024     # every published adapter version has its own path: bound the cache under hot-swaps
 
@@ -78,19 +76,16 @@ def trim(manager, request) -> None:
                 m._remove_blocks_in_range(request.request_id, first, last)
 
 
+def allocate_slots(orig, self, request, *args, **kwargs):
+    trim(self, request)
+    return orig(self, request, *args, **kwargs)
+
+
+def prefix_cache_lookup_enabled(orig, self, request, *args, **kwargs):
+    return orig(self, request, *args, **kwargs) and request_spec(self, request).mode != "s2"
+
+
 def install() -> None:
     from vllm.v1.core.kv_cache_manager import KVCacheManager
-    if _ORIG:
-        return
-    _ORIG["allocate"], _ORIG["lookup"] = KVCacheManager.allocate_slots, KVCacheManager.prefix_cache_lookup_enabled
-
-    def allocate_slots(self, request, *args, **kwargs):
-        trim(self, request)
-        return _ORIG["allocate"](self, request, *args, **kwargs)
-
-    def prefix_cache_lookup_enabled(self, request, *args, **kwargs):
-        return _ORIG["lookup"](self, request, *args, **kwargs) and request_spec(self, request).mode != "s2"
-
-    allocate_slots.__doc__ = _ORIG["allocate"].__doc__
-    KVCacheManager.allocate_slots = allocate_slots
-    KVCacheManager.prefix_cache_lookup_enabled = prefix_cache_lookup_enabled
+    wrap(KVCacheManager, "allocate_slots")(allocate_slots)
+    wrap(KVCacheManager, "prefix_cache_lookup_enabled")(prefix_cache_lookup_enabled)

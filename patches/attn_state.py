@@ -6,10 +6,10 @@ Tables, one row per vLLM LoRA slot plus row S for sequences without an adapter:
               or the server-wide default (HYLORADA_ATTENTION) when the adapter asks for "full"
     daa[s]    {layer: (head_scale [H], bucket_bias [H, nb], max_position)} of its PositionalDAA
 
-Written by attn_hooks when vLLM activates an adapter in a slot (beside slots.py's tables);
+Written through state.EngineState when vLLM activates an adapter in a slot (beside the LoRA half's tables);
 an evicted slot is never referenced, and the next activation rewrites its row.
 
-Per step (set from the model runner's InputBatch just before the forward, cleared after it):
+Per step (from the model runner's InputBatch, planned when the forward starts and cleared after it; engine.py):
 
     req_slots   [R] slot of each request in the step, in attention-metadata order (S: no adapter)
     prompt_lens [R] prompt length of each request (S² groups are sized from it)
@@ -20,14 +20,15 @@ take the reference path (attn_compute); every other request keeps vLLM's kernel.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .env import ATTENTION, Settings
+
 MODES = ("full", "sink", "s2")
-ENV = "HYLORADA_ATTENTION"
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,16 @@ class ModeSpec:
         return spec
 
 
-def server_default(env: dict | None = None) -> ModeSpec:
-    """The server-wide mode from HYLORADA_ATTENTION, a JSON object with hylorada.json's attention keys,
-    e.g. '{"mode": "sink", "sink_tokens": 4, "window": 1024}'. Unset: full attention."""
-    raw = (os.environ if env is None else env).get(ENV, "").strip()
+def server_default(env: Mapping[str, str] | None = None) -> ModeSpec:
+    """The server-wide mode from HYLORADA_ATTENTION (env.py; `env` default os.environ), a JSON object with
+    hylorada.json's attention keys, e.g. '{"mode": "sink", "sink_tokens": 4, "window": 1024}'. Unset: full."""
+    raw = Settings.read(env).attention
     if not raw:
         return ModeSpec()
     try:
         return ModeSpec.from_meta(json.loads(raw))
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{ENV}={raw!r}: {e}") from None
+        raise ValueError(f"{ATTENTION}={raw!r}: {e}") from None
 
 
 def daa_layers(served) -> dict[int, tuple[Tensor, Tensor, int]]:

@@ -1,4 +1,5 @@
-"""A grouped multi-adapter LoRA path for the CPU, and vLLM's own path, behind one switch.
+"""The LoRA kernels of both paths (lora_path.py picks one per engine): a grouped multi-adapter LoRA for the CPU,
+and vLLM's own punica ops with p(pos) and the base-token mask; plus c's per-token scaling and a slow twin.
 
 vLLM 0.32's CPU punica ops (vllm/lora/ops/torch_ops/lora_ops.py: bgmv_shrink/bgmv_expand) gather a
 full copy of every token's LoRA weights, `lora_b_weights[indices]` -> [T, r, d], before an einsum:
@@ -14,28 +15,14 @@ Semantics of `grouped_lora_` (the plain loop it equals; base tokens are in no gr
             for i, (off, n) in enumerate(slices):
                 out[t, off:off+n] += P[rows[i], t] * (x[t] @ A_i[s, 0, :r].T) @ B_i[s, 0, :, :r].T
 
-Selected by HYLORADA_LORA_PATH=grouped (default on CPU) | vllm (vLLM's punica ops, with p and the
-base-token mask applied to the rank-r buffer; default elsewhere), or at run time per engine through the
-`hylorada_lora_path` worker RPC (control.py).
+`vllm_lora_` is the other path (vLLM's punica ops, p and the base-token mask on the rank-r buffer);
+lora_path.py wraps each in one implementation, chosen per engine (HYLORADA_LORA_PATH or the
+`hylorada_lora_path` worker RPC, control.py).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
-
-
-PATHS = ("grouped", "vllm")
-
-
-def selected_path(is_cpu: bool = True) -> str:
-    """The LoRA path this process uses: env HYLORADA_LORA_PATH, else grouped on the CPU and vLLM's own
-    (its Triton punica kernels) elsewhere — the grouped path is verified on the CPU only."""
-    path = os.environ.get("HYLORADA_LORA_PATH", "grouped" if is_cpu else "vllm")
-    if path not in PATHS:
-        raise ValueError(f"HYLORADA_LORA_PATH must be one of {PATHS} (got {path!r})")
-    return path
 
 
 def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, rows, state, bt_stacked=None) -> None:

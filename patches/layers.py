@@ -4,16 +4,19 @@
 Per token t in slot s (DESIGN.md §3):   out[t] = c[s] ⊙ (base(x[t]) + p_i(pos_t) · B_i[s] A_i[s] x[t]) + bias
 
   - base(x) without the bias: the quant method's own GEMM (`_get_quant_method().apply(base, x, None)`),
-  - the LoRA delta: grouped_cpu (default) or vLLM's punica ops, its rank-r buffer scaled by p,
+  - the LoRA delta: the engine's LoRA path (lora_path.py, picked once per engine: grouped_cpu or vLLM's
+    punica ops, the rank-r buffer scaled by p), called without a branch,
   - c: a [S+1, width] stack beside lora_a_stacked/lora_b_stacked (row S and unused slots = ones),
-    written by `hy_set` right after vLLM's `set_lora` (slots.py) and cleared in `reset_lora`,
+    written by `hy_set` right after vLLM's `set_lora` (engine.write_slot) and cleared in `reset_lora`,
   - base tokens (vLLM index -1) are in no group of HyState: no delta, c = 1 (masks the -1 wrap bug),
   - plain LoRA adapters: c = 1 and p = 1 (no position bias), i.e. vLLM's own LoRA.
 
-Tensor parallel (tp.py has the same rules as pure functions, tested on 2 simulated shards):
-  column-parallel kinds: c is sliced exactly like B's output rows (the layer's own `slice_lora_b`);
-  row-parallel: B and c keep the full output; c and the bias are applied after the all-reduce.
-The fully-sharded LoRA variants are not wrapped (refused in positions.attach).
+Tensor parallel (DESIGN.md §5; tests/patches/test_layers.py checks both rules on 2 simulated shards):
+  column-parallel kinds: c is sliced exactly like B's output rows (the layer's own `slice_lora_b`):
+      rank k holds rows R_k of W, B, c:  y[:, R_k] = c[R_k] ⊙ (x W[R_k]^T + p · (x A^T) B[R_k]^T) + b[R_k]
+  row-parallel: B and c keep the full output; c and the bias are applied after the all-reduce:
+      partial_k = x[:, C_k] W[:, C_k]^T + p · (x[:, C_k] A[:, C_k]^T) B^T,   y = c ⊙ Σ_k partial_k + b
+The fully-sharded LoRA variants are not wrapped (refused in engine.build_state).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import re
 import torch
 
 from . import grouped_cpu
+from .wrap import patch
 
 WRAPPED = ("ColumnParallelLinearWithLoRA", "MergedColumnParallelLinearWithLoRA", "QKVParallelLinearWithLoRA",
            "MergedQKVParallelLinearWithLoRA", "RowParallelLinearWithLoRA", "ReplicatedLinearWithLoRA",
@@ -101,12 +105,7 @@ class HyLoRADALinearMixin:
         x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, shape[-1])
         st = self.punica_wrapper.hylorada
         if st.groups:
-            if st.grouped:
-                grouped_cpu.grouped_lora_(o2, x2, self.lora_a_stacked, self.lora_b_stacked, self.output_slices,
-                                          self.hy_rows, st, self.hy_bt)
-            else:
-                grouped_cpu.vllm_lora_(self.punica_wrapper, o2, x2, self.lora_a_stacked, self.lora_b_stacked,
-                                       self.output_slices, [st.P[m] for m in self.hy_rows])
+            st.path.add_lora_(self, o2, x2, st)
             if not self.hy_after_reduce and not self.hy_c_slots.isdisjoint(st.present):
                 grouped_cpu.scale_tokens_(o2, self.hy_c, st, self.hy_c_slots)
         out = o2.view(shape)
@@ -153,7 +152,10 @@ def hylorada_classes() -> dict[type, type]:
 
 
 def install() -> None:
-    """Swap our subclasses into vllm.lora.utils._all_lora_classes (same order; idempotent)."""
+    """Swap our subclasses into vllm.lora.utils._all_lora_classes (same order), once."""
     import vllm.lora.utils as U
-    mapping = hylorada_classes()
-    U._all_lora_classes = tuple(mapping.get(c, c) for c in U._all_lora_classes)
+
+    def swap(classes):
+        mapping = hylorada_classes()
+        return tuple(mapping.get(c, c) for c in classes)
+    patch(U, "_all_lora_classes", f"{__name__}.install", swap)

@@ -6,28 +6,27 @@ Order: `hylorada.format.layout.load_served(dir, base_config=<the engine's HF con
 validates names, shapes, shape hash and rank against the base, plus `check_servable` (parts these
 patches cannot apply, RoPE vs the engine) — all BEFORE vLLM loads anything or touches a slot. Then
 vLLM's own loader runs and the validated adapter (side-file tensors only) is attached to the
-LoRAModel as `.hylorada` for slots.py. A plain PEFT folder loads as kind "lora" (c = 1, p = 1).
+LoRAModel as `.hylorada` for engine.py (written into its slot on activation). A plain PEFT folder loads as kind "lora" (c = 1, p = 1).
 """
 from __future__ import annotations
 
 import dataclasses
 
-_ORIG = None
+from .wrap import wrap
 
 
 def check_servable(served, hf_config) -> None:
     """Refuse (AdapterError) what the patches would otherwise silently drop or apply wrongly.
 
     DAA and the sink / s2 attention modes are served by attention.py where it installs (the CPU
-    platform); there they are validated (attn_hooks.check_attention), elsewhere refused.
+    platform); there they are validated (attention.check_attention), elsewhere refused.
     """
     from hylorada.format.layout import META, AdapterError
-    from .attention import variants_supported
+    from . import attention
     from .rope import check_engine_rope
     mode = served.meta.attention.mode
-    if variants_supported():
-        from .attn_hooks import check_attention
-        check_attention(served, hf_config)
+    if attention.variants_supported():
+        attention.check_attention(served, hf_config)
     elif served.meta.daa is not None:
         raise AdapterError(served.path / META, "PositionalDAA is applied only by the CPU attention patch on this "
                            "vLLM; this adapter would be served wrongly here", "daa")
@@ -45,19 +44,16 @@ def load_hylorada(path: str, hf_config, max_rank: int | None):
     return dataclasses.replace(served, lora={})
 
 
+def load_adapter(orig, self, lora_request):
+    """Validate (load_hylorada) before vLLM's own loader runs, then attach the side file to its LoRAModel."""
+    from vllm.lora.utils import get_adapter_absolute_path
+    path = get_adapter_absolute_path(lora_request.lora_path)
+    served = load_hylorada(path, self._adapter_manager.model.config, self.lora_config.max_lora_rank)
+    lora = orig(self, lora_request)
+    lora.hylorada = served
+    return lora
+
+
 def install() -> None:
-    global _ORIG
     from vllm.lora.worker_manager import WorkerLoRAManager
-    if _ORIG is not None:
-        return
-    _ORIG = WorkerLoRAManager._load_adapter
-
-    def _load_adapter(self, lora_request):
-        from vllm.lora.utils import get_adapter_absolute_path
-        path = get_adapter_absolute_path(lora_request.lora_path)
-        served = load_hylorada(path, self._adapter_manager.model.config, self.lora_config.max_lora_rank)
-        lora = _ORIG(self, lora_request)
-        lora.hylorada = served
-        return lora
-
-    WorkerLoRAManager._load_adapter = _load_adapter
+    wrap(WorkerLoRAManager, "_load_adapter")(load_adapter)

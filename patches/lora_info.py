@@ -15,6 +15,8 @@ The API server process loads general plugins too (vllm/engine/arg_utils.py), so 
 """
 from __future__ import annotations
 
+from .wrap import wrap
+
 
 class LatestOnlyGauge:
     """Wraps a labelled prometheus Gauge: `.labels(**kw)` first removes the label set used before, if different.
@@ -41,17 +43,12 @@ class LatestOnlyGauge:
         return getattr(self._gauge, name)
 
 
+def stat_logger_init(orig, self, *args, **kwargs) -> None:
+    orig(self, *args, **kwargs)
+    if getattr(self, "gauge_lora_info", None) is not None:
+        self.gauge_lora_info = LatestOnlyGauge(self.gauge_lora_info)
+
+
 def install() -> None:
     from vllm.v1.metrics.loggers import PrometheusStatLogger
-
-    if getattr(PrometheusStatLogger.__init__, "_hylorada", False):
-        return
-    orig = PrometheusStatLogger.__init__
-
-    def __init__(self, *args, **kwargs):
-        orig(self, *args, **kwargs)
-        if getattr(self, "gauge_lora_info", None) is not None:
-            self.gauge_lora_info = LatestOnlyGauge(self.gauge_lora_info)
-
-    __init__._hylorada = True
-    PrometheusStatLogger.__init__ = __init__
+    wrap(PrometheusStatLogger, "__init__")(stat_logger_init)

@@ -40,4 +40,4 @@ def check_engine_rope(served, hf_config) -> None:
     if rope_key(served.meta.rope_scaling) != engine:
         raise AdapterError(served.path / META, f"rope_scaling {served.meta.rope_scaling!r} differs from the "
                            f"running engine's RoPE {engine!r}; start an engine with this setting "
-                           "(patches.rope.engine_hf_overrides)", "rope_scaling")
+                           "(hylorada_patches.rope.engine_hf_overrides)", "rope_scaling")

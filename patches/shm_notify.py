@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import zmq
 
+from .wrap import wrap
+
 DRAIN_S = 0.25
 
 
@@ -26,18 +28,13 @@ def process_commands(cond) -> None:
     cond.local_notify_socket.getsockopt(zmq.EVENTS)
 
 
+def record_read(orig, self) -> None:
+    orig(self)                                            # sets self.last_read = time.monotonic()
+    if self.last_read - getattr(self, "_hylorada_drained", 0.0) >= DRAIN_S:
+        self._hylorada_drained = self.last_read
+        process_commands(self)
+
+
 def install() -> None:
     from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
-
-    if getattr(SpinCondition.record_read, "_hylorada", False):
-        return
-    orig = SpinCondition.record_read
-
-    def record_read(self) -> None:
-        orig(self)                                        # sets self.last_read = time.monotonic()
-        if self.last_read - getattr(self, "_hylorada_drained", 0.0) >= DRAIN_S:
-            self._hylorada_drained = self.last_read
-            process_commands(self)
-
-    record_read._hylorada = True
-    SpinCondition.record_read = record_read
+    wrap(SpinCondition, "record_read")(record_read)

@@ -23,7 +23,11 @@ and, set by `begin_step` before a forward and cleared by `end_step` after it (no
     P         [M, T] p(pos) per row per token = position_scale(bias[slot], w_pos[m, slot], bucket(pos)),
               0 for base tokens. Computed once per step for every layer.
 
-The object is attached to the punica wrapper (`punica_wrapper.hylorada`) and the LoRA manager.
+and `path`, the engine's LoRA path (lora_path.py: picked once, re-picked by `use_path`).
+
+HyState is attached to every punica wrapper (`punica_wrapper.hylorada`, where the layers read it). `EngineState`
+(below) is the engine's whole state, on the LoRA manager as `.hylorada`: this LoRA half and the attention half
+(attn_state.AttnState), written together when an adapter enters a slot and planned together once per step.
 """
 from __future__ import annotations
 
@@ -32,13 +36,16 @@ from torch import Tensor
 
 from hylorada.functional import position_bucket, position_scale
 
+from .lora_path import pick
+
 
 class HyState:
-    def __init__(self, num_slots: int, grouped: bool, num_buckets: int = 64, min_group: int = 16, device="cpu"):
+    def __init__(self, num_slots: int, path: str = "grouped", num_buckets: int = 64, min_group: int = 16,
+                 device="cpu"):
         S = num_slots
         self.num_slots = S
         self.device = torch.device(device)
-        self.grouped = grouped
+        self.use_path(path)
         self.min_group = min_group
         self.bias = torch.zeros(S + 1, num_buckets, device=self.device)
         self.w_pos = torch.zeros(0, S + 1, device=self.device)
@@ -46,6 +53,10 @@ class HyState:
         self.ranks = [0] * S
         self.landmarks: list[dict[int, tuple[Tensor, Tensor, Tensor]]] = [{} for _ in range(S)]
         self.end_step()
+
+    def use_path(self, name: str) -> None:
+        """Pick the LoRA path every layer of this engine calls from now on (ValueError for an unknown name)."""
+        self.path = pick(name)
 
     # --- tables (written when an adapter enters a slot) ---------------------------------
     def add_rows(self, n: int) -> tuple[int, ...]:
@@ -116,6 +127,43 @@ class HyState:
     def end_step(self) -> None:
         self.groups, self.big, self.present, self.runs, self.long_runs = [], [], set(), [], False
         self.P = self.slot_all = self.pad = None
+
+
+class EngineState:
+    """One engine's HyLoRADA state: `lora` (HyState) and `attn` (AttnState; None where the attention variants are
+    not served, attention.variants_supported), fed by engine.py in this order:
+
+        set_slot(index, served, rank)       an adapter entered slot `index` (after vLLM's activate_adapter)
+        set_requests(lora_ids, prompt_lens, index_to_id)
+                                            the coming step's requests, in attention-metadata order (the model
+                                            runner's set_active_loras, just before the forward)
+        begin_step(positions, token_slots)  the model's forward starts: both halves plan the step
+        end_step()                          the forward ended: both plans cleared (nothing outlives the step)
+
+    A forward without `set_requests` before it (vLLM's dummy and profile runs) plans no attention variant."""
+
+    def __init__(self, lora: HyState, attn=None):
+        self.lora, self.attn = lora, attn
+        self._requests: tuple | None = None
+
+    def set_slot(self, index: int, served, rank: int) -> None:
+        self.lora.set_slot(index, served, rank)
+        if self.attn is not None:
+            self.attn.set_slot(index, served)
+
+    def set_requests(self, lora_ids, prompt_lens, index_to_id: list) -> None:
+        self._requests = (lora_ids, prompt_lens, index_to_id)
+
+    def begin_step(self, positions: Tensor, token_slots: Tensor | None) -> None:
+        requests, self._requests = self._requests, None
+        if self.attn is not None and requests is not None:
+            self.attn.begin_step(*requests)
+        self.lora.begin_step(positions, token_slots)
+
+    def end_step(self) -> None:
+        self.lora.end_step()
+        if self.attn is not None:
+            self.attn.end_step()
 
 
 class SmallPlan:

@@ -40,7 +40,7 @@ def malloc_in_use_mb(libc) -> float:
 if __name__ == "__main__":
     mode, n = sys.argv[1], int(sys.argv[2])
     if mode == "patched":
-        from patches import shm_notify
+        from hylorada_patches import shm_notify
         shm_notify.install()
     from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
     from vllm.utils.network_utils import get_open_zmq_ipc_path

@@ -1,4 +1,4 @@
-"""apply(): the version gate and idempotency; the RoPE helpers (engine override, refusal). No engine."""
+"""apply(): the version gate and idempotency; the one import name; the RoPE helpers (engine override, refusal). No engine."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 from hylorada.format.layout import AdapterError
 from hylorada.format.adapter import ServedAdapter
 from hylorada.format.meta import ServedMeta, rope_setting
-from patches import apply as A
-from patches.rope import check_engine_rope, common_rope_scaling, engine_hf_overrides
+from hylorada_patches import apply as A
+from hylorada_patches.rope import check_engine_rope, common_rope_scaling, engine_hf_overrides
 
 
 def test_version_gate():
@@ -28,10 +28,20 @@ def test_apply_is_idempotent():
     A.apply()
     classes, activate = U._all_lora_classes, LoRAModelManager.activate_adapter
     A.apply()
-    from patches import register
+    from hylorada_patches import register
     register()
     assert U._all_lora_classes is classes and LoRAModelManager.activate_adapter is activate
     assert sum(c.__name__.startswith("HyLoRADA") for c in classes) >= 6
+
+
+def test_the_folder_imports_under_one_name_only(monkeypatch):
+    """`import patches` would load a second copy of every module (and its state): refused, naming the right one."""
+    import sys
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))      # the repo root, where patches/ is
+    monkeypatch.delitem(sys.modules, "patches", raising=False)
+    with pytest.raises(ImportError, match="import hylorada_patches"):
+        import patches  # noqa: F401
+    assert "patches" not in sys.modules
 
 
 def ad(name, rope):

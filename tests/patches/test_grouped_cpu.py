@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hylorada.functional import position_bucket, position_scale, served_linear
-from patches.grouped_cpu import grouped_lora_, reference_gather, scale_tokens_, vllm_lora_
-from patches.state import HyState
+from hylorada_patches.grouped_cpu import grouped_lora_, reference_gather, scale_tokens_, vllm_lora_
+from hylorada_patches.state import HyState
 
 S, R, D_IN = 4, 8, 48
 SLICES = (32, 16, 16)                         # a merged q/k/v with GQA
@@ -23,7 +23,7 @@ def stacks(seed=0):
 
 def state_for(token_slots, positions, seed=0, min_group=2):
     g = torch.Generator().manual_seed(seed + 1)
-    st = HyState(S, grouped=True, num_buckets=16, min_group=min_group)
+    st = HyState(S, path="grouped", num_buckets=16, min_group=min_group)
     st.add_rows(len(SLICES))
     st.w_pos.copy_(torch.randn(st.w_pos.shape, generator=g))
     for s in (0, 2):                           # slots 0 and 2 have a position bias, 1 and 3 do not

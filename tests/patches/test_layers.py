@@ -1,22 +1,50 @@
-"""Tensor-parallel sharding math of the served form on 2 simulated shards (pure torch, no process group).
+"""layers.py's tensor-parallel rules (DESIGN.md §5) on 2 simulated shards (pure torch, no process group).
 
 Column-parallel (merged q/k/v with GQA, merged gate/up): every rank computes c_k ⊙ (W_k x + p B_k A x) + b_k
 with W, B, c, b sliced by the same output rows; the all-gather equals the unsharded served_linear.
 Row-parallel: partials over input columns, summed (the all-reduce), then c and b once — equals the full
-layer. The HyLoRADA layers slice c with vLLM's own slice_lora_b: checked against tp.shard_rows here.
+layer. The HyLoRADA layers slice c with vLLM's own slice_lora_b: checked against shard_rows here.
+The sharding helpers below are the rules written as plain slicing (they were patches/tp.py, used by no product code).
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import torch
+from torch import Tensor
 
 from hylorada.functional import served_linear
-from patches.layers import HyLoRADALinearMixin
-from patches.tp import shard_cols, shard_rows, unshard_rows
+from hylorada_patches.layers import HyLoRADALinearMixin
 
 WORLD, D_IN, R = 2, 64, 4
 g = torch.Generator().manual_seed(0)
+
+
+def shard_rows(t: Tensor, rank: int, world: int, sizes: list[int] | None = None) -> Tensor:
+    """Rows of t for `rank`: each block of `sizes` (merged layers: [q, k, v] or [gate, up]) split evenly."""
+    sizes = sizes or [t.shape[0]]
+    out, off = [], 0
+    for n in sizes:
+        k = n // world
+        out.append(t[off + rank * k: off + (rank + 1) * k])
+        off += n
+    return torch.cat(out)
+
+
+def shard_cols(t: Tensor, rank: int, world: int) -> Tensor:
+    k = t.shape[1] // world
+    return t[:, rank * k:(rank + 1) * k]
+
+
+def unshard_rows(shards: list[Tensor], sizes: list[int]) -> Tensor:
+    """Inverse of shard_rows over all ranks along the last dim (the all-gather of a column-parallel output)."""
+    world = len(shards)
+    starts = [sum(m // world for m in sizes[:j]) for j in range(len(sizes))]
+    cols = []
+    for j, n in enumerate(sizes):
+        k = n // world
+        cols.extend(s[..., starts[j]:starts[j] + k] for s in shards)
+    return torch.cat(cols, -1)
 
 
 def rand(*shape):

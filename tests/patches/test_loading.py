@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoConfig
 
 from hylorada.format.layout import AdapterError
-from patches.loading import load_hylorada
+from hylorada_patches.loading import load_hylorada
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from patches.lora_info import LatestOnlyGauge, install
+from hylorada_patches.lora_info import LatestOnlyGauge, install
 
 NAMES = ["max_lora", "waiting_lora_adapters", "running_lora_adapters"]
 

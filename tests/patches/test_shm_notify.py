@@ -44,7 +44,7 @@ def test_patched_reader_stays_flat(measured):
 def test_install_wraps_record_read_once():
     from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
 
-    from patches.shm_notify import install
+    from hylorada_patches.shm_notify import install
     install()
     wrapped = SpinCondition.record_read
     install()

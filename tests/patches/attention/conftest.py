@@ -1,4 +1,4 @@
-"""One vLLM engine (with the HyLoRADA plugin) for tests/patches_attn, and adapters exported by the
+"""One vLLM engine (with the HyLoRADA plugin) for tests/patches/attention, and adapters exported by the
 project's own writer (HyLoRADAModel -> native checkpoint -> hylorada.commands.export):
 
     daa       HyLoRADA + PositionalDAA (random head scales and bucket biases), full attention

@@ -1,5 +1,5 @@
 """The serving-side reference attention (patches/attn_compute.py, no engine) against the method's slow
-twins (hylorada/attention_ref.py: Python loops over heads and queries): DAA, sink + window, S² with
+twins (hylorada/reference/loops.py: Python loops over heads and queries): DAA, sink + window, S² with
 sinks, read through a paged KV cache with a shuffled block table, in chunks (as chunked prefill and
 decode steps arrive), with small query blocks; plus the mode parsing and the server-wide flag."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hylorada.reference import loops as R
-from patches import attn_compute as C
-from patches.attn_state import AttnState, ModeSpec, server_default
+from hylorada_patches import attn_compute as C
+from hylorada_patches.attn_state import AttnState, ModeSpec, server_default
 
 H, HKV, D, BS, T = 4, 2, 32, 8, 45
 SCALE = D ** -0.5
@@ -171,7 +171,7 @@ def test_head_shards_equal_all_heads(qkv, mode):
 def test_scheduler_side_mode_lookup(tmp_path):
     """attn_kv reads a request's mode from its adapter folder once per path; a bad or missing file never
     raises in the scheduler (the worker's loader refuses the adapter with its reason); gap blocks."""
-    from patches.attn_kv import gap_blocks, request_spec
+    from hylorada_patches.attn_kv import gap_blocks, request_spec
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.mkdir(), bad.mkdir()
     (good / "hylorada.json").write_text('{"attention": {"mode": "sink", "sink_tokens": 4, "window": 16}}')
@@ -183,7 +183,7 @@ def test_scheduler_side_mode_lookup(tmp_path):
     assert request_spec(mgr, req(good)) == ModeSpec("sink", 4, 16)
     assert request_spec(mgr, req(bad)) == ModeSpec() and request_spec(mgr, req(None)) == ModeSpec()
     assert request_spec(mgr, req(tmp_path / "missing")) == ModeSpec()
-    from patches import attn_kv                        # bounded under hot-swaps: one new path per version
+    from hylorada_patches import attn_kv                        # bounded under hot-swaps: one new path per version
     for i in range(attn_kv.MAX_CACHED_SPECS + 10):
         request_spec(mgr, req(tmp_path / f"v{i}"))
     assert len(mgr._hylorada_specs) <= attn_kv.MAX_CACHED_SPECS

@@ -120,7 +120,7 @@ def test_s2_mixed_batch(attn_engine, attn_zoo, attn_served, attn_reference):
 
 
 def blocks_in_use(engine) -> float:
-    from tests.patches_attn.conftest import NUM_BLOCKS
+    from tests.patches.attention.conftest import NUM_BLOCKS
     usage = [m.value for m in engine.get_metrics() if m.name == "vllm:kv_cache_usage_perc"]
     return usage[0] * (NUM_BLOCKS - 1)            # the gauge excludes the null block
 
@@ -148,7 +148,7 @@ def test_sink_kv_cache_stays_bounded(attn_engine, attn_zoo, attn_served, attn_re
     280 tokens (17x its window) holds at most cdiv(4, 32) + cdiv(16 - 1 + 64, 32) + 2 = 6 KV blocks (attn_kv.py)
     while a full-attention one of the same length holds all cdiv(279, 32) = 9 — and the sink sequence, reading
     a trimmed cache, still equals the reference token for token."""
-    from tests.patches_attn.conftest import BLOCK, SINKS, WINDOW
+    from tests.patches.attention.conftest import BLOCK, SINKS, WINDOW
 
     def cdiv(a, b):
         return -(-a // b)

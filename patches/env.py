@@ -1,0 +1,35 @@
+"""Every environment variable the patches read, read here and nowhere else (a small typed `Settings`).
+
+    HYLORADA_ATTENTION              server-wide attention mode: a JSON object with hylorada.json's "attention"
+                                    keys, e.g. '{"mode": "sink", "sink_tokens": 4, "window": 1024}'; unset or
+                                    empty: full attention (parsed by attn_state.server_default)
+    HYLORADA_LORA_PATH              grouped | vllm: the LoRA path an engine starts on (lora_path.default_path);
+                                    unset: grouped on the CPU, vLLM's own elsewhere
+    HYLORADA_ALLOW_UNVERIFIED_VLLM  "1": run on a vLLM the patches are intended for but not verified on (apply.py)
+
+Read at each use, not cached: engine processes inherit the caller's environment, and a bad value fails where it
+is used (an unknown LoRA path when the engine builds its LoRA manager, a malformed attention mode at install).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ATTENTION = "HYLORADA_ATTENTION"
+LORA_PATH = "HYLORADA_LORA_PATH"
+ALLOW_UNVERIFIED_VLLM = "HYLORADA_ALLOW_UNVERIFIED_VLLM"
+
+
+@dataclass(frozen=True)
+class Settings:
+    attention: str = ""                 # raw JSON text, stripped ("" = full attention)
+    lora_path: str | None = None        # as given (None = unset: the platform's default)
+    allow_unverified_vllm: bool = False
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """From `env` (default: os.environ)."""
+        env = os.environ if env is None else env
+        return cls(attention=env.get(ATTENTION, "").strip(), lora_path=env.get(LORA_PATH),
+                   allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1")
