@@ -20,7 +20,7 @@ from hylorada import functional as F
 from hylorada.format.base import base_config, read_base_tensors, served_base
 from hylorada.format.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_KEY, AdapterError, lora_key
 from hylorada.format.load import read_json, read_tensors
-from hylorada.format.peft import check_convertible, peft_scaling
+from hylorada.format.peft import check_convertible, check_fields, peft_scaling
 from hylorada.format.write import write_served
 
 DORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_magnitude_vector(?:\.weight)?$")
@@ -34,6 +34,7 @@ def convert_peft(peft_dir: str | Path, out_dir: str | Path, base_dir: str | Path
     cf, wf = src / ADAPTER_CONFIG, src / ADAPTER_WEIGHTS
     cfg = read_json(cf)
     check_convertible(cf, cfg)
+    check_fields(cf, cfg)
     state = read_tensors(wf)
     bcfg = base_config(base_dir)
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}

@@ -93,3 +93,21 @@ def read_base_tensors(base_dir: str | Path, names: list[str]) -> dict[str, torch
                         raise AdapterError(d / file, "base has no tensor", n)
                     out[n] = f.get_tensor(n)
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def base_weight_norms(base_dir: str) -> dict[str, float]:
+    """'layers.{i}.{module}' -> ||W||_F (float64) of every decoder linear of a local safetensors base, read
+    tensor by tensor (one at a time in memory), cached per folder for the process."""
+    from safetensors import safe_open
+    d = Path(base_dir)
+    index = d / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    out: dict[str, float] = {}
+    for file in files:
+        with safe_open(str(d / file), framework="pt") as f:
+            for name in f.keys():
+                if name.startswith("model.layers.") and name.endswith("_proj.weight"):
+                    out[name.removeprefix("model.").removesuffix(".weight")] = float(f.get_tensor(name).double().norm())
+    return out
+

@@ -102,3 +102,43 @@ def check_against_base(ad: ServedAdapter, base_config) -> None:
             raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([K, {hidden}])", k)
         if k.endswith("daa.head_scale") and t.shape[0] != heads:
             raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([{heads}] heads)", k)
+
+
+# Bounds on values that are finite but absurd: a LoRA delta a hundred times the weight it adapts, or a
+# scale no training produces, only ever overflows the served math (inf, then NaN) — refuse it by name.
+MAX_DELTA_RATIO = 100.0           # ||B'A||_F / ||W||_F per adapted linear
+MAX_ABS = {"c": 1e3, "head_scale": 1e3, "bucket_bias": 1e4, "keys": 1e4, "values": 1e4, "gate": 1e4,
+           "w_pos": 1e4, "position_bias": 1e4}
+MAX_ABS_LORA = 1e4                # |A|, |B'| elementwise when the base's norms are not at hand
+
+
+def delta_norm(A, B):
+    """||B A||_F without forming B A: sqrt(trace((B^T B)(A A^T))), two [r, r] products. A [r, in], B [out, r]."""
+    a, b = A.double(), B.double()
+    return float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0).sqrt())
+
+
+def check_magnitudes(ad: ServedAdapter, base_norms: dict[str, float] | None = None) -> None:
+    """Every side-file tensor within MAX_ABS of its kind; every LoRA delta within MAX_DELTA_RATIO x ||W||_F of
+    the base linear it adapts (base_norms: 'layers.{i}.{module}' -> ||W||_F), or each A/B' entry within
+    MAX_ABS_LORA when base_norms is None."""
+    wf, df = ad.path / ADAPTER_WEIGHTS, ad.path / DYNAMIC
+    for k, t in ad.dynamic.items():
+        kind = k.rsplit(".", 1)[-1]
+        bound = MAX_ABS.get(kind)
+        if bound is not None and t.numel() and float(t.abs().max()) > bound:
+            raise AdapterError(df, f"values up to {float(t.abs().max()):.3g}: above the bound {bound:g} for {kind} "
+                               "(finite but absurd; it would overflow the served math)", k)
+    for i, mod in ad.modules():
+        A, B = ad.layer_lora(i, mod)
+        if base_norms is not None and f"layers.{i}.{mod}" in base_norms:
+            w = base_norms[f"layers.{i}.{mod}"]
+            ratio = delta_norm(A, B) / max(w, 1e-12)
+            if not ratio <= MAX_DELTA_RATIO:
+                raise AdapterError(wf, f"||B'A|| is {ratio:.3g} x the base weight's norm (bound {MAX_DELTA_RATIO:g}): "
+                                   "finite but absurd", lora_key(i, mod, "B"))
+        else:
+            for which, t in (("A", A), ("B", B)):
+                if t.numel() and float(t.abs().max()) > MAX_ABS_LORA:
+                    raise AdapterError(wf, f"values up to {float(t.abs().max()):.3g}: above {MAX_ABS_LORA:g} "
+                                       "(finite but absurd)", lora_key(i, mod, which))

@@ -12,19 +12,30 @@ import torch
 from torch import Tensor
 
 from .adapter import ServedAdapter
-from .checks import check_against_base, check_consistency
+from .checks import check_against_base, check_consistency, check_magnitudes
 from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, META, PICKLE_SUFFIXES, AdapterError, lora_key
 from .meta import ServedMeta
 from .peft import check_peft_config, peft_scaling
 
 
+MAX_JSON_BYTES = 1 << 20          # adapter_config.json / hylorada.json: a few KiB in practice
+MAX_HEADER_BYTES = 8 << 20        # a safetensors header: ~100 bytes a tensor; 8 MiB is ~80k tensors
+MAX_TENSORS = 65536
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
 def read_json(path: Path) -> dict:
+    """A JSON object from `path`, bounded in size and nesting; AdapterError otherwise."""
     if not path.is_file():
         raise AdapterError(path, "missing file")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise AdapterError(path, f"{path.stat().st_size} bytes: larger than the {MAX_JSON_BYTES} bytes a config may have")
     try:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(path, f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise AdapterError(path, "JSON nested too deeply") from None
     if not isinstance(d, dict):
         raise AdapterError(path, "must hold a JSON object")
     return d
@@ -38,6 +49,7 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
                 raise AdapterError(path.with_suffix(suf), f"pickle file found instead of {path.name}; pickle is never "
                                    "loaded (it can run code) — re-save the tensors as safetensors")
         raise AdapterError(path, "missing file")
+    check_header(path)
     from safetensors.torch import load_file
     try:
         tensors = load_file(str(path))
@@ -49,11 +61,36 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def load_served(path: str | Path, base_config=None, max_rank: int | None = None) -> ServedAdapter:
+def check_header(path: Path) -> None:
+    """Read only the safetensors header (8-byte length + JSON) and refuse, before any tensor is read, a header
+    that is too large, holds too many tensors, or holds tensors that are not floating point (int/bool weights)."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = None if n > MAX_HEADER_BYTES else json.loads(fh.read(n))
+    except (OSError, ValueError, RecursionError) as e:
+        raise AdapterError(path, f"not a readable safetensors file ({type(e).__name__})") from None
+    if n > MAX_HEADER_BYTES:
+        raise AdapterError(path, f"safetensors header of {n} bytes (at most {MAX_HEADER_BYTES})")
+    if not isinstance(header, dict):
+        raise AdapterError(path, "not a readable safetensors file (header is not an object)")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > MAX_TENSORS:
+        raise AdapterError(path, f"{len(entries)} tensors (at most {MAX_TENSORS})")
+    for k, v in entries.items():
+        dtype = v.get("dtype") if isinstance(v, dict) else None
+        if dtype not in FLOAT_DTYPES:
+            raise AdapterError(path, f"dtype {dtype!r}: adapter weights must be floating point ({sorted(FLOAT_DTYPES)})", k)
+
+
+def load_served(path: str | Path, base_config=None, max_rank: int | None = None,
+                base_norms: dict[str, float] | None = None) -> ServedAdapter:
     """Read and validate a served adapter folder (or a plain PEFT LoRA folder, kind 'lora').
 
     base_config: a transformers config; when given, every tensor's name and shape and the
     base's shape_hash are checked against it. max_rank: the largest rank the server allows.
+    base_norms: the base's ||W||_F per linear (format.base.base_weight_norms); every LoRA delta is
+    bounded relative to it (without it, by an absolute bound on A and B').
     """
     path = Path(path)
     if not path.is_dir():
@@ -78,4 +115,5 @@ def load_served(path: str | Path, base_config=None, max_rank: int | None = None)
         raise AdapterError(path / ADAPTER_WEIGHTS, f"rank {ad.rank} is above the server's max_rank {max_rank}", lora_key(i, m, "A"))
     if base_config is not None:
         check_against_base(ad, base_config)
+    check_magnitudes(ad, base_norms)
     return ad
