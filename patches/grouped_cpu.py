@@ -59,7 +59,7 @@ def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, r
 def small_delta_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, rows, plan, bt_stacked=None) -> None:
     """out[t] += delta of every token t of a small group (state.SmallPlan `plan`), per slice i:
 
-        h = bmm(x[idx] viewed [G, Tmax, d_in], A_i[slots]^T) * P_i        [G, Tmax, R]   (P_i = 0 on padding)
+        h = bmm(x[idx] viewed [G, Tmax, d_in], A_i[slots]^T) * P_i        [G, Tmax, R]   (set to 0 on padding)
         out[:, slice i] += bmm(h, B_i[slots]^T) viewed [G*Tmax, n_i] [inv]
 
     Each token meets only its own adapter's weights (FLOPs ~ G*Tmax rows, not T x every slot), in 5 tensor
@@ -74,7 +74,7 @@ def small_delta_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, ro
         if not plan.all_slots:
             a, bt = a.index_select(0, plan.slots), bt.index_select(0, plan.slots)
         h = torch.bmm(xg, a.transpose(1, 2))
-        h.mul_(plan.P[rows[i]].view(G, Tmax, 1).to(h.dtype))
+        h.mul_(plan.P[rows[i]].view(G, Tmax, 1).to(h.dtype)).masked_fill_(plan.pad, 0)   # padding: exact 0, even from inf
         d = torch.bmm(h, bt).view(G * Tmax, n)
         out[:, off:off + n].add_(d.index_select(0, plan.inv).to(out.dtype))
         off += n
@@ -87,7 +87,7 @@ def vllm_lora_(punica, out: Tensor, x: Tensor, a_stacked, b_stacked, output_slic
     buffer = tuple(torch.zeros((x.shape[0], r), dtype=torch.float32, device=x.device) for _ in output_slices)
     punica.add_shrink(buffer, x, a_stacked, 1.0)
     for b, p in zip(buffer, p_rows):
-        b.mul_(p.unsqueeze(1))
+        b.mul_(p.unsqueeze(1)).masked_fill_((p == 0).unsqueeze(1), 0)   # base tokens: exact 0 even if x.A overflowed
     punica.add_expand(out, buffer, b_stacked, output_slices, add_inputs=True)
 
 

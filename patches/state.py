@@ -173,16 +173,19 @@ class SmallPlan:
                           of them empty, when at least half are present (no weight gather)
         idx    [G*Tmax]   token index at each padded position (padding repeats a real token)
         P      [M, G*Tmax] p(pos) per row at each padded position, 0 on padding
+        pad    [G, Tmax, 1] True on padding positions
         inv    [T]        each token's padded position; tokens not in a small group (base, big groups) point
-                          at a padding row, which P = 0 makes an exact zero after the shrink
+                          at a padding row, which small_delta_ zeroes with masked_fill after the shrink
+                          (a select, not P = 0: the repeated token may hold inf, and inf * 0 = NaN)
 
     so that, per slice, the delta of every small token is gathered back with one `index_select` from
     bmm(bmm(x[idx] viewed [G, Tmax, d_in], A[slots]^T) * P, B[slots]^T) — one matmul pair for all adapters,
     each token against its own adapter only. A padding row is added when every padded position is taken
     and some token is outside the small groups."""
 
-    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, all_slots: bool):
-        self.slots, self.idx, self.P, self.inv = slots, idx, P, inv
+    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, all_slots: bool,
+                 pad: Tensor):
+        self.slots, self.idx, self.P, self.inv, self.pad = slots, idx, P, inv, pad
         self.G, self.Tmax, self.all_slots = G, Tmax, all_slots
 
     @classmethod
@@ -209,7 +212,7 @@ class SmallPlan:
         valid[at] = 1
         inv = torch.full((T,), int((valid == 0).nonzero()[0]) if n < T else 0, dtype=torch.long, device=dev)
         inv[tok] = at
-        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, all_slots)
+        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, all_slots, (valid == 0).view(G, Tmax, 1))
 
 
 def _segment(idx: Tensor, s: int) -> slice | Tensor:

@@ -135,3 +135,32 @@ def test_vllm_path_masks_the_minus_one_wrap():
     st.ranks = [R] * S
     grouped_lora_(grouped, x, a, b, SLICES, (0, 1, 2), st)
     torch.testing.assert_close(ours, grouped, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["grouped", "vllm"])
+@pytest.mark.parametrize("case", ["interleaved", "even_with_base", "two_of_four", "contiguous"])
+def test_a_non_finite_token_reaches_no_other_token(case, path):
+    """One token's hidden state is inf/NaN (its adapter's values were finite but absurd, so an earlier layer
+    overflowed): every other token's delta is still exactly its own. Before, the small-group layout padded
+    with a copy of a real token and relied on P = 0 to zero the padding (inf * 0 = NaN), and every token
+    outside the small groups (base tokens, big groups) read that padding row; the vLLM path masked base
+    tokens the same way."""
+    slots = torch.tensor(CASES[case])
+    T = slots.shape[0]
+    st = state_for(slots, torch.arange(T) * 13, min_group=1000)    # every adapter token in the small layout
+    st.ranks = [R] * S
+    a, b = stacks(2)
+    x = torch.randn(T, D_IN, generator=torch.Generator().manual_seed(9))
+    lowest = int(slots[slots >= 0].min())
+    bad = int((slots == lowest).nonzero()[0])              # the token the layout's padding used to repeat
+    clean = torch.zeros(T, sum(SLICES))
+    grouped_lora_(clean, x, a, b, SLICES, (0, 1, 2), st)
+    x[bad, 0], x[bad, 1] = float("inf"), float("nan")
+    out = torch.zeros(T, sum(SLICES))
+    if path == "grouped":
+        grouped_lora_(out, x, a, b, SLICES, (0, 1, 2), st)
+    else:
+        vllm_lora_(_Punica(slots), out, x, a, b, SLICES, [st.P[m] for m in range(3)])
+    others = torch.arange(T) != bad
+    assert torch.isfinite(out[others]).all(), f"non-finite values reached tokens {(~torch.isfinite(out)).any(1).nonzero().tolist()}"
+    torch.testing.assert_close(out[others], clean[others], rtol=1e-4, atol=1e-4)
