@@ -1,4 +1,5 @@
-"""`python -m bench.compare.report DIR [DIR ...]`: markdown tables from bench.compare's comparison.json (for bench/README.md).
+"""`python -m bench.compare.report DIR [DIR ...]`: markdown tables from bench.compare's comparison.json (for
+bench/README.md).
 
 `python -m bench.compare.report --across DIR DIR ...`: one column per run (output tok/s per system and every ratio).
 """

@@ -12,9 +12,10 @@ step by `segment_table`, no host sync, reused by every layer):
            the base segment's programs copy base[t] to y[t]   the add and the x c are the epilogue, in fp32
 Inputs bf16 / fp16 / fp32 with fp32 accumulation; fp32 dots run as IEEE (not TF32) so fp32 is a checkable path.
 
-Status: checked only under Triton's CPU interpreter (TRITON_INTERPRET=1, tests/bench/test_kernels_triton.py) against
-the per-token loop. It has never been compiled for or run on a GPU, and nothing here has been timed: block sizes are
-untuned guesses and no speed is claimed. On a CUDA machine `python -m bench.kernels.served_layer` runs it as "fused".
+Status: checked only under Triton's CPU interpreter (TRITON_INTERPRET=1, tests/bench/kernels/test_triton_served.py)
+against the per-token loop. It has never been compiled for or run on a GPU, and nothing here has been timed: block
+sizes are untuned guesses and no speed is claimed. On a CUDA machine `python -m bench.kernels.served_layer` runs it
+as "fused".
 """
 from __future__ import annotations
 

@@ -12,6 +12,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path, title: str) -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_cdfs(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
     """Empirical CDFs of TTFT, TPOT and e2e latency; runs maps a label to its per-request records (JSON dicts)."""
     plt = _plt()
@@ -27,12 +36,7 @@ def plot_cdfs(runs: dict[str, list[dict]], path: str | Path, title: str = "") ->
         ax.grid(alpha=0.3)
     if any(ax.get_legend_handles_labels()[0] for ax in axes):
         axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, title)
 
 
 def plot_sweep(xs: list[float], series: dict[str, list[dict]], path: str | Path, xlabel: str, title: str = "",
@@ -55,9 +59,4 @@ def plot_sweep(xs: list[float], series: dict[str, list[dict]], path: str | Path,
         if log_x and all(x > 0 and not math.isinf(x) for x in xs):
             ax.set_xscale("log", base=2)
     a1.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, title)
