@@ -128,3 +128,21 @@ def test_vllm_lora_path_matches_too(engine, zoo, served, reference):
     want = reference.greedy(prompts, [None if n is None else served[n] for n in KINDS], NEW)
     for i, n in enumerate(KINDS):
         assert_same(got[i], want[i], f"vllm path, request {i} ({n or 'base'})")
+
+
+def test_prompt_logprobs_in_a_mixed_batch(engine, zoo, served, reference):
+    """prompt_logprobs on three requests at once (base + adapters): on stock vLLM 0.32 the lm_head LoRA path
+    indexes the prompt rows by request and the worker died (patches/logits.py); here every prompt position's
+    logprob equals the reference's log-softmax at 1e-4 (float32), prompts chunked across steps."""
+    from vllm import SamplingParams
+    names = [None, "dora", "hy_pos"]
+    prompts = prompts_for(len(names), seed=4)
+    sp = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1)
+    reqs = [None if n is None else lora_req(n, KINDS.index(n), zoo[n]) for n in names]
+    outs = engine.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs, use_tqdm=False)
+    for o, p, n in zip(outs, prompts, names):
+        ad = None if n is None else served[n]
+        want = torch.log_softmax(reference.logits(torch.tensor([p]), [ad])[0].double(), -1)       # [T, V]
+        got = [o.prompt_logprobs[j][p[j]].logprob for j in range(1, len(p))]
+        ref = [float(want[j - 1, p[j]]) for j in range(1, len(p))]
+        assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-4, f"{n or 'base'} prompt logprobs"
