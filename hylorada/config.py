@@ -151,12 +151,4 @@ class HyLoRADAConfig:
         return cls.from_dict(json.loads(text))
 
 
-def field_docs() -> dict[str, str]:
-    """Field name -> the comment beside it (for --help and docs)."""
-    import inspect
-    import re
-    src = inspect.getsource(HyLoRADAConfig)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s{4}(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
-
-
 __all__ = ["HyLoRADAConfig", "ConfigError", "LLAMA_PROJECTIONS", "field"]

@@ -1,4 +1,4 @@
-"""Install the long-context parts of HyLoRADA on a transformers decoder (issue 3).
+"""Install the long-context parts of HyLoRADA on a transformers decoder.
 
     install_extensions(hylorada_model)  or  install_extensions(hf_model, cfg, context=None)
 
