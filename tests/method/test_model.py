@@ -55,11 +55,17 @@ def test_position_scale_follows_absolute_position(tiny_base):
         p = 1 + torch.sigmoid(w) * torch.tanh(bias[bucket_reference(t + 7)])
         want = c * (layer.base_layer.weight @ x[t] + a.scaling * p * (a.lora_B @ (a.lora_A @ x[t])))
         torch.testing.assert_close(y[t], want, rtol=1e-5, atol=1e-5)
-    # a different position gives a different output for the same token
-    y2 = []
-    layer.register_forward_hook(lambda m, i, o: y2.append(o))
-    model(input_ids=torch.randint(0, 500, (1, T)), position_ids=torch.arange(T)[None] + 500)
-    assert not torch.allclose(y2[0][0], y, atol=1e-4)
+
+    # a different position gives a different output for the same token: layer 0's input is the embedding (no
+    # attention before it), so the same ids at positions 500.. reach it unchanged and only p(pos) differs
+    ids, first = torch.randint(0, 500, (1, T), generator=torch.Generator().manual_seed(8)), model.base.model.layers[0]
+    got = []
+    first.self_attn.v_proj.register_forward_hook(lambda m, i, o: got.append((i[0][0], o[0])))
+    for shift in (7, 500):
+        model(input_ids=ids, position_ids=torch.arange(T)[None] + shift)
+    (x7, y7), (x500, y500) = got
+    assert torch.equal(x7, x500)
+    assert (y7 - y500).abs().amax(dim=-1).min() > 1e-4          # every token's output moved
 
 
 def test_positions_under_left_padding_and_kv_cache(tiny_base):
