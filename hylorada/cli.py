@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except OSError as e:                   # disk full, permissions, a vanished path: one line, not a traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"hylorada {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

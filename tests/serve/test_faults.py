@@ -153,11 +153,10 @@ def test_disk_full_during_cli_convert_exits_nonzero(monkeypatch, peft_and_base, 
     out_root = root / "DIR-cli"
     out_root.mkdir()
     enospc_after(monkeypatch, convert, 0, fraction=0.9)
-    try:
-        code = main(["convert-peft", str(peft), str(out_root / "x"), "--base", str(base)])
-    except OSError as e:                                         # an uncaught OSError also exits non-zero
-        code = e.errno
-    assert code not in (0, None) and list(out_root.iterdir()) == []
+    code = main(["convert-peft", str(peft), str(out_root / "x"), "--base", str(base)])   # no traceback: a code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and list(out_root.iterdir()) == []
+    assert len(err) == 1 and err[0].startswith("hylorada convert-peft: error: No space left on device"), err
 
 
 def test_disk_full_during_export_publishes_nothing(monkeypatch, tmp_path):
