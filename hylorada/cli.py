@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "convert-peft": ("hylorada.commands.convert_peft", "convert a PEFT LoRA / rsLoRA / DoRA adapter to the served form"),
     "merge": ("hylorada.commands.merge", "merge a static served adapter into a standalone transformers model"),
     "inspect": ("hylorada.commands.inspect", "validate a served adapter and print a summary (non-zero exit on problems)"),
+    "base": ("hylorada.commands.base", "fetch and convert a known small pretrained base (SmolLM2-135M) to a cached model folder"),
 }
 
 
