@@ -4,7 +4,7 @@
     python -m bench.kernels.served_layer --cpu-smoke         # CPU: tiny shapes, float32 (checks, not numbers)
 
 Served form (DESIGN §3), per token t with adapter a = idx[t] and position scale p[t]:
-    y[t] = c[a] * (W x[t] + p[t] * B'[a] (A[a] x[t]))          (a = -1: base only, c = 1; the loop and "fused" take it)
+    y[t] = c[a] * (W x[t] + p[t] * B'[a] (A[a] x[t]))          (a = -1: base only, y[t] = W x[t]; every method takes it)
 Methods:
   base      x @ W^T                                          (the floor)
   gather    per-token gather of each token's A, B', c (what vLLM's CPU LoRA path does), one einsum each
@@ -31,10 +31,13 @@ SHAPES_8B = {"q_proj/o_proj": (4096, 4096), "k_proj/v_proj": (4096, 1024), "gate
 PEAK_BYTES_S = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 
 
-def make_inputs(T, d_in, d_out, n_adapters, rank, dtype, device, seed=0):
+def make_inputs(T, d_in, d_out, n_adapters, rank, dtype, device, seed=0, n_base=0):
+    """n_base: that many tokens of the base model alone (idx -1), as in a batch mixing base and adapter requests."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     r = lambda *s, std=1.0: (torch.randn(*s, generator=g) * std).to(device=device, dtype=dtype)  # noqa: E731
-    idx = torch.sort(torch.arange(T) % n_adapters).values.to(device)     # segments: S-LoRA's sorted layout
+    idx = torch.arange(T) % n_adapters
+    idx[:n_base] = -1
+    idx = torch.sort(idx).values.to(device)                            # segments: S-LoRA's sorted layout
     return dict(x=r(T, d_in), W=r(d_out, d_in, std=d_in ** -0.5), A=r(n_adapters, rank, d_in, std=d_in ** -0.5),
                 B=r(n_adapters, d_out, rank, std=0.02), c=(1 + r(n_adapters, d_out, std=0.05)),
                 p=(1 + r(T, std=0.1)), idx=idx, m=r(n_adapters, d_out).abs() + 1)
@@ -53,9 +56,15 @@ def reference(x, W, A, B, c, p, idx, **_):
     return torch.stack(out)
 
 
+def adapter_scale(c, idx):
+    """c[idx[t]] per token, 1 for base tokens (idx -1)."""
+    return torch.where((idx >= 0)[:, None], c[idx.clamp(min=0)], torch.ones_like(c[0]))
+
+
 def gather(x, W, A, B, c, p, idx, **_):
-    h = torch.einsum("ti,tri->tr", x, A[idx]) * p[:, None]              # [T, r]
-    return c[idx] * (x @ W.T + torch.einsum("tr,tor->to", h, B[idx]))
+    a, on = idx.clamp(min=0), (idx >= 0).to(x.dtype)                  # base tokens: no delta, c = 1
+    h = torch.einsum("ti,tri->tr", x, A[a]) * (p * on)[:, None]        # [T, r]
+    return adapter_scale(c, idx) * (x @ W.T + torch.einsum("tr,tor->to", h, B[a]))
 
 
 def segments(idx):
@@ -68,14 +77,18 @@ def segments(idx):
 def grouped(x, W, A, B, c, p, idx, segs=None, **_):
     y = x @ W.T
     for a, s, e in segs if segs is not None else segments(idx):
-        y[s:e] += ((x[s:e] @ A[a].T) * p[s:e, None]) @ B[a].T
-    return y * c[idx]
+        if a >= 0:
+            y[s:e] += ((x[s:e] @ A[a].T) * p[s:e, None]) @ B[a].T
+    return y * adapter_scale(c, idx)
 
 
 def peft_dora(x, W, A, B, m, idx, segs=None, **_):
     """PEFT's DoRA forward per segment (scale 1): y = (m/||W + B A||) * (W x + B A x) — norm recomputed each call."""
     y = torch.empty(x.shape[0], W.shape[0], device=x.device, dtype=x.dtype)
     for a, s, e in segs if segs is not None else segments(idx):
+        if a < 0:
+            y[s:e] = x[s:e] @ W.T
+            continue
         n = torch.linalg.vector_norm(W + B[a] @ A[a], dim=1)
         y[s:e] = (m[a] / n) * (x[s:e] @ W.T + (x[s:e] @ A[a].T) @ B[a].T)
     return y
@@ -97,14 +110,16 @@ def fused_method():
 
 
 def check(methods, d_in=48, d_out=40, T=13, device="cpu"):
-    """Every fast path equals the per-token loop (float32)."""
-    inp = make_inputs(T, d_in, d_out, 3, 4, torch.float32, device)
+    """Every fast path equals the per-token loop (float32), on a step that has base tokens (idx -1) too."""
+    inp = make_inputs(T, d_in, d_out, 3, 4, torch.float32, device, n_base=3)
+    assert (inp["idx"] < 0).sum() == 3
     ref = reference(**inp)
     for name in ("gather", "grouped", "fused"):
         if name in methods:
             torch.testing.assert_close(methods[name](**inp), ref, rtol=1e-4, atol=1e-4)
-    dora_ref = torch.stack([(inp["m"][a] / torch.linalg.vector_norm(inp["W"] + inp["B"][a] @ inp["A"][a], dim=1))
-                            * ((inp["W"] + inp["B"][a] @ inp["A"][a]) @ inp["x"][t])
+    W, A, B, m, x = (inp[k] for k in ("W", "A", "B", "m", "x"))
+    dora_ref = torch.stack([W @ x[t] if a < 0 else
+                            (m[a] / torch.linalg.vector_norm(W + B[a] @ A[a], dim=1)) * ((W + B[a] @ A[a]) @ x[t])
                             for t, a in enumerate(inp["idx"].tolist())])
     torch.testing.assert_close(peft_dora(**inp), dora_ref, rtol=1e-4, atol=1e-4)
 
