@@ -42,10 +42,18 @@ def position_bucket(pos: Tensor, num_buckets: int = 64, max_position: int = 3276
     pos: any shape, integer; negative values are clamped to 0. Returns int64, same shape.
     """
     half = num_buckets // 2
+    return log_bucket(pos, half, num_buckets - 1, math.log(max_position / half))
+
+
+def log_bucket(pos: Tensor, half, top, log_range) -> Tensor:
+    """position_bucket with its constants given: half = nb // 2, top = nb - 1, log_range = ln(max_position / half)
+    (a Python float, as position_bucket computes it). Each is a number, or a tensor broadcast against pos
+    (int64 half/top, float64 log_range: one bucket setting per token, e.g. per adapter slot in the served static
+    path) — the same float64 operations either way, so the same integers."""
     p = pos.to(torch.int64).clamp_min(0)
     pf = p.to(torch.float64).clamp_min(half)  # avoid log(0) in the unused branch
-    log_part = half + torch.floor(half * torch.log(pf / half) / math.log(max_position / half))
-    log_part = log_part.clamp_max(num_buckets - 1).to(torch.int64)
+    log_part = half + torch.floor(half * torch.log(pf / half) / log_range)
+    log_part = log_part.clamp_max(top).to(torch.int64)
     return torch.where(p < half, p, log_part)
 
 

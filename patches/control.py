@@ -1,7 +1,7 @@
 """Adds one worker method, `hylorada_lora_path(path=None) -> str`, to vLLM's `WorkerBase`
 (vllm/v1/worker/worker_base.py), so `LLM.collective_rpc("hylorada_lora_path", args=("vllm",))` switches
-a running engine between the grouped CPU LoRA path and vLLM's own (lora_path.py: the engine's state
-re-picks its implementation) and reports it — the benchmark compares both on one engine, same model,
+a running engine between the grouped CPU LoRA path, vLLM's own and the static one (lora_path.py: the engine's
+state re-picks its implementation) and reports it — the benchmark compares both on one engine, same model,
 same adapters. A string method name needs no insecure (pickled-callable) RPC.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from .wrap import add
 
 
 def hylorada_lora_path(self, path: str | None = None) -> str:
-    """Set (when given) and return this worker's LoRA path: 'grouped' | 'vllm'."""
+    """Set (when given) and return this worker's LoRA path: 'grouped' | 'vllm' | 'static'."""
     lora = self.model_runner.lora_manager._adapter_manager.hylorada.lora
     if path is not None:
         lora.use_path(path)                 # ValueError naming the paths for an unknown one

@@ -40,7 +40,8 @@ def build_state(manager):
     if manager.lora_config.fully_sharded_loras:
         raise RuntimeError("hylorada_patches: fully_sharded_loras is not supported by the HyLoRADA layers; "
                            "run without --fully-sharded-loras")
-    lora = HyState(manager.lora_slots, path=default_path(current_platform.is_cpu()), device=manager.device)
+    lora = HyState(manager.lora_slots, path=default_path(current_platform.is_cpu()), device=manager.device,
+                   max_tokens=manager.max_num_batched_tokens)
     attn = AttnState(manager.lora_slots, server_default()) if variants_supported() else None
     state = manager.hylorada = EngineState(lora, attn)
     wrappers = list(manager.punica_wrapper_mapping.values())

@@ -4,8 +4,8 @@
 Per token t in slot s (DESIGN.md §3):   out[t] = c[s] ⊙ (base(x[t]) + p_i(pos_t) · B_i[s] A_i[s] x[t]) + bias
 
   - base(x) without the bias: the quant method's own GEMM (`_get_quant_method().apply(base, x, None)`),
-  - the LoRA delta: the engine's LoRA path (lora_path.py, picked once per engine: grouped_cpu or vLLM's
-    punica ops, the rank-r buffer scaled by p), called without a branch,
+  - the LoRA delta and c: the engine's LoRA path (lora_path.py, picked once per engine: grouped_cpu, vLLM's
+    punica ops with the rank-r buffer scaled by p, or static_path's fixed-capacity tables), called without a branch,
   - c: a [S+1, width] stack beside lora_a_stacked/lora_b_stacked (row S and unused slots = ones),
     written by `hy_set` right after vLLM's `set_lora` (engine.write_slot) and cleared in `reset_lora`,
   - base tokens (vLLM index -1) are in no group of HyState: no delta, c = 1 (masks the -1 wrap bug),
@@ -24,7 +24,6 @@ import re
 
 import torch
 
-from . import grouped_cpu
 from .wrap import patch
 
 WRAPPED = ("ColumnParallelLinearWithLoRA", "MergedColumnParallelLinearWithLoRA", "QKVParallelLinearWithLoRA",
@@ -104,10 +103,9 @@ class HyLoRADALinearMixin:
         shape = out.shape
         x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, shape[-1])
         st = self.punica_wrapper.hylorada
-        if st.groups:
-            st.path.add_lora_(self, o2, x2, st)
-            if not self.hy_after_reduce and not self.hy_c_slots.isdisjoint(st.present):
-                grouped_cpu.scale_tokens_(o2, self.hy_c, st, self.hy_c_slots)
+        st.path.add_lora_(self, o2, x2, st)
+        if not self.hy_after_reduce:
+            st.path.scale_c_(self, o2, st)
         out = o2.view(shape)
         return out if bias is None else out + bias
 
@@ -127,10 +125,9 @@ class HyLoRADARowParallelMixin(HyLoRADALinearMixin):
         if bl.reduce_results and self.tp_size > 1:
             out = tensor_model_parallel_all_reduce(out)
         st = self.punica_wrapper.hylorada
-        if st.groups and not self.hy_c_slots.isdisjoint(st.present):   # c is linear: per partial is exact too
-            o2 = out.reshape(-1, out.shape[-1])
-            grouped_cpu.scale_tokens_(o2, self.hy_c, st, self.hy_c_slots)
-            out = o2.view(out.shape)
+        o2 = out.reshape(-1, out.shape[-1])                             # c is linear: per partial is exact too
+        st.path.scale_c_(self, o2, st)
+        out = o2.view(out.shape)
         if bl.bias is not None and not bl.skip_bias_add and (reduced or self.tp_rank == 0):
             out = out + bl.bias
         if not bl.return_bias:

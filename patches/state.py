@@ -2,7 +2,9 @@
 
 vLLM keeps adapters in `max_loras` fixed slots (lora_a_stacked/lora_b_stacked [S, 1, ...]). Beside them:
 
-    bias      [S+1, NB]   each slot's shared position-bias vector (row S: zeros = the base / no bias)
+    tables    static_path.StaticTables: the fixed-capacity tensors (allocated once, written in place), of which
+    bias      [S+1, NB]   each slot's shared position-bias vector (row S: zeros = the base / no bias; NB fixed at
+                          start-up, static_path.MAX_BUCKETS: a wider adapter is refused, never a reallocation)
     w_pos     [M, S+1]    w_pos of every (layer, module slice) row m, per slot (zeros when absent)
     cfg       per slot (num_buckets, max_position) of its position bias, or None
     ranks     per slot rank (stacks are padded to max_lora_rank; matmuls use [:rank])
@@ -22,6 +24,8 @@ and, set by `begin_step` before a forward and cleared by `end_step` after it (no
     present   set of slots in the step
     P         [M, T] p(pos) per row per token = position_scale(bias[slot], w_pos[m, slot], bucket(pos)),
               0 for base tokens. Computed once per step for every layer.
+    step      the static path's per-step values (static_path.Step) after the path's own `begin_step` wrote the
+              mapping into `tables` (lora_path.StaticPath); None on the other paths
 
 and `path`, the engine's LoRA path (lora_path.py: picked once, re-picked by `use_path`).
 
@@ -37,18 +41,18 @@ from torch import Tensor
 from hylorada.functional import position_bucket, position_scale
 
 from .lora_path import pick
+from .static_path import MAX_BUCKETS, StaticTables
 
 
 class HyState:
-    def __init__(self, num_slots: int, path: str = "grouped", num_buckets: int = 64, min_group: int = 16,
-                 device="cpu"):
+    def __init__(self, num_slots: int, path: str = "grouped", num_buckets: int = MAX_BUCKETS, min_group: int = 16,
+                 device="cpu", max_tokens: int = 8192):
         S = num_slots
         self.num_slots = S
         self.device = torch.device(device)
+        self.tables = StaticTables.allocate(S, max_tokens, num_buckets, self.device)
         self.use_path(path)
         self.min_group = min_group
-        self.bias = torch.zeros(S + 1, num_buckets, device=self.device)
-        self.w_pos = torch.zeros(0, S + 1, device=self.device)
         self.cfg: list[tuple[int, int] | None] = [None] * S
         self.ranks = [0] * S
         self.landmarks: list[dict[int, tuple[Tensor, Tensor, Tensor]]] = [{} for _ in range(S)]
@@ -59,28 +63,30 @@ class HyState:
         self.path = pick(name)
 
     # --- tables (written when an adapter enters a slot) ---------------------------------
+    @property
+    def bias(self) -> Tensor:
+        return self.tables.bias
+
+    @property
+    def w_pos(self) -> Tensor:
+        return self.tables.w_pos
+
     def add_rows(self, n: int) -> tuple[int, ...]:
-        """Reserve n w_pos rows (one per module slice of a layer); returns their indices."""
-        m = self.w_pos.shape[0]
-        self.w_pos = torch.cat([self.w_pos, torch.zeros(n, self.num_slots + 1, device=self.device)])
-        return tuple(range(m, m + n))
+        """Reserve n w_pos rows (one per module slice of a layer, at start-up); returns their indices."""
+        return self.tables.add_rows(n)
 
     def set_slot(self, index: int, served, rank: int) -> None:
         """Slot-level parts of the adapter now in slot `index` (served: a ServedAdapter or None)."""
         self.ranks[index] = rank
-        self.bias[index] = 0
+        self.tables.clear_slot(index)
         self.cfg[index] = None
         self.landmarks[index] = {}
         if served is None:
             return
         pb = served.position_bias
         if pb is not None:
-            nb = pb.shape[0]
-            if nb > self.bias.shape[1]:
-                self.bias = torch.cat([self.bias, torch.zeros(self.num_slots + 1, nb - self.bias.shape[1],
-                                                              device=self.device)], 1)
-            self.bias[index, :nb] = pb.float().to(self.device)
             spec = served.meta.position_bias
+            self.tables.write_slot(index, pb.float(), spec.num_buckets, spec.max_position)
             self.cfg[index] = (spec.num_buckets, spec.max_position)
         if served.meta.landmarks is not None:
             layers = {int(k.split(".")[1]) for k in served.dynamic if ".landmark." in k}
@@ -95,12 +101,15 @@ class HyState:
         if token_slots is not None:
             n = min(T, token_slots.shape[0])
             idx[:n] = token_slots[:n]
+        step = self.path.begin_step(self.tables, positions, idx)
         active = idx >= 0
         present = torch.unique(idx[active]).tolist() if bool(active.any()) else []
         self.groups = [(s, _segment(idx, s)) for s in present]
         if not present:
             self.end_step()
+            self.step = step
             return
+        self.step = step
         self.present = set(present)
         slot = torch.where(active, idx, self.num_slots)
         self.slot_all = slot
@@ -126,7 +135,7 @@ class HyState:
 
     def end_step(self) -> None:
         self.groups, self.big, self.present, self.runs, self.long_runs = [], [], set(), [], False
-        self.P = self.slot_all = self.pad = None
+        self.P = self.slot_all = self.pad = self.step = None
 
 
 class EngineState:

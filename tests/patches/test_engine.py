@@ -116,18 +116,31 @@ def test_replaced_adapter_new_id(engine, zoo, served, reference):
         assert_same(done[rid], want[i], rid)
 
 
+def assert_path_matches(engine, path, names, seed, zoo, served, reference):
+    """Switch the running engine to LoRA path `path`, serve `names` (None = base) in one batch, switch back to
+    grouped; every request equals the reference."""
+    assert engine.collective_rpc("hylorada_lora_path", args=(path,)) == [path]
+    try:
+        prompts = prompts_for(len(names), seed=seed)
+        got = run(engine, prompts, [None if n is None else lora_req(n, KINDS.index(n), zoo[n]) for n in names])
+    finally:
+        assert engine.collective_rpc("hylorada_lora_path", args=("grouped",)) == ["grouped"]
+    want = reference.greedy(prompts, [None if n is None else served[n] for n in names], NEW)
+    for i, n in enumerate(names):
+        assert_same(got[i], want[i], f"{path} path, request {i} ({n or 'base'})")
+
+
 def test_vllm_lora_path_matches_too(engine, zoo, served, reference):
     """The same mixed batch on vLLM's own punica ops (switched on the running engine), p and the
     base-token mask applied to its rank-r buffer: still equal to the reference, base rows included."""
-    assert engine.collective_rpc("hylorada_lora_path", args=("vllm",)) == ["vllm"]
-    try:
-        prompts = prompts_for(len(KINDS), seed=3)
-        got = run(engine, prompts, [None if n is None else lora_req(n, KINDS.index(n), zoo[n]) for n in KINDS])
-    finally:
-        assert engine.collective_rpc("hylorada_lora_path", args=("grouped",)) == ["grouped"]
-    want = reference.greedy(prompts, [None if n is None else served[n] for n in KINDS], NEW)
-    for i, n in enumerate(KINDS):
-        assert_same(got[i], want[i], f"vllm path, request {i} ({n or 'base'})")
+    assert_path_matches(engine, "vllm", KINDS, 3, zoo, served, reference)
+
+
+def test_static_path_matches_too(engine, zoo, served, reference):
+    """Two requests of every kind on the static path (static_path.py: fixed-capacity tables written in place, no
+    Python branch on step data — the form meant for compiled / graph-captured GPU engines), switched on the running
+    engine: equal to the reference, base rows included, across prefill, chunked prefill and decode steps."""
+    assert_path_matches(engine, "static", KINDS * 2, 5, zoo, served, reference)
 
 
 def test_prompt_logprobs_in_a_mixed_batch(engine, zoo, served, reference):

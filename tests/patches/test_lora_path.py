@@ -16,9 +16,11 @@ def test_pick_and_switch():
     assert st.path is lora_path.pick("grouped") and st.path.name == "grouped"
     st.use_path("vllm")
     assert isinstance(st.path, lora_path.PunicaPath) and st.path.name == "vllm"
-    with pytest.raises(ValueError, match=r"path must be one of \('grouped', 'vllm'\)"):
+    with pytest.raises(ValueError, match=r"path must be one of \('grouped', 'vllm', 'static'\)"):
         st.use_path("gather")
     assert st.path.name == "vllm"                      # a refused switch leaves the path as it was
+    st.use_path("static")
+    assert isinstance(st.path, lora_path.StaticPath) and st.path.name == "static"
 
 
 def test_implementations_call_their_kernel(monkeypatch):
