@@ -165,7 +165,8 @@ def admin_router(swapper: HotSwapper) -> APIRouter:
     @router.get(ADMIN_PREFIX)
     async def list_adapters():
         return JSONResponse({"object": "list", "adapters_dir": str(store.root), "data": store.status(),
-                             "retired_not_yet_freed": store.retired_count()})
+                             "retired_not_yet_freed": store.retired_count(),
+                             "engine_lora_ids": sorted(await swapper.engine.list_loras())})  # what vLLM holds
 
     @router.post(ADMIN_PREFIX + "/{name}/load")
     async def load(name: str):

@@ -272,6 +272,7 @@ class AdapterStore:
             v = e.current
             out.append({"name": n, "status": e.status, "reason": e.reason,
                         "version": v.number if v else None, "engine_name": v.engine_name if v else None,
+                        "uid": v.uid if v else None, "path": v.path if v else None,
                         "kind": v.kind if v else None, "rank": v.rank if v else None,
                         "size_bytes": v.size_bytes if v else None,
                         "load_ms": round(v.load_seconds * 1e3, 1) if v else None, "since": e.since, "events": dict(e.events)})
