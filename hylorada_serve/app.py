@@ -1,23 +1,28 @@
 """What hylorada-serve adds to vLLM's own OpenAI app (built by vLLM's build_app/init_app_state):
 
   * BodyLimitMiddleware — 413 for bodies over `--max-body-mb`, before anything reads them.
-  * AuthMiddleware — `--api-key` on every route except /health, /metrics, /ping, /version; `--admin-key`
-    (when set) on /v1/adapters*, where the inference key is not enough. Keys are compared as SHA-256 digests
-    with hmac.compare_digest and never logged.
-  * AdmissionMiddleware — around /v1/completions and /v1/chat/completions: takes a store Ticket (the adapter
-    versions current at admission), answers with `x-hylorada-adapter` / `x-hylorada-adapter-version` headers
-    naming the version the request ran on, and records the per-adapter metrics.
+  * AuthMiddleware — the route table (routes.py: every route of vLLM's app, OPEN / API / ADMIT / ADMIN / OFF):
+    `--api-key` on every route except /health, /metrics, /ping, /version; `--admin-key` (when set) on
+    /v1/adapters*, where the inference key is not enough; then 404 for OFF and unclassified paths. Two
+    Authorization headers are a 400. Keys are compared as SHA-256 digests with hmac.compare_digest and never
+    logged. With `--metrics-key`, /metrics without it omits the series that name adapters.
+  * AdmissionMiddleware — around every ADMIT route (each one that resolves `model` to an adapter): takes a store
+    Ticket (the adapter versions current at admission), answers with `x-hylorada-adapter` /
+    `x-hylorada-adapter-version` headers naming the version the request ran on, and records the per-adapter
+    metrics.
   * the admin routes:  GET /v1/adapters                    every folder's status, version, kind, rank, reason
                        POST /v1/adapters/{name}/load       load DIR/name now (if new or changed)
                        POST /v1/adapters/{name}/reload     load DIR/name as a new version even if unchanged
                        POST /v1/adapters/{name}/unload     stop serving it (until load/reload)
     `name` must be a folder name inside DIR/ (no separators, no leading dot); nothing else can be loaded.
 Completions, chat, streaming, /v1/models, the 404/400 error shapes, /health and vLLM's /metrics are vLLM's.
+Header size and header read time are bounded below the app, in the HTTP protocol (http_bounds.py).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 
 from fastapi import APIRouter, FastAPI
@@ -25,12 +30,11 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from . import metrics
+from . import routes
 from .models import HotSwapModels
 from .store import NAME_RE
 from .watcher import HotSwapper
 
-INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
-OPEN_PATHS = ("/health", "/metrics", "/ping", "/version")
 ADMIN_PREFIX = "/v1/adapters"
 
 
@@ -87,39 +91,86 @@ class BodyLimitMiddleware:
 
 
 class AuthMiddleware:
-    def __init__(self, app, api_key: str | None, admin_key: str | None):
+    """Keys and the route table (routes.py): OPEN routes need no key, ADMIN ones (and anything under /v1/adapters)
+    the admin key, every other path the API key; then OFF and unclassified paths answer 404. A request with more
+    than one Authorization header is a 400 (which one a layer reads is not something to leave to chance). /metrics
+    without `metrics_key` (when one is set) loses the series that name adapter folders (metrics.redact)."""
+
+    def __init__(self, app, api_key: str | None, admin_key: str | None, metrics_key: str | None = None):
         self.app = app
-        digest = lambda k: hashlib.sha256(k.encode()).digest() if k else None   # noqa: E731
-        self.api, self.admin = digest(api_key), digest(admin_key)
+        self.api, self.admin, self.metrics = _digest(api_key), _digest(admin_key), _digest(metrics_key)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") == "OPTIONS":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if path in OPEN_PATHS or path.startswith("/metrics/"):
+        auths = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
+        if len(auths) > 1:
+            return await error(400, "more than one Authorization header", "BadRequestError")(scope, receive, send)
+        token = _bearer(auths[0]) if auths else None
+        given = hashlib.sha256(token or b"").digest()          # 32 bytes whatever was sent: constant-time compare
+        matches = lambda need: hmac.compare_digest(given, need) and token is not None   # noqa: E731
+        where = routes.policy(path)
+        if where == routes.OPEN:
+            if path.startswith("/metrics") and self.metrics is not None and not matches(self.metrics):
+                return await _redacted_metrics(self.app, scope, receive, send)
             return await self.app(scope, receive, send)
-        need = self.admin if (path.startswith(ADMIN_PREFIX) and self.admin) else self.api
-        if need is not None:
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-            scheme, _, token = auth.partition(b" ")
-            given = hashlib.sha256(token.strip()).digest()
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given, need):
-                which = "admin" if need is self.admin else "API"
-                return await error(401, f"missing or wrong {which} key (Authorization: Bearer ...)",
-                                   "AuthenticationError")(scope, receive, send)
+        need = self.admin if ((where == routes.ADMIN or path.startswith(ADMIN_PREFIX)) and self.admin) else self.api
+        if need is not None and not matches(need):
+            which = "admin" if need is self.admin else "API"
+            return await error(401, f"missing or wrong {which} key (Authorization: Bearer ...)",
+                               "AuthenticationError")(scope, receive, send)
+        if where == routes.OFF:
+            r = routes.route(path)
+            why = f": {r.why}" if r is not None else " (not a route hylorada-serve has classified: hylorada_serve/routes.py)"
+            return await error(404, f"{path} is not served by hylorada-serve{why}", "NotFoundError")(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
+def _digest(key: str | None) -> bytes | None:
+    return hashlib.sha256(key.encode()).digest() if key else None
+
+
+def _bearer(header: bytes) -> bytes | None:
+    scheme, _, token = header.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else None
+
+
+async def _redacted_metrics(app, scope, receive, send):
+    """vLLM's /metrics answer with metrics.redact applied: asked for uncompressed, buffered, re-measured."""
+    scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k != b"accept-encoding"]}
+    start, body = [None], bytearray()
+
+    async def send_(msg):
+        if msg["type"] == "http.response.start":
+            start[0] = msg
+            return
+        body.extend(msg.get("body", b""))
+        if msg.get("more_body", False):
+            return
+        out = metrics.redact(body.decode("utf-8", "replace")).encode() if start[0]["status"] == 200 else bytes(body)
+        headers = [(k, v) for k, v in start[0].get("headers") or [] if k.lower() != b"content-length"]
+        await send({**start[0], "headers": headers + [(b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
+
+    await app(scope, receive, send_)
+
+
 class AdmissionMiddleware:
-    """Pins each inference request to the adapter versions serving at admission (models.admitted), names the
-    version it ran on in the response headers, and records its metrics."""
+    """Pins each request on an ADMIT route (routes.py) to the adapter versions serving at admission
+    (models.admitted), names the version it ran on in the response headers, and records its metrics. On
+    /invocations, X-Amzn-SageMaker-Adapter-Identifier names the adapter: it is written into the body's `model`
+    before vLLM reads it (vLLM's own injection edits a body it has already parsed, so the base answered)."""
 
     def __init__(self, app, models: HotSwapModels):
         self.app, self.models, self.base_name = app, models, models.base_model_paths[0].name
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
+        if scope["type"] != "http" or routes.policy(scope["path"]) != routes.ADMIT:
             return await self.app(scope, receive, send)
+        adapter = dict(scope.get("headers") or []).get(SAGEMAKER_ADAPTER)
+        if scope["path"] == "/invocations" and adapter is not None:
+            scope, receive = await _with_model(scope, receive, adapter.decode("latin-1"))
         t0, status, counter = time.perf_counter(), [500], [None]
         with self.models.admitted() as adm:
 
@@ -143,6 +194,39 @@ class AdmissionMiddleware:
                 label = adm.used.name if adm.used else (self.base_name if status[0] == 200 else "-")
                 metrics.request_done(label, status[0], time.perf_counter() - t0,
                                      None if counter[0] is None else counter[0].total())
+
+
+SAGEMAKER_ADAPTER = b"x-amzn-sagemaker-adapter-identifier"
+
+
+async def _with_model(scope, receive, model: str):
+    """The request with its JSON body's `model` set to `model` (read whole: BodyLimitMiddleware, outside, bounds
+    it). A body that is not a JSON object is passed on unchanged, for vLLM's 400."""
+    chunks = []
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return scope, receive
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        body = json.dumps({**obj, "model": model}).encode()
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"transfer-encoding")]
+    scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
+    sent = [False]
+
+    async def replay():
+        if sent[0]:
+            return await receive()
+        sent[0] = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return scope, replay
 
 
 def admin_router(swapper: HotSwapper) -> APIRouter:
@@ -188,7 +272,7 @@ def admin_router(swapper: HotSwapper) -> APIRouter:
 
 
 def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: str | None,
-            max_body_bytes: int = 0) -> None:
+            max_body_bytes: int = 0, metrics_key: str | None = None) -> None:
     """Wire the store into vLLM's app (before it starts serving)."""
     models = HotSwapModels.adopt(app.state.openai_serving_models, swapper.store)
     swapper.store.on_forget = metrics.forget          # forgotten names leave /metrics too (bounded series)
@@ -196,6 +280,7 @@ def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: s
     # vLLM's build_app already built the middleware stack (its SageMaker bootstrap does), so insert ours as the
     # outermost layers and rebuild it, as that bootstrap itself does.
     app.user_middleware.insert(0, Middleware(AdmissionMiddleware, models=models))
-    app.user_middleware.insert(0, Middleware(AuthMiddleware, api_key=api_key, admin_key=admin_key))
+    app.user_middleware.insert(0, Middleware(AuthMiddleware, api_key=api_key, admin_key=admin_key,
+                                                 metrics_key=metrics_key))
     app.user_middleware.insert(0, Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))  # before anything reads
     app.middleware_stack = app.build_middleware_stack()

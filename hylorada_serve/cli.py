@@ -38,10 +38,11 @@ any other option is passed to vLLM's engine and server unchanged, e.g. --dtype f
     --shutdown-timeout {D['shutdown_timeout'].default} (seconds running requests get to finish on SIGINT/SIGTERM).
     --hf-overrides with the RoPE scaling most start-up adapters in DIR/ ask for (adapters that differ are refused).
 
-environment: HYLORADA_API_KEY, HYLORADA_ADMIN_KEY (defaults of --api-key / --admin-key; prefer them to flags,
-  which other local users can see).
+environment: HYLORADA_API_KEY, HYLORADA_ADMIN_KEY, HYLORADA_METRICS_KEY (defaults of --api-key / --admin-key /
+  --metrics-key; prefer them to flags, which other local users can see).
 
-endpoints: /v1/models, /v1/completions, /v1/chat/completions (stream too), /health, /metrics,
+endpoints: /v1/models, /v1/completions, /v1/chat/completions (stream too), /health, /metrics, and the rest of
+  vLLM's routes as docs/serving.md's route table says (hylorada_serve/routes.py),
   GET /v1/adapters, POST /v1/adapters/{{name}}/load | reload | unload (admin)."""
 
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "/ping, /version (default: env HYLORADA_API_KEY; unset: no key)")
     p.add_argument("--admin-key", help="require this key (not the API key) on /v1/adapters* "
                    "(default: env HYLORADA_ADMIN_KEY; unset: the API key guards them)")
+    p.add_argument("--metrics-key", help="require this key for the series of /metrics that name adapters "
+                   "(default: env HYLORADA_METRICS_KEY; unset: /metrics is open in full)")
+    p.add_argument("--max-header-kb", type=int, help="answer 431 and close when a request's headers exceed this "
+                   f"many KiB (default {D['max_header_kb'].default})")
+    p.add_argument("--header-timeout", type=float, help="answer 408 and close when a request's headers are not "
+                   f"complete after this many seconds (default {D['header_timeout'].default:g})")
     p.add_argument("--max-body-mb", type=float, help="answer 413 to request bodies larger than this many MiB, "
                    f"before reading them (default {D['max_body_mb'].default:g}; 0 = no limit)")
     p.add_argument("--max-loras", type=int, help=f"adapters in one batch (vLLM slots; default {D['max_loras'].default})")
@@ -86,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
     given = vars(ours)
     given.setdefault("api_key", os.environ.get("HYLORADA_API_KEY"))
     given.setdefault("admin_key", os.environ.get("HYLORADA_ADMIN_KEY"))
+    given.setdefault("metrics_key", os.environ.get("HYLORADA_METRICS_KEY"))
     try:
         return ServeConfig(**given, vllm_args=tuple(rest))
     except ConfigError as e:

@@ -43,7 +43,11 @@ class ServeConfig:
     port: int = 8000                        # TCP port (0: any free port)
     api_key: str | None = field(default=None, repr=False)    # Bearer key for inference routes (None: open)
     admin_key: str | None = field(default=None, repr=False)  # Bearer key for /v1/adapters* (None: the API key)
+    metrics_key: str | None = field(default=None, repr=False)  # Bearer key for /metrics' per-adapter series
+    #                                         (None: /metrics is open in full, as routers such as llm-d scrape it)
     max_body_mb: float = 16.0               # 413 for request bodies over this many MiB, before reading them; 0 = off
+    max_header_kb: int = 64                 # 431 and close when a request's headers exceed this many KiB
+    header_timeout: float = 10.0            # 408 and close when a request's headers are not in after this many s
     # adapters
     max_loras: int = 4                      # adapters in one batch (vLLM's LoRA slots)
     max_cpu_loras: int | None = None        # adapters cached in CPU memory, >= max_loras (None: vLLM's default)
@@ -67,6 +71,10 @@ class ServeConfig:
             bad.append(f"--port: must be an integer in 0..65535 (got {self.port!r})")
         if not _number(self.max_body_mb) or self.max_body_mb < 0:
             bad.append(f"--max-body-mb: must be >= 0 (got {self.max_body_mb!r})")
+        if not _int(self.max_header_kb) or self.max_header_kb < 1:
+            bad.append(f"--max-header-kb: must be an integer >= 1 (got {self.max_header_kb!r})")
+        if not _number(self.header_timeout) or self.header_timeout <= 0:
+            bad.append(f"--header-timeout: must be a positive number of seconds (got {self.header_timeout!r})")
         if not _int(self.max_loras) or self.max_loras < 1:
             bad.append(f"--max-loras: must be an integer >= 1 (got {self.max_loras!r})")
         if self.max_cpu_loras is not None and (not _int(self.max_cpu_loras) or not _int(self.max_loras)

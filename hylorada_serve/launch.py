@@ -37,6 +37,9 @@ def set_process_env() -> None:
     """This process's environment, before vLLM is imported (the engine processes it spawns inherit it)."""
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"     # vLLM's path-taking load route stays off
+    os.environ["VLLM_ENABLE_RESPONSES_API_STORE"] = "0"      # no background responses (they outlive admission) and
+    #                                                          no store that keeps every response in memory
+    os.environ["VLLM_SERVER_DEV_MODE"] = "0"                 # no /sleep, /collective_rpc, ... (routes.py: OFF anyway)
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_MAX_N_SEQUENCES", "64")     # n / best_of above this are 400s (vLLM: 16384)
     os.environ.update(engine_env(os.environ))
@@ -96,6 +99,7 @@ async def serve(args, config: ServeConfig) -> int:
 
     from . import gc_heap, metrics
     from .app import install
+    from .http_bounds import bounded_protocol
     from .report import banner, report_adapters
     from .store import AdapterStore
     from .watcher import HotSwapper
@@ -122,7 +126,8 @@ async def serve(args, config: ServeConfig) -> int:
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
                                  on_event=on_event)
-            install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes)
+            install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes,
+                    metrics_key=config.metrics_key)
             own_log_handler()                      # again, after the engine's start-up configured logging
             await initial_load(swapper, config)
             report_adapters(store)
@@ -131,7 +136,8 @@ async def serve(args, config: ServeConfig) -> int:
             gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
             print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key)), flush=True)
             shutdown = await serve_http(app, sock=sock, host=args.host, port=args.port, log_level="warning",
-                                        access_log=False, timeout_keep_alive=5)
+                                        access_log=False, timeout_keep_alive=5,
+                                        http=bounded_protocol(config.max_header_kb << 10, config.header_timeout))
             died = engine.errored and not asked
             stop.set()
             watcher.cancel()                       # the engine is already stopped: do not wait on a pass

@@ -95,3 +95,17 @@ class TokenCounter:
             except (ValueError, AttributeError):
                 return 0
         return self._usage if self._usage is not None else self.tokens
+
+
+# Series that name adapter folders (refused ones too): withheld from /metrics without --metrics-key when one is set.
+NAMED_SERIES = ("hylorada_adapter_", "vllm:lora_requests_info")
+
+
+def redact(text: str) -> str:
+    """A Prometheus/OpenMetrics exposition without NAMED_SERIES: their samples and their # HELP / # TYPE lines."""
+    def named(line: str) -> bool:
+        if line.startswith("# "):
+            parts = line.split(" ", 3)
+            line = parts[2] if len(parts) > 2 else ""
+        return line.startswith(NAMED_SERIES)
+    return "".join(line for line in text.splitlines(keepends=True) if not named(line))
