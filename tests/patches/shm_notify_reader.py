@@ -4,7 +4,8 @@
 
 The writer (a spawned child) publishes N wake-ups, one every 0.2 ms; the reader records a read every 0.2 ms
 and never goes idle, as vLLM's engine core and worker do under continuous traffic. Prints one JSON line:
-the reader's glibc malloc in-use growth (MiB) over the run.
+the reader's glibc malloc in-use growth (MiB) over the run. No fixed sleeps: the writer pings until the reader
+has received one (the subscription is up, however slow the machine), and only then do the N wake-ups start.
 """
 import ctypes
 import json
@@ -15,11 +16,14 @@ import time
 import zmq
 
 
-def writer(addr: str, n: int, go) -> None:
+def writer(addr: str, n: int, subscribed, go) -> None:
     from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
     ctx = zmq.Context()
     w = SpinCondition(False, ctx, addr)
-    go.wait()
+    deadline = time.monotonic() + 120
+    while not subscribed.wait(0.01) and time.monotonic() < deadline:   # PUB drops until the SUB has joined
+        w.notify()
+    go.wait(120)
     for _ in range(n):
         w.notify()
         time.sleep(0.0002)
@@ -48,12 +52,16 @@ if __name__ == "__main__":
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
     addr, spawn = get_open_zmq_ipc_path(), mp.get_context("spawn")
-    go = spawn.Event()
-    proc = spawn.Process(target=writer, args=(addr, n, go))
+    subscribed, go = spawn.Event(), spawn.Event()
+    proc = spawn.Process(target=writer, args=(addr, n, subscribed, go))
     proc.start()
     ctx = zmq.Context()
     r = SpinCondition(True, ctx, addr)
-    time.sleep(2.0)                                  # the writer is up and subscribed
+    if not r.local_notify_socket.poll(120_000):      # the writer's pings reach us: subscribed
+        sys.exit("no ping from the writer in 120 s")
+    subscribed.set()
+    while r.local_notify_socket.poll(100):           # the writer saw it and stopped pinging: drain
+        r.local_notify_socket.recv()
     r.last_read = 0.0
     r.wait(timeout_ms=50)                            # one idle wait: the pipe is checked and found empty
     before = malloc_in_use_mb(libc)
