@@ -17,7 +17,7 @@ import httpx
 
 from hylorada.format.atomic import atomic_dir
 
-from .bad_adapters import BUILDERS
+from .bad_adapters import BUILDERS, remove
 
 API, ADMIN = "soak-api-key", "soak-admin-key"
 DEMO = ["demo-lora", "demo-dora", "demo-hylorada"]
@@ -149,14 +149,13 @@ class Soak:
                 case, k = cases[k % len(cases)], k + 1
                 name = f"bad-{case}-{k}"
                 kw = {"outside": self.adapters.parent / f"outside-{name}"} if case.startswith("symlink") else {}
-                BUILDERS[case](self.spare / "demo-lora", self.adapters / name, None, **kw)
+                name = BUILDERS[case](self.spare / "demo-lora", self.adapters / name, None, **kw).name
                 with self.lock:
                     self.bad_live.append(name)
                 ok = self.wait(http, lambda s: s.get(name, {}).get("status") == "refused", 30)
                 self.bad_log.append({"name": name, "refused": ok})
                 with self.lock:
                     self.bad_live.remove(name)
-                p = self.adapters / name
-                p.unlink() if p.is_symlink() else shutil.rmtree(p, ignore_errors=True)
+                remove(self.adapters / name)            # iterative: deep-nesting is too deep for rmtree
                 out = self.adapters.parent / f"outside-{name}"
                 shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
