@@ -125,7 +125,7 @@ async def serve(args, config: ServeConfig) -> int:
 
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
-                                 on_event=on_event)
+                                 on_event=on_event, base_dir=str(config.base))
             install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes,
                     metrics_key=config.metrics_key)
             own_log_handler()                      # again, after the engine's start-up configured logging

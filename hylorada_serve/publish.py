@@ -6,23 +6,33 @@ vLLM reads the published copy, never the watched folder, so
   * every version has its own path (prefix-cache keys include the path; DESIGN.md §6),
   * the engine can re-read a version after its CPU LRU evicted it, while requests admitted on it are running.
 
-Only regular files at the top level with a .json or .safetensors suffix are copied. Pickle files are never
-opened: a folder with no adapter_model.safetensors is refused even if it has adapter_model.bin (vLLM would
-fall back to torch.load on it). Symlinks are followed only when they resolve inside DIR/.
+Only the four files of the format (COPIED_FILES) are copied, and only after every one of them was sized: a file
+whose real size (blocks on disk) is far below its apparent size (a sparse file) or a folder over MAX_ADAPTER_BYTES is
+refused before a byte is written. Pickle files are never opened: a folder with no adapter_model.safetensors is
+refused even if it has adapter_model.bin (vLLM would fall back to torch.load on it). Symlinks are followed only
+when they resolve inside DIR/.
+
+`check` is total: any exception while validating is a refusal naming the folder and the exception, never an
+error that escapes into the watcher. With the base folder it bounds every LoRA delta by the base weight's norm
+(hylorada.format.checks.check_magnitudes), the norms read once per process.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hylorada.format.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, META
 from hylorada_patches.loading import check_servable     # the engine patches' own pre-load checks (vLLM-free)
 
-from .store import Signature, folder_signature
+from .store import MAX_ADAPTER_BYTES, NAME_RE, Signature, folder_signature
 
-COPIED_SUFFIXES = (".json", ".safetensors")
-MAX_ADAPTER_BYTES = 8 << 30
+log = logging.getLogger("hylorada_serve")
+COPIED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, DYNAMIC)    # all the format uses; nothing else is copied
+SPARSE_MIN_BYTES = 1 << 20          # a file this large with under half of it on disk is refused as sparse
 
 
 class AdapterRefused(ValueError):
@@ -38,26 +48,35 @@ class AdapterInfo:
 
 
 def stage(src: Path, dst: Path, root: Path, expect: Signature | None) -> None:
-    """Copy src (= DIR/name) to dst. Raises AdapterRefused, or ChangedWhileCopying if src moved under us."""
+    """Copy the format's files of src (= DIR/name) to dst. Raises AdapterRefused (before anything is written when a
+    file is sparse or the folder too large), or ChangedWhileCopying if src moved under us."""
     root_r = root.resolve()
     src_r = src.resolve()
     if not _inside(src_r, root_r):
         raise AdapterRefused(f"{src}: resolves outside the adapters folder ({src_r})")
+    plan, total = [], 0
+    for name in COPIED_FILES:
+        f = src / name
+        if not f.is_symlink() and not f.exists():
+            continue
+        real = f.resolve()
+        if f.is_symlink() and not _inside(real, root_r):
+            raise AdapterRefused(f"{f}: symlink pointing outside the adapters folder")
+        if not real.is_file():
+            continue
+        st = real.stat()
+        on_disk = st.st_blocks * 512
+        if st.st_size >= SPARSE_MIN_BYTES and on_disk < st.st_size // 2:
+            raise AdapterRefused(f"{f}: sparse file ({st.st_size} bytes long, {on_disk} on disk); "
+                                 "refused before copying")
+        total += max(st.st_size, on_disk)
+        if total > MAX_ADAPTER_BYTES:
+            raise AdapterRefused(f"{src}: larger than {MAX_ADAPTER_BYTES >> 30} GiB; refused before copying")
+        plan.append((real, name))
     dst.mkdir(parents=True)
-    total = 0
     try:
-        for f in sorted(src.iterdir()):
-            if not f.name.endswith(COPIED_SUFFIXES):
-                continue
-            real = f.resolve()
-            if f.is_symlink() and not _inside(real, root_r):
-                raise AdapterRefused(f"{f}: symlink pointing outside the adapters folder")
-            if not real.is_file():
-                continue
-            total += real.stat().st_size
-            if total > MAX_ADAPTER_BYTES:
-                raise AdapterRefused(f"{src}: larger than {MAX_ADAPTER_BYTES >> 30} GiB")
-            shutil.copyfile(real, dst / f.name)
+        for real, name in plan:
+            shutil.copyfile(real, dst / name)
         if expect is not None and folder_signature(src) != expect:
             raise ChangedWhileCopying(f"{src}: changed while it was being copied; waiting until it is stable")
     except BaseException:
@@ -69,9 +88,11 @@ class ChangedWhileCopying(RuntimeError):
     """The folder is still being written; not a refusal (it is retried once stable)."""
 
 
-def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) -> AdapterInfo:
+def check(path: Path, src: Path, base_config=None, max_rank: int | None = None,
+          base_dir: str | None = None) -> AdapterInfo:
     """Validate the published copy `path` of `src`: hylorada.format.load.load_served (names, shapes, rank, finite
-    values, against the base) and, given the base, the engine patches' check_servable.
+    values, against the base; with `base_dir`, every ||B'A|| against the base weight's norm) and, given the base,
+    the engine patches' check_servable. Any exception is an AdapterRefused.
 
     Messages name the source folder's files, not the private copy."""
     from hylorada.format.layout import AdapterError
@@ -80,37 +101,58 @@ def check(path: Path, src: Path, base_config=None, max_rank: int | None = None) 
     def refuse(msg: str) -> AdapterRefused:
         return AdapterRefused(msg.replace(str(path), str(src)))
 
-    if src.is_dir() and not any(src.iterdir()):
-        raise refuse(f"{src}: empty folder (expected adapter_config.json + adapter_model.safetensors)")
-    if not (path / "adapter_model.safetensors").is_file():
-        raise refuse(f"{src / 'adapter_model.safetensors'}: missing (pickle files such as .bin are never loaded)")
     try:
-        ad = load_served(path, base_config=base_config, max_rank=max_rank)
+        if src.is_dir() and not any(src.iterdir()):
+            raise refuse(f"{src}: empty folder (expected adapter_config.json + adapter_model.safetensors)")
+        if not (path / "adapter_model.safetensors").is_file():
+            raise refuse(f"{src / 'adapter_model.safetensors'}: missing (pickle files such as .bin are never loaded)")
+        ad = load_served(path, base_config=base_config, max_rank=max_rank,
+                         base_norms=base_norms(base_dir) if base_dir else None)
         if base_config is not None:
             check_servable(ad, base_config)        # parts the engine patches cannot apply; RoPE vs the engine
+        return AdapterInfo(kind=ad.kind, rank=int(ad.rank), size_bytes=int(ad.size_bytes),
+                           dynamic_parts=tuple(ad.dynamic_parts))
+    except AdapterRefused:
+        raise
     except AdapterError as e:
         raise refuse(str(e)) from None
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:     # corrupt files, bad JSON types
-        raise refuse(f"{src}: unreadable adapter ({type(e).__name__}: {e})") from None
-    return AdapterInfo(kind=ad.kind, rank=int(ad.rank), size_bytes=int(ad.size_bytes),
-                       dynamic_parts=tuple(ad.dynamic_parts))
+    except Exception as e:                         # corrupt files, bad JSON types, a reader bug: still a refusal
+        raise refuse(f"{src}: unreadable adapter ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def base_norms(base_dir: str) -> dict[str, float] | None:
+    """||W||_F per base linear (hylorada.format.base.base_weight_norms, read once per process and folder); None,
+    with one warning, when the base's weights cannot be read (deltas are then bounded by an absolute bound)."""
+    from hylorada.format.base import base_weight_norms
+    try:
+        return base_weight_norms(str(base_dir))
+    except Exception as e:                          # noqa: BLE001 - a base we cannot read must not refuse every adapter
+        log.warning("base weight norms unreadable in %s (%s: %s); adapter deltas bounded absolutely instead",
+                    base_dir, type(e).__name__, e)
+        return None
 
 
 def engine_rope(adapters_dir: Path) -> tuple[dict | None, int]:
     """The RoPE setting for the engine (DESIGN.md §4): the `rope_scaling` most adapters in DIR/ ask for at
-    start-up (no scaling wins ties), and how many ask for it. Adapters that differ are refused at load."""
+    start-up (no scaling wins ties), and how many ask for it. Adapters that differ are refused at load.
+    A folder whose hylorada.json cannot be read or parsed has no vote (it is refused at load with the reason):
+    no adapter content can stop start-up."""
     import json
     from collections import Counter
 
-    from hylorada.format.layout import META, AdapterError
     from hylorada.format.load import read_json
     from hylorada.format.meta import ServedMeta
 
     votes: Counter = Counter()
-    for d in sorted(p for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        folders = sorted(p for p in adapters_dir.iterdir() if NAME_RE.fullmatch(p.name) and p.is_dir())
+    except OSError:
+        folders = []
+    for d in folders:
         try:
             rs = ServedMeta.parse(read_json(d / META), d / META).rope_scaling if (d / META).is_file() else None
-        except (OSError, AdapterError, RecursionError):   # refused later, with the reason, like any bad adapter
+        except Exception:                    # noqa: BLE001 - refused later, with the reason, like any bad adapter
             continue
         votes[json.dumps(rs, sort_keys=True)] += 1
     if not votes:

@@ -15,6 +15,10 @@ Completion rule (a folder being copied is never loaded half-written). A folder i
     of the server's clock (default 2 s), judged across polls.
 Writers that publish with one rename (hylorada.format.atomic.atomic_dir) are complete either way.
 
+Scan bounds. A look at a folder is iterative and stops at MAX_ENTRIES files + folders, MAX_DEPTH levels,
+MAX_ADAPTER_BYTES of real size (blocks on disk) or FOLDER_SCAN_S seconds; a folder over a bound is refused with the
+reason (cheaply: the walk stops there) and every other folder is judged as usual.
+
 Versions. Every load gets a new version number (per name, never reused) and a new global uid (vLLM's
 lora_int_id), and is served from its own published copy (DESIGN.md §6: prefix-cache keys include
 (lora_name, lora_path), so nothing is ever overwritten in place).
@@ -33,27 +37,88 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # \Z, not $: '$' matches before a final newline
 READY_MARKER = ".ready"
-MAX_FILES = 256                     # a folder with more files than this is refused, not walked further
+# Scan bounds: a folder over any of them is refused with the reason (not walked further). Adapters are flat folders
+# of four files; the bounds leave room for a README or a checkpoint sub-folder, not for a tree.
+MAX_ENTRIES = 1024                  # files + sub-folders, counted as they are listed
+MAX_DEPTH = 4                       # sub-folder levels
+MAX_ADAPTER_BYTES = 8 << 30         # real size on disk (st_blocks * 512), all files together
+FOLDER_SCAN_S = 1.0                 # one folder's walk stops after this long (slow disk): not judged this pass
 
 Signature = tuple                   # ((relpath, size, mtime_ns), ...) sorted; () for an empty folder
 
 
-def folder_signature(path: Path) -> Signature | None:
-    """(relpath, size, mtime_ns) of every file under `path` (links not followed), sorted; None if unreadable."""
-    out = []
+class OverBound(Exception):
+    """A folder over a scan bound; str() is the refusal reason."""
+
+
+def folder_signature(path: Path, time_limit: float = FOLDER_SCAN_S) -> Signature | None:
+    """(relpath, size, mtime_ns) of every file under `path` (links not followed), sorted; None if unreadable or not
+    walked within `time_limit` seconds. Iterative (no recursion however deep); raises OverBound past MAX_ENTRIES,
+    MAX_DEPTH or MAX_ADAPTER_BYTES of real size."""
+    out, entries, real = [], 0, 0
+    deadline = time.monotonic() + time_limit
+    stack = [(str(path), "", 0)]
     try:
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-            dirnames.sort()
-            for f in filenames:
-                st = os.lstat(os.path.join(dirpath, f))
-                out.append((os.path.relpath(os.path.join(dirpath, f), path), st.st_size, st.st_mtime_ns))
-                if len(out) > MAX_FILES:
-                    return tuple(sorted(out))
+        while stack:
+            folder, rel, depth = stack.pop()
+            with os.scandir(folder) as it:
+                for de in it:
+                    entries += 1
+                    if entries > MAX_ENTRIES:
+                        raise OverBound(f"{path}: more than {MAX_ENTRIES} files and folders "
+                                        "(an adapter is a few files)")
+                    if time.monotonic() > deadline:
+                        return None
+                    r = os.path.join(rel, de.name)
+                    if de.is_dir(follow_symlinks=False):
+                        if depth >= MAX_DEPTH:
+                            raise OverBound(f"{path}: folders nested more than {MAX_DEPTH} levels deep")
+                        stack.append((de.path, r, depth + 1))
+                        continue
+                    st = de.stat(follow_symlinks=False)
+                    real += st.st_blocks * 512
+                    if real > MAX_ADAPTER_BYTES:
+                        raise OverBound(f"{path}: more than {MAX_ADAPTER_BYTES >> 30} GiB on disk")
+                    out.append((r, st.st_size, st.st_mtime_ns))
     except OSError:
         return None
     return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One folder of DIR/ as one look at the disk found it (observe); the store's books are not touched."""
+    name: str
+    outside_link: bool = False      # DIR/name is a symlink resolving outside DIR/
+    signature: Signature | None = None
+    over: str | None = None         # the OverBound reason
+
+
+def observe(root: Path) -> list[Seen] | None:
+    """Look at DIR/ once: every non-hidden folder, with its signature (only for names the store can serve).
+    Pure I/O, no shared state: the watcher runs it on a worker thread. None when DIR/ itself is unreadable."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    out = []
+    for n in sorted(names):
+        path = root / n
+        if n.startswith(".") or not path.is_dir():    # temporaries (atomic_dir writes .name.tmp-*)
+            continue
+        if not NAME_RE.fullmatch(n):
+            out.append(Seen(n))
+            continue
+        if path.is_symlink() and not _inside(path.resolve(), root.resolve()):
+            out.append(Seen(n, outside_link=True))
+            continue
+        try:
+            out.append(Seen(n, signature=folder_signature(path)))
+        except OverBound as e:
+            out.append(Seen(n, over=str(e)))
+    return out
 
 
 def marker_complete(sig: Signature) -> bool:
@@ -107,7 +172,8 @@ class Ticket:
 
 
 class AdapterStore:
-    """Bookkeeping for DIR/. Single-threaded: call from one event loop (the server's)."""
+    """Bookkeeping for DIR/. Single-threaded: call from one event loop (the server's); only `observe` (no books)
+    runs elsewhere."""
 
     def __init__(self, root: str | Path, stable_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic,
                  forget_seconds: float = 300.0):
@@ -126,44 +192,45 @@ class AdapterStore:
 
     # ---- scanning ------------------------------------------------------------------------------------------
     def scan(self) -> tuple[list[str], list[str]]:
-        """Look at DIR/ once. Returns (names complete and ready to load, names whose folder is gone).
+        """Look at DIR/ once (`observe`, here on the caller's thread) and apply it."""
+        return self.apply(observe(self.root))
 
-        A missing DIR/ itself is treated as a transient (unmounted) state: nothing is removed.
+    def apply(self, seen: list[Seen] | None) -> tuple[list[str], list[str]]:
+        """Apply one look at DIR/ (`observe`). Returns (names complete and ready to load, names whose folder is gone).
+
+        A missing DIR/ itself (seen None) is treated as a transient (unmounted) state: nothing is removed.
         """
-        now = self.clock()
-        try:
-            names = os.listdir(self.root)
-        except OSError:
+        if seen is None:
             return [], []
+        now = self.clock()
         # names already serving first, so a later case-clashing folder never displaces them
-        names.sort(key=lambda n: (n not in self.entries or self.entries[n].current is None, n))
+        seen = sorted(seen, key=lambda s: (s.name not in self.entries or self.entries[s.name].current is None, s.name))
         to_load, present, lowered = [], set(), {}
-        for n in names:
-            if n.startswith("."):                # temporaries (atomic_dir writes .name.tmp-*)
-                continue
-            path = self.root / n
-            if not path.is_dir():
-                continue
+        for s in seen:
+            n = s.name
             present.add(n)
             e = self.entries.setdefault(n, Entry(n))
             e.blocked = False
-            if not NAME_RE.match(n):
-                self._refuse_quietly(e, "name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+            if not NAME_RE.fullmatch(n):
+                self._refuse_quietly(e, "name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (and nothing after it)")
                 continue
             if n.lower() in lowered:
                 self._refuse_quietly(e, f"name differs only by case from '{lowered[n.lower()]}'")
                 continue
             lowered[n.lower()] = n
-            if path.is_symlink() and not _inside(path.resolve(), self.root.resolve()):
+            if s.outside_link:
                 self._refuse_quietly(e, "symlink pointing outside the adapters folder")
                 continue
-            sig = folder_signature(path)
+            if e.held or e.status == "loading":
+                continue
+            if s.over is not None:
+                self._refuse_content(e, s.over)
+                continue
+            sig = s.signature
             if sig is None:
                 continue
             if sig != e.seen_sig:
                 e.seen_sig, e.seen_since = sig, now
-            if e.held or e.status == "loading":
-                continue
             if e.current is not None and sig == e.current.signature:
                 continue
             if sig == e.refused_sig:
@@ -194,6 +261,22 @@ class AdapterStore:
             e.status, e.reason = "refused", reason
             e.events["refused"] += 1
             self.new_refusals.append((e.name, reason))
+
+    def _refuse_content(self, e: Entry, reason: str) -> None:
+        """A folder over a scan bound: refused like content that failed to load (a serving version keeps
+        serving); reported once per reason. Fixed content gets a new signature and loads again."""
+        e.seen_sig = None
+        if e.reason != reason:
+            e.status, e.reason = ("ready" if e.current is not None else "refused"), reason
+            e.events["refused"] += 1
+            self.new_refusals.append((e.name, reason))
+
+    def abandon(self, name: str, reason: str | None = None) -> None:
+        """A load that ended without a verdict (folder changed while copying, unloaded meanwhile, cancelled):
+        back to serving the current version, or waiting; the same content may be tried again."""
+        e = self.entries.get(name)
+        if e is not None and e.status == "loading":
+            e.status, e.reason = ("ready" if e.current is not None else "waiting"), reason
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def begin_load(self, name: str) -> tuple[int, int, Signature | None]:

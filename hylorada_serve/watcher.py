@@ -1,10 +1,14 @@
 """The polling watcher: turns AdapterStore decisions into engine loads and frees.
 
-One pass (`step`) = scan DIR/ once; for each removed folder, stop serving it; for each complete new or changed
-folder, copy → validate → `engine.add_lora` → commit (a failure at any stage refuses that content and leaves
-the serving version alone); then free retired versions no admitted request can still use
-(`engine.remove_lora` + delete the published copy). Passes and admin actions are serialised by one lock, and
-every pass is bounded (by the folder count and the store's MAX_FILES) — the loop itself runs until `stop` is set.
+One pass (`step`) = look at DIR/ once (`store.observe`, on a worker thread); for each removed folder, stop serving
+it; for each complete new or changed folder, copy → validate (worker threads) → `engine.add_lora` → commit; then
+free retired versions no admitted request can still use (`engine.remove_lora` + delete the published copy).
+
+Totality: whatever goes wrong with one folder (a refusal, an OSError, any exception from the reader, the engine
+refusing it) refuses that content with the reason and deletes its copy; the folder never stays `loading`, later
+content is picked up and removal works. The event loop never walks, parses or copies: all of that runs on worker
+threads, each bounded (the store's scan bounds; publish's size cap). `lock` serialises the store/engine steps
+(scan + removals, add_lora + commit, unload, frees); it is never held while a folder is copied or validated.
 """
 from __future__ import annotations
 
@@ -15,110 +19,149 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import publish
-from .store import AdapterStore, Version
+from .store import AdapterStore, Version, observe
 
 log = logging.getLogger("hylorada_serve")
 ENGINE_TIMEOUT_S = 120              # an engine that does not answer add_lora in this long refuses the adapter
 
 
+def shown(name: str) -> str:
+    """A folder name as a log line shows it: control characters escaped (a name with a newline is one line)."""
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+
+
 class HotSwapper:
     """engine: anything with `async add_lora(request)` and `async remove_lora(uid)` (vLLM's AsyncLLM).
-    make_request(engine_name, uid, path) builds the engine's request object (vLLM's LoRARequest)."""
+    make_request(engine_name, uid, path) builds the engine's request object (vLLM's LoRARequest).
+    base_dir: the base model folder; its weight norms bound every adapter's delta (publish.check)."""
 
     def __init__(self, store: AdapterStore, engine: Any, publish_root: str | Path,
                  make_request: Callable[[str, int, str], Any], base_config=None, max_rank: int | None = None,
-                 on_event: Callable[[str, str], None] | None = None):
+                 on_event: Callable[[str, str], None] | None = None, base_dir: str | None = None):
         self.store, self.engine = store, engine
         self.publish_root = Path(publish_root)
         self.make_request = make_request
-        self.base_config, self.max_rank = base_config, max_rank
+        self.base_config, self.max_rank, self.base_dir = base_config, max_rank, base_dir
         self.on_event = on_event or (lambda name, event: None)
         self.lock = asyncio.Lock()
         self.load_seconds: dict[str, float] = {}        # name -> seconds of the last successful load
 
     # ---- one pass -------------------------------------------------------------------------------------------
     async def step(self) -> None:
+        seen = await asyncio.to_thread(observe, self.store.root)
         async with self.lock:
-            to_load, gone = self.store.scan()
-            for name, reason in self.store.new_refusals:     # names refused by the scan itself
-                log.warning("adapter %s refused: %s", name, reason)
-                self.on_event(name, "refused")
-            self.store.new_refusals.clear()
+            to_load, gone = self.store.apply(seen)
+            self._log_scan_refusals()
             for name in gone:
                 if self.store.remove(name) is not None:
-                    log.info("adapter %s: folder removed; no longer served (running requests finish)", name)
+                    log.info("adapter %s: folder removed; no longer served (running requests finish)", shown(name))
                     self.on_event(name, "removed")
-            for name in to_load:
-                await self._load(name)
-            await self._collect()
+            jobs = [self._begin(name) for name in to_load]
+        for job in jobs:
+            await self._load(*job)
+        await self._collect()
 
     async def load(self, name: str, force: bool = False) -> dict:
-        """Admin load/reload of DIR/name (name checked by the caller). force: a new version even if unchanged."""
+        """Admin load/reload of DIR/name (name checked by the caller). force: a new version even if unchanged.
+        A load this call started and that was refused answers status 'refused' with the reason (a version
+        already serving keeps serving, as GET /v1/adapters shows)."""
+        seen = await asyncio.to_thread(observe, self.store.root)
         async with self.lock:
-            self.store.scan()
+            self.store.apply(seen)
+            self._log_scan_refusals()
             e = self.store.entries.get(name)
-            if e is None or not (self.store.root / name).is_dir():
+            if e is None or name not in {s.name for s in seen or ()}:
                 return {"name": name, "status": "missing", "reason": f"no folder '{name}' in the adapters folder"}
-            if e.blocked:
+            if e.blocked or e.status == "loading":
                 return self._status(name)
+            over = next((s.over for s in seen if s.name == name and s.over), None)
+            if over is not None:
+                return {**self._status(name), "status": "refused", "reason": over}
+            job = None
             if force or e.current is None or e.current.signature != e.seen_sig:
                 e.refused_sig = None
-                await self._load(name)
-            await self._collect()
-            return self._status(name)
+                job = self._begin(name)
+        refused = await self._load(*job) if job else None
+        await self._collect()
+        st = self._status(name)
+        return {**st, "status": "refused", "reason": refused} if refused else st
 
     async def unload(self, name: str) -> dict:
         async with self.lock:
             if self.store.remove(name, status="unloaded") is not None:
                 self.on_event(name, "unloaded")
-            await self._collect()
-            return self._status(name)
+        await self._collect()
+        return self._status(name)
 
     def _status(self, name: str) -> dict:
         return next((s for s in self.store.status() if s["name"] == name), {"name": name, "status": "missing"})
 
+    def _log_scan_refusals(self) -> None:
+        for name, reason in self.store.new_refusals:     # names or folders refused by the scan itself
+            log.warning("adapter %s refused: %s", shown(name), reason)
+            self.on_event(name, "refused")
+        self.store.new_refusals.clear()
+
     # ---- stages ---------------------------------------------------------------------------------------------
-    async def _load(self, name: str) -> None:
+    def _begin(self, name: str) -> tuple[str, int, int, Any]:
+        number, uid, sig = self.store.begin_load(name)
+        return name, number, uid, sig
+
+    async def _load(self, name: str, number: int, uid: int, sig) -> str | None:
+        """Copy → validate → add_lora → commit one version. Returns the refusal reason, or None. Total: the
+        entry never stays 'loading' and the copy is deleted unless it was committed."""
         t0 = time.perf_counter()
         src = self.store.root / name
-        number, uid, sig = self.store.begin_load(name)
         dst = self.publish_root / f"{name}-v{number}-{uid}"
+        committed = False
         try:
             await asyncio.to_thread(publish.stage, src, dst, self.store.root, sig)
-            info = await asyncio.to_thread(publish.check, dst, src, self.base_config, self.max_rank)
+            info = await asyncio.to_thread(publish.check, dst, src, self.base_config, self.max_rank,
+                                           base_dir=self.base_dir)
             version = Version(name=name, number=number, uid=uid, path=str(dst), signature=sig or (),
                               kind=info.kind, rank=info.rank, size_bytes=info.size_bytes, loaded_at=time.time())
             version = _replace(version, handle=self.make_request(version.engine_name, uid, str(dst)))
-            try:
-                await asyncio.wait_for(self.engine.add_lora(version.handle), timeout=ENGINE_TIMEOUT_S)
-            except Exception as e:                       # vLLM's own checks (shapes, rank, unknown keys)
-                why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-                raise publish.AdapterRefused(f"{src}: the engine refused it: {why}") from None
+            async with self.lock:
+                e = self.store.entries.get(name)
+                if e is None or e.status != "loading" or e.last_number != number:
+                    return None                          # unloaded or superseded while it was copied
+                try:
+                    await asyncio.wait_for(self.engine.add_lora(version.handle), timeout=ENGINE_TIMEOUT_S)
+                except Exception as e:                   # vLLM's own checks (shapes, rank, unknown keys)
+                    why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                    raise publish.AdapterRefused(f"{src}: the engine refused it: {why}") from None
+                self.load_seconds[name] = time.perf_counter() - t0
+                old = self.store.commit(_replace(version, load_seconds=self.load_seconds[name]))
+                committed = True
         except publish.ChangedWhileCopying as e:
-            e_ = self.store.entries[name]
-            e_.status = "ready" if e_.current else "waiting"
-            e_.reason = str(e)
-            return
-        except (publish.AdapterRefused, OSError) as e:
-            publish.discard(dst)
-            self.store.refuse(name, sig, str(e))
-            self.on_event(name, "refused")
-            log.warning("adapter %s refused: %s", name, e)
-            return
-        self.load_seconds[name] = time.perf_counter() - t0
-        old = self.store.commit(_replace(version, load_seconds=self.load_seconds[name]))
+            self.store.abandon(name, str(e))
+            return None
+        except Exception as e:                           # anything at all: this content is refused, with the reason
+            reason = str(e) if isinstance(e, (publish.AdapterRefused, OSError)) else \
+                f"{src}: could not be validated ({type(e).__name__}: {str(e)[:300]})"
+            if self.store.entries.get(name) is not None and self.store.entries[name].status == "loading":
+                self.store.refuse(name, sig, reason)
+                self.on_event(name, "refused")
+                log.warning("adapter %s refused: %s", shown(name), reason)
+            return reason
+        finally:
+            if not committed:
+                await asyncio.shield(asyncio.to_thread(publish.discard, dst))
+                self.store.abandon(name)                 # cancelled or superseded: never left 'loading'
         self.on_event(name, "loaded")
-        log.info("adapter %s v%d loaded: kind=%s rank=%d size=%.1f KiB%s in %.0f ms", name, number, info.kind,
+        log.info("adapter %s v%d loaded: kind=%s rank=%d size=%.1f KiB%s in %.0f ms", shown(name), number, info.kind,
                  info.rank, info.size_bytes / 1024, f" (replaces v{old.number})" if old else "",
                  self.load_seconds[name] * 1e3)
+        return None
 
     async def _collect(self) -> None:
-        for v in self.store.collectable():
-            try:
-                await asyncio.wait_for(self.engine.remove_lora(v.uid), timeout=ENGINE_TIMEOUT_S)
-            except Exception as e:                       # freeing is best effort; LRU eviction also frees
-                log.debug("remove_lora(%d) failed: %s", v.uid, e)
-            publish.discard(v.path)
+        async with self.lock:
+            for v in self.store.collectable():
+                try:
+                    await asyncio.wait_for(self.engine.remove_lora(v.uid), timeout=ENGINE_TIMEOUT_S)
+                except Exception as e:                   # freeing is best effort; LRU eviction also frees
+                    log.debug("remove_lora(%d) failed: %s", v.uid, e)
+                await asyncio.to_thread(publish.discard, v.path)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, interval: float = 0.5) -> None:

@@ -163,7 +163,7 @@ def test_watcher_stages_loads_refuses_and_frees(tmp_path, monkeypatch):
     root, pub = tmp_path / "dir", tmp_path / "pub"
     store = AdapterStore(root, stable_seconds=0.0)
     engine = FakeEngine()
-    monkeypatch.setattr(publish, "check", lambda path, src, cfg, rank: publish.AdapterInfo("lora", 8, 100))
+    monkeypatch.setattr(publish, "check", lambda path, src, cfg, rank, **kw: publish.AdapterInfo("lora", 8, 100))
     sw = HotSwapper(store, engine, pub, make_request=lambda n, uid, p: (n, uid, p))
 
     async def go():
