@@ -40,7 +40,8 @@ def layer():
         sampler_indices = torch.tensor([0, 1])
         add_lora_logits = PunicaWrapperCPU.add_lora_logits
     lp.punica_wrapper = Punica()
-    stock = LogitsProcessorWithLoRA._get_logits
+    stock = getattr(LogitsProcessorWithLoRA._get_logits, "__wrapped__", LogitsProcessorWithLoRA._get_logits)  # vLLM's own,
+    # even when an earlier test's apply() installed the wrapper already (wrap.py keeps it as __wrapped__)
     logits.install()
     return lp, stock
 
