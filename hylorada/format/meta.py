@@ -25,7 +25,7 @@ from .layout import FORMAT_VERSION, KINDS, AdapterError
 
 ATTENTION_MODES = ("full", "sink", "s2")
 ROPE_TYPES = ("linear", "dynamic", "yarn")
-MAX_BUCKETS = 4096
+MAX_BUCKETS = 256            # the served tables are allocated once at this width (patches.static_path)
 MAX_POSITION = 1 << 24          # 16M positions: past any context vLLM can run
 MAX_LANDMARKS = 4096
 MAX_ROPE_FACTOR = 1024.0

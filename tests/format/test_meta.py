@@ -50,6 +50,7 @@ def test_round_trip_and_defaults():
     ({"num_buckets": 64, "max_position": 64}, "above num_buckets"),
     ({"num_buckets": True, "max_position": 4096}, "position_bias.num_buckets"),
     ({"num_buckets": "64", "max_position": 4096}, "position_bias.num_buckets"),
+    ({"num_buckets": 258, "max_position": 1 << 20}, "[4, 256]"),      # wider than the engine's fixed bias table
 ])
 def test_position_bias_values_the_served_math_cannot_compute_are_refused(pb, reason):
     refused(GOOD | {"position_bias": pb}, reason)
