@@ -13,11 +13,13 @@ import uuid
 import httpx
 import pytest
 
-from bench.soak.bad_adapters import BUILDERS, EXPECT
+from bench.soak.bad_adapters import BUILDERS, EXPECT, remove
+from hylorada_serve.watcher import shown
 from .conftest import ADMIN_KEY, API_KEY
 
 pytestmark = pytest.mark.vllm
 DEMO = ("demo-lora", "demo-dora", "demo-hylorada")
+MODELS = (*DEMO, "tiny-llama")      # the good adapters and the base: each must answer as before bad ones arrived
 PROMPT = [5, 77, 140, 33, 9]
 WAIT_S = 60
 
@@ -48,13 +50,6 @@ def wait_for(what: str, pred, timeout: float = WAIT_S):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def remove(path) -> None:
-    if os.path.islink(path) or os.path.isfile(path):
-        os.unlink(path)
-    elif os.path.exists(path):
-        shutil.rmtree(path)
-
-
 def remove_served(http, path) -> None:
     """Delete DIR/name and wait (bounded) until the server stops listing it, so later modules see a clean DIR/."""
     remove(path)
@@ -73,7 +68,7 @@ class Traffic:
     def run(self):
         t0 = time.time()
         while not self.stop.is_set() and time.time() - t0 < self.max_s:
-            model = DEMO[self.n % len(DEMO)]
+            model = MODELS[self.n % len(MODELS)]
             try:
                 got = greedy(self.http, model)
             except httpx.HTTPError as e:
@@ -93,7 +88,7 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def baseline(http):
-    return {m: greedy(http, m)[1] for m in DEMO}
+    return {m: greedy(http, m)[1] for m in MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +97,25 @@ def dropped(server, http, baseline):
     sentinel = server.adapters.parent / f"unpickled-{uuid.uuid4().hex[:6]}"
     names = {case: f"bad-{case}" for case in BUILDERS}
     extra = []
-    with Traffic(http, baseline) as traffic:
-        for case, build in BUILDERS.items():
-            kw = {"sentinel": sentinel} if case == "pickle-only" else {}
-            if case.startswith("symlink"):
-                kw = {"outside": server.adapters.parent / f"outside-{uuid.uuid4().hex[:6]}"}
-                extra.append(kw["outside"])
-            build(server.spare / "demo-lora", server.adapters / names[case], server.base, **kw)
-        wait_for("every bad adapter refused", lambda: all(
-            adapters(http).get(n, {}).get("status") == "refused" for n in names.values()))
-    yield names, traffic, sentinel
-    for p in [*(server.adapters / n for n in names.values()), *extra, sentinel]:
-        remove(p)
+    try:
+        with Traffic(http, baseline) as traffic:
+            for case, build in BUILDERS.items():
+                kw = {"sentinel": sentinel} if case == "pickle-only" else {}
+                if case.startswith("symlink"):
+                    kw = {"outside": server.adapters.parent / f"outside-{uuid.uuid4().hex[:6]}"}
+                    extra.append(kw["outside"])
+                names[case] = build(server.spare / "demo-lora", server.adapters / names[case], server.base, **kw).name
+            deadline = time.time() + WAIT_S
+            while time.time() < deadline and any(adapters(http).get(n, {}).get("status") != "refused"
+                                                 for n in names.values()):
+                time.sleep(0.1)
+            st = adapters(http)
+            left = {n: st.get(n) for n in names.values() if st.get(n, {}).get("status") != "refused"}
+            assert not left, f"not refused after {WAIT_S} s: {left}"
+        yield names, traffic, sentinel
+    finally:                                              # also when a build or the wait failed
+        for p in [*(server.adapters / n for n in names.values()), *extra, sentinel]:
+            remove(p)
 
 
 @pytest.mark.parametrize("case", sorted(BUILDERS))
@@ -124,16 +126,43 @@ def test_bad_adapter_is_refused_with_reason_and_log_line(case, dropped, http, se
     assert st["status"] == "refused" and EXPECT[case] in st["reason"], st
     assert st["version"] is None
     log = server.log.read_text(errors="replace")
-    assert any(line for line in log.splitlines() if f"adapter {name} refused" in line and EXPECT[case] in line)
+    assert any(line for line in log.splitlines() if f"adapter {shown(name)} refused" in line and EXPECT[case] in line)
     assert name not in {m["id"] for m in http.get("/v1/models").json()["data"]}
     code, _ = greedy(http, name)
     assert code == 404
 
 
-def test_good_adapters_kept_serving_while_bad_ones_arrived(dropped, http):
+def test_good_adapters_kept_serving_while_bad_ones_arrived(dropped, http, baseline):
     _, traffic, _ = dropped
-    assert traffic.n >= len(DEMO) and traffic.bad == [], traffic.bad[:5]
+    assert traffic.n >= len(MODELS) and traffic.bad == [], traffic.bad[:5]
     assert http.get("/health").status_code == 200
+    assert {m: greedy(http, m) for m in MODELS} == {m: (200, baseline[m]) for m in MODELS}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_huge_safetensors_header_is_refused_fast_and_small(server, http, baseline):
+    """A ~60 MB header of 1M zero-size tensors: refused from the header's length (it took 19 s and +1.28 GB of the
+    API server's RSS when the reader parsed it)."""
+    dst = server.spare.parent / f"huge-header-{uuid.uuid4().hex[:6]}"
+    BUILDERS["huge-header"](server.spare / "demo-lora", dst)     # built outside DIR/, then moved in at once
+    before = rss_bytes(server.proc.pid)
+    t0 = time.time()
+    os.rename(dst, server.adapters / "huge-header")
+    try:
+        st = wait_for("huge header refused", lambda: adapters(http).get("huge-header", {}).get("status") == "refused"
+                      and adapters(http)["huge-header"], timeout=30)
+        took, grew = time.time() - t0, rss_bytes(server.proc.pid) - before
+        assert "safetensors header of" in st["reason"] and took < 10, (took, st)
+        assert grew < 200 << 20, f"API server RSS grew by {grew >> 20} MiB"
+        assert greedy(http, "demo-lora") == (200, baseline["demo-lora"])
+    finally:
+        remove_served(http, server.adapters / "huge-header")
 
 
 def test_pickle_is_never_unpickled(dropped):
