@@ -6,14 +6,21 @@ What is checked, per response:
   * the version in `x-hylorada-adapter-version` was current at some instant between send and receive (the
     server's `since` times from GET /v1/adapters give each version's interval);
   * the tokens are those of that version's weights (versions alternate between the demo-lora and demo-dora
-    weights, whose greedy outputs differ), so a response is never computed on a mix or on another version.
+    weights, whose greedy outputs differ), so a response is never computed on a mix or on another version;
+  * every version served (the test itself sends one request per version, so no count depends on the machine);
+  * the prompt spans two full 128-token CPU KV blocks, so prefix-cache hits across versions would show as
+    another version's tokens;
+  * afterwards every version is freed: the engine holds none of their adapter ids, their private copies are gone.
+(A long stream spanning a swap: test_hotswap_stream.py.)
 """
 from __future__ import annotations
 
+import random
 import shutil
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +29,7 @@ from .conftest import ADMIN_KEY, API_KEY
 
 pytestmark = pytest.mark.vllm
 NAME = "swap-me"
-PROMPT = [5, 77, 140, 33, 9]
+PROMPT = random.Random(5).choices(range(3, 500), k=260)     # two full KV blocks of 128, then a partial one
 CYCLES = 3
 TRAFFIC_S = 0.8                  # traffic after each change
 WAIT_S = 20                      # bound on one change becoming visible
@@ -79,6 +86,7 @@ def test_add_replace_remove_under_concurrent_load(server):
         base_ids = complete(http, "tiny-llama").json()["choices"][0]["token_ids"]
         timeline: list[tuple[float, int | None]] = []      # (since, version or None = absent)
         content: dict[int, str] = {}                        # version -> weights it carries
+        published: list[dict] = []                          # admin state of each version when it was current
         results, errors, stop = [], [], threading.Event()
 
         def worker(i: int) -> None:
@@ -113,13 +121,18 @@ def test_add_replace_remove_under_concurrent_load(server):
                         st = wait_for(http, version)
                         timeline.append((st["since"], version))
                         content[version] = src
+                        published.append(st)
+                    t0 = time.time()                        # one request of our own in every state
+                    r = complete(http, NAME)
+                    results.append((NAME, t0, time.time(), r.status_code, r.headers.get("x-hylorada-adapter-version"),
+                                    r.json()["choices"][0]["token_ids"] if r.status_code == 200 else r.text))
                     time.sleep(TRAFFIC_S)
         finally:
             stop.set()
             for t in threads:
                 t.join(timeout=90)
         assert not errors, errors[:5]
-        assert len(results) > 40
+        assert {r[0] for r in results} == {NAME, "demo-lora", "tiny-llama"}
 
         def intervals(v):                                   # [(start, end)] during which state v was current
             out = []
@@ -143,13 +156,18 @@ def test_add_replace_remove_under_concurrent_load(server):
             assert any(s - tol <= t1 and e + tol >= t0 for s, e in intervals(v)), (v, t0, t1, timeline)
             assert body == expected[content[v]], (v, content[v], body)
             swapped += 1
-        assert swapped > 10
+        assert swapped >= CYCLES * 3
         served_versions = {int(r[4]) for r in results if r[0] == NAME and r[3] == 200}
-        assert len(served_versions) >= CYCLES * 2              # most versions actually took traffic
+        assert served_versions == set(content)                # every version took traffic
+        uids, paths = {st["uid"] for st in published}, [Path(st["path"]) for st in published]
+        assert len(uids) == len(published) == CYCLES * 3
         deadline = time.time() + WAIT_S                       # retired versions are freed once idle
         while time.time() < deadline:
             r = http.get("/v1/adapters", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
-            if r["retired_not_yet_freed"] == 0:
+            if r["retired_not_yet_freed"] == 0 and not uids & set(r["engine_lora_ids"]) and \
+                    not any(p.exists() for p in paths):
                 break
             time.sleep(0.2)
         assert r["retired_not_yet_freed"] == 0
+        assert not uids & set(r["engine_lora_ids"]), "the engine still holds a freed version"
+        assert [p for p in paths if p.exists()] == [], "a freed version's private copy is still there"
