@@ -17,19 +17,25 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hylorada", description="HyLoRADA long-context adapters: train, export, convert, merge, inspect.")
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand listed; only `only`'s module imported (all of them when None), so a command pays for
+    its own imports only (torch, transformers, safetensors take seconds here)."""
+    parser = argparse.ArgumentParser(prog="hylorada", description="HyLoRADA long-context adapters: train, export, "
+                                     "convert, merge, inspect, and fetch a small base.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=help_)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        if only is None or name == only:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
