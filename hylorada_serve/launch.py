@@ -137,7 +137,10 @@ async def serve(args, config: ServeConfig) -> int:
             print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key)), flush=True)
             shutdown = await serve_http(app, sock=sock, host=args.host, port=args.port, log_level="warning",
                                         access_log=False, timeout_keep_alive=5,
-                                        http=bounded_protocol(config.max_header_kb << 10, config.header_timeout))
+                                        http=bounded_protocol(config.max_header_kb << 10, config.header_timeout),
+                                        # vLLM has drained the engine for --shutdown-timeout before the HTTP server
+                                        # stops; a stream still open then never ends: cancel it instead of waiting
+                                        timeout_graceful_shutdown=2)
             died = engine.errored and not asked
             stop.set()
             watcher.cancel()                       # the engine is already stopped: do not wait on a pass
