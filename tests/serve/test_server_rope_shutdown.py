@@ -1,0 +1,96 @@
+"""Its own server (DIR/ of RoPE-scaled adapters, `--shutdown-timeout 1`): two claims of docs/serving.md end to end.
+
+  * RoPE at start-up: two adapters ask linear x2, one asks nothing → the engine gets linear x2 (launch.py's
+    `--hf-overrides`); a scaled adapter's tokens equal ServedReference with that RoPE (and differ from the
+    unscaled reference, so the override demonstrably reached vLLM); the adapter whose setting differs is refused.
+  * SIGTERM with streams still running: they are aborted once `--shutdown-timeout` has passed (each ends, none
+    with all its tokens), the server exits 0 soon after, and nothing of its session is left.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import ADMIN_KEY, API_KEY, session_pids, start, stop
+
+pytestmark = pytest.mark.vllm
+PROMPT, N_NEW = [5, 77, 140, 33, 9, 300, 12, 45, 81, 7, 260, 19], 8
+STREAMS, STREAM_TOKENS = 8, 500                    # "the cat" + 500 <= --max-model-len 512; 8 = --max-num-seqs
+
+
+def scaled_copy(src: Path, dst: Path, rope: dict) -> None:
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "hylorada.json").read_text())
+    (dst / "hylorada.json").write_text(json.dumps({**meta, "rope_scaling": rope}))
+
+
+def test_rope_override_reaches_vllm_and_shutdown_aborts_after_the_timeout(demo_files):
+    from transformers import AutoConfig
+
+    from hylorada.format.load import load_served
+    from hylorada.reference.served import ServedReference
+
+    root, base, built = demo_files
+    rope = {"rope_type": "linear", "factor": 2.0,
+            "original_max_position_embeddings": AutoConfig.from_pretrained(base).max_position_embeddings}
+    adapters = Path(tempfile.mkdtemp(prefix="adapters-rope-", dir=root))
+    for name in ("rope-a", "rope-b"):
+        scaled_copy(built / "demo-hylorada", adapters / name, rope)
+    shutil.copytree(built / "demo-lora", adapters / "unscaled")
+    srv = start(root, adapters, base, built, extra=("--shutdown-timeout", "1"))
+    try:
+        st = {a["name"]: a for a in httpx.get(srv.url + "/v1/adapters", timeout=30,
+                                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["data"]}
+        assert st["rope-a"]["status"] == st["rope-b"]["status"] == "ready", st
+        assert st["unscaled"]["status"] == "refused" and "rope_scaling" in st["unscaled"]["reason"], st["unscaled"]
+
+        ad = load_served(adapters / "rope-a")
+        want = ServedReference(base, rope_scaling=rope).greedy([PROMPT], [ad], N_NEW)[0][0]
+        unscaled = dataclasses.replace(ad, meta=ad.meta.replace(rope_scaling=None))
+        assert want != ServedReference(base).greedy([PROMPT], [unscaled], N_NEW)[0][0], "RoPE x2 changes nothing here"
+        r = httpx.post(srv.url + "/v1/completions", timeout=120, headers={"Authorization": f"Bearer {API_KEY}"},
+                       json={"model": "rope-a", "prompt": PROMPT, "max_tokens": N_NEW, "temperature": 0,
+                             "ignore_eos": True, "return_token_ids": True})
+        assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == want
+
+        got, started = [0] * STREAMS, threading.Barrier(STREAMS + 1, timeout=120)
+
+        def stream(i: int) -> None:
+            body = {"model": "rope-a", "prompt": "the cat", "max_tokens": STREAM_TOKENS, "ignore_eos": True,
+                    "stream": True}
+            try:
+                with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=120,
+                                  headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+                    for line in resp.iter_lines():
+                        if line.startswith("data: {"):
+                            got[i] += 1
+                            if got[i] == 1:
+                                started.wait()
+            except httpx.HTTPError:                 # closed by the server at the abort: a clean end
+                pass
+
+        threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(STREAMS)]
+        for t in threads:
+            t.start()
+        started.wait()                              # every stream is running
+        assert max(got) < STREAM_TOKENS, got
+        t0 = time.time()
+        code = stop(srv, signal.SIGTERM, timeout=60)
+        took = time.time() - t0
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads), "a stream hung after shutdown"
+        assert max(got) < STREAM_TOKENS, f"a stream ran to completion: not aborted after 1 s ({got})"
+        assert code == 0 and took < 30, (code, took, srv.log_tail())
+    finally:
+        stop(srv)
+    assert session_pids(srv.proc.pid) == []
