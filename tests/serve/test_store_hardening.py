@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import threading
@@ -242,4 +243,10 @@ def test_absurd_deltas_are_refused_against_the_base_norms(tmp_path, demo, caplog
     publish.check(tmp_path / "absurd-delta", tmp_path / "absurd-delta", cfg, 16)   # what the server did before
     for name in ("demo-lora", "demo-dora", "demo-hylorada"):
         publish.check(built / name, built / name, cfg, 16, base_dir=str(base))
-    assert publish.base_norms(str(tmp_path)) is None and "norms unreadable" in caplog.text   # not a model folder
+    log = logging.getLogger("hylorada_serve")         # launch.own_log_handler (run in-process by other tests)
+    log.addHandler(caplog.handler)                     # turns propagation off: listen on the logger itself
+    try:
+        assert publish.base_norms(str(tmp_path)) is None   # not a model folder
+    finally:
+        log.removeHandler(caplog.handler)
+    assert "norms unreadable" in caplog.text
