@@ -6,7 +6,6 @@ cannot stop start-up (engine_rope); with the base folder, absurd LoRA deltas are
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
