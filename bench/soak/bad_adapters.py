@@ -269,10 +269,11 @@ BUILDERS = {"empty": empty, "missing-weights": missing_weights, "truncated": tru
             "sparse-file": sparse_file, "huge-header": huge_header}
 
 EXPECT = {"empty": "empty folder", "missing-weights": "adapter_model.safetensors: missing",
-          "truncated": "adapter_model.safetensors", "random-bytes": "adapter_model.safetensors",
+          "truncated": "adapter_model.safetensors: not a readable safetensors file",
+          "random-bytes": "adapter_model.safetensors: not a readable safetensors file",
           "wrong-names": "unexpected tensor name", "wrong-shapes": "does not fit the base",
           "rank-too-high": "above the server's max_rank", "nan": "NaN or Inf", "inf": "NaN or Inf",
-          "pickle-only": "never", "unknown-format": "unknown format_version 99",
+          "pickle-only": "pickle files such as .bin are never loaded", "unknown-format": "unknown format_version 99",
           "other-base": "another base", "symlink-dir": "outside the adapters folder",
           "symlink-file": "outside the adapters folder",
           "absurd-b": "x the base weight's norm", "absurd-delta": "x the base weight's norm",

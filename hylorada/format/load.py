@@ -70,6 +70,8 @@ def check_header(path: Path) -> None:
             header = None if n > MAX_HEADER_BYTES else json.loads(fh.read(n))
     except (OSError, ValueError, RecursionError) as e:
         raise AdapterError(path, f"not a readable safetensors file ({type(e).__name__})") from None
+    if n > path.stat().st_size - 8:
+        raise AdapterError(path, f"not a readable safetensors file (its header length {n} runs past the file's end)")
     if n > MAX_HEADER_BYTES:
         raise AdapterError(path, f"safetensors header of {n} bytes (at most {MAX_HEADER_BYTES})")
     if not isinstance(header, dict):
