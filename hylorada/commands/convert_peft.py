@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hylorada import functional as F
+from hylorada.commands.errors import report_written
 from hylorada.format.base import base_config, read_base_tensors, served_base
 from hylorada.format.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_KEY, AdapterError, lora_key
 from hylorada.format.load import read_json, read_tensors
@@ -79,11 +80,4 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from hylorada.format.atomic import OutputExistsError
-    try:
-        out = convert_peft(args.peft_dir, args.out_dir, args.base, max_rank=args.max_rank)
-    except (AdapterError, OutputExistsError) as e:
-        print(f"hylorada convert-peft: error: {e}")
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return report_written("convert-peft", lambda: convert_peft(args.peft_dir, args.out_dir, args.base, max_rank=args.max_rank))

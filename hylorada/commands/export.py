@@ -18,18 +18,15 @@ from pathlib import Path
 import torch
 
 from hylorada import functional as F
-from hylorada.format.atomic import OutputExistsError
-from hylorada.format.base import base_config, read_base_tensors
-from hylorada.format.write import write_served
-from hylorada.format.base import served_base
+from hylorada.commands.errors import report_written
+from hylorada.format.base import base_config, base_shape_hash, read_base_tensors, served_base
 from hylorada.format.layout import AdapterError
-from hylorada.format.base import base_shape_hash
+from hylorada.format.write import write_served
 
 ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
 DAA_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.daa\.(head_scale|bucket_bias)$")
 LANDMARK_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.landmark\.(keys|values|gate)$")
 PARTS = ("lora_A", "lora_B", "magnitude", "magnitude_init", "magnitude_gate", "residual_weight", "position_scale")
-
 
 def served_meta(config, hf_config) -> dict:
     """hylorada.json fields that come from the training config (dynamic parts, RoPE, attention)."""
@@ -45,7 +42,6 @@ def served_meta(config, hf_config) -> dict:
             "rope_scaling": rope,
             "attention": {"mode": config.attention_mode, "sink_tokens": config.s2_sink_tokens,
                           "window": config.sink_window, "s2_group_size_ratio": config.s2_group_size_ratio}}
-
 
 def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path, source: str = "state",
                     full_tensors: dict | None = None):
@@ -93,7 +89,6 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
             dynamic[f"layers.{i}.{mod}.w_pos"] = p["position_scale"].to(f32).reshape(())
     return lora, c, {k: v.to(f32) for k, v in dynamic.items()}
 
-
 def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | None = None,
            max_rank: int | None = None, full_tensors: dict | None = None) -> Path:
     """Write the served form of a native checkpoint to out_dir (atomically, validated against the base).
@@ -121,19 +116,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
     return write_served(out_dir, lora=lora, c=c, extra_dynamic=dynamic, meta=meta,
                         base_name=str(ident.get("base_model_name_or_path") or base_dir), base_cfg=hf, max_rank=max_rank)
 
-
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a native checkpoint folder (hylorada train / model.save)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the served adapter (must not exist or be empty)")
     p.add_argument("--base", default=None, metavar="MODEL_DIR", help="base model folder (default: the one recorded)")
     p.add_argument("--max-rank", type=int, default=None, help="refuse adapters above this rank")
 
-
 def run(args) -> int:
-    try:
-        out = export(args.checkpoint, args.out_dir, args.base, max_rank=args.max_rank)
-    except (AdapterError, OutputExistsError) as e:
-        print(f"hylorada export: error: {e}")
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return report_written("export", lambda: export(args.checkpoint, args.out_dir, args.base, max_rank=args.max_rank))

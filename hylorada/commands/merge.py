@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from hylorada import functional as F
-from hylorada.format.atomic import OutputExistsError, atomic_dir
+from hylorada.commands.errors import report_written
+from hylorada.format.atomic import atomic_dir
 from hylorada.format.base import base_config
 from hylorada.format.layout import AdapterError
 from hylorada.format.adapter import ServedAdapter
@@ -100,10 +101,4 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    try:
-        out = merge(args.adapter_dir, args.base, args.out_dir)
-    except (AdapterError, OutputExistsError) as e:
-        print(f"hylorada merge: error: {e}")
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return report_written("merge", lambda: merge(args.adapter_dir, args.base, args.out_dir))

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hylorada.format.atomic import atomic_dir
-from hylorada.format.base import base_identity, base_shape_hash
+from hylorada.format.base import base_identity
 from hylorada.config import HyLoRADAConfig
 
 CONFIG_FILE, STATE_FILE, BASE_FILE = "hylorada_config.json", "hylorada_state.safetensors", "hylorada_base.json"
