@@ -32,7 +32,7 @@ from starlette.middleware import Middleware
 from . import metrics
 from . import routes
 from .models import HotSwapModels
-from .store import NAME_RE
+from .scan import NAME_RE
 from .watcher import HotSwapper
 
 ADMIN_PREFIX = "/v1/adapters"

@@ -28,7 +28,7 @@ from pathlib import Path
 from hylorada.format.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, META
 from hylorada_patches.loading import check_servable     # the engine patches' own pre-load checks (vLLM-free)
 
-from .store import MAX_ADAPTER_BYTES, NAME_RE, Signature, folder_signature
+from .scan import MAX_ADAPTER_BYTES, NAME_RE, Signature, folder_signature
 
 log = logging.getLogger("hylorada_serve")
 COPIED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, DYNAMIC)    # all the format uses; nothing else is copied

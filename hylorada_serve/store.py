@@ -1,5 +1,5 @@
 """Hot-swap bookkeeping for the adapters in DIR/: which folders exist, which are complete, which version of
-each one serves, and when a replaced version may be freed. No vLLM, no I/O beyond listdir/stat.
+each one serves, and when a replaced version may be freed. No vLLM, no I/O (scan.py looks at the disk).
 
 Life of an adapter folder DIR/name:
 
@@ -15,9 +15,7 @@ Completion rule (a folder being copied is never loaded half-written). A folder i
     of the server's clock (default 2 s), judged across polls.
 Writers that publish with one rename (hylorada.format.atomic.atomic_dir) are complete either way.
 
-Scan bounds. A look at a folder is iterative and stops at MAX_ENTRIES files + folders, MAX_DEPTH levels,
-MAX_ADAPTER_BYTES of real size (blocks on disk) or FOLDER_SCAN_S seconds; a folder over a bound is refused with the
-reason (cheaply: the walk stops there) and every other folder is judged as usual.
+The look at the disk (names, signatures, scan bounds) is scan.py; this class only keeps the books.
 
 Versions. Every load gets a new version number (per name, never reused) and a new global uid (vLLM's
 lora_int_id), and is served from its own published copy (DESIGN.md §6: prefix-cache keys include
@@ -29,103 +27,13 @@ retired version is collectable (engine slot and files freed) once no ticket olde
 """
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # \Z, not $: '$' matches before a final newline
-READY_MARKER = ".ready"
-# Scan bounds: a folder over any of them is refused with the reason (not walked further). Adapters are flat folders
-# of four files; the bounds leave room for a README or a checkpoint sub-folder, not for a tree.
-MAX_ENTRIES = 1024                  # files + sub-folders, counted as they are listed
-MAX_DEPTH = 4                       # sub-folder levels
-MAX_ADAPTER_BYTES = 8 << 30         # real size on disk (st_blocks * 512), all files together
-FOLDER_SCAN_S = 1.0                 # one folder's walk stops after this long (slow disk): not judged this pass
-
-Signature = tuple                   # ((relpath, size, mtime_ns), ...) sorted; () for an empty folder
-
-
-class OverBound(Exception):
-    """A folder over a scan bound; str() is the refusal reason."""
-
-
-def folder_signature(path: Path, time_limit: float = FOLDER_SCAN_S) -> Signature | None:
-    """(relpath, size, mtime_ns) of every file under `path` (links not followed), sorted; None if unreadable or not
-    walked within `time_limit` seconds. Iterative (no recursion however deep); raises OverBound past MAX_ENTRIES,
-    MAX_DEPTH or MAX_ADAPTER_BYTES of real size."""
-    out, entries, real = [], 0, 0
-    deadline = time.monotonic() + time_limit
-    stack = [(str(path), "", 0)]
-    try:
-        while stack:
-            folder, rel, depth = stack.pop()
-            with os.scandir(folder) as it:
-                for de in it:
-                    entries += 1
-                    if entries > MAX_ENTRIES:
-                        raise OverBound(f"{path}: more than {MAX_ENTRIES} files and folders "
-                                        "(an adapter is a few files)")
-                    if time.monotonic() > deadline:
-                        return None
-                    r = os.path.join(rel, de.name)
-                    if de.is_dir(follow_symlinks=False):
-                        if depth >= MAX_DEPTH:
-                            raise OverBound(f"{path}: folders nested more than {MAX_DEPTH} levels deep")
-                        stack.append((de.path, r, depth + 1))
-                        continue
-                    st = de.stat(follow_symlinks=False)
-                    real += st.st_blocks * 512
-                    if real > MAX_ADAPTER_BYTES:
-                        raise OverBound(f"{path}: more than {MAX_ADAPTER_BYTES >> 30} GiB on disk")
-                    out.append((r, st.st_size, st.st_mtime_ns))
-    except OSError:
-        return None
-    return tuple(sorted(out))
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One folder of DIR/ as one look at the disk found it (observe); the store's books are not touched."""
-    name: str
-    outside_link: bool = False      # DIR/name is a symlink resolving outside DIR/
-    signature: Signature | None = None
-    over: str | None = None         # the OverBound reason
-
-
-def observe(root: Path) -> list[Seen] | None:
-    """Look at DIR/ once: every non-hidden folder, with its signature (only for names the store can serve).
-    Pure I/O, no shared state: the watcher runs it on a worker thread. None when DIR/ itself is unreadable."""
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return None
-    out = []
-    for n in sorted(names):
-        path = root / n
-        if n.startswith(".") or not path.is_dir():    # temporaries (atomic_dir writes .name.tmp-*)
-            continue
-        if not NAME_RE.fullmatch(n):
-            out.append(Seen(n))
-            continue
-        if path.is_symlink() and not _inside(path.resolve(), root.resolve()):
-            out.append(Seen(n, outside_link=True))
-            continue
-        try:
-            out.append(Seen(n, signature=folder_signature(path)))
-        except OverBound as e:
-            out.append(Seen(n, over=str(e)))
-    return out
-
-
-def marker_complete(sig: Signature) -> bool:
-    """True when `.ready` exists and was written after (or with) every other file."""
-    marker = [m for (p, _, m) in sig if p == READY_MARKER]
-    return bool(marker) and all(m <= marker[0] for (p, _, m) in sig if p != READY_MARKER)
-
+from .scan import NAME_RE, Seen, Signature, marker_complete, observe
 
 @dataclass(frozen=True)
 class Version:
@@ -360,11 +268,3 @@ class AdapterStore:
                         "size_bytes": v.size_bytes if v else None,
                         "load_ms": round(v.load_seconds * 1e3, 1) if v else None, "since": e.since, "events": dict(e.events)})
         return out
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False

@@ -1,6 +1,6 @@
 """The polling watcher: turns AdapterStore decisions into engine loads and frees.
 
-One pass (`step`) = look at DIR/ once (`store.observe`, on a worker thread); for each removed folder, stop serving
+One pass (`step`) = look at DIR/ once (`scan.observe`, on a worker thread); for each removed folder, stop serving
 it; for each complete new or changed folder, copy → validate (worker threads) → `engine.add_lora` → commit; then
 free retired versions no admitted request can still use (`engine.remove_lora` + delete the published copy).
 
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import publish
-from .store import AdapterStore, Version, observe
+from .scan import observe
+from .store import AdapterStore, Version
 
 log = logging.getLogger("hylorada_serve")
 ENGINE_TIMEOUT_S = 120              # an engine that does not answer add_lora in this long refuses the adapter

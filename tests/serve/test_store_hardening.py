@@ -17,8 +17,9 @@ import pytest
 
 import hylorada.format.load as reader
 from bench.soak import bad_adapters as bad
-from hylorada_serve import publish, store as store_mod
-from hylorada_serve.store import NAME_RE, AdapterStore, folder_signature
+from hylorada_serve import publish, scan as scan_mod
+from hylorada_serve.scan import NAME_RE, folder_signature
+from hylorada_serve.store import AdapterStore
 from hylorada_serve.watcher import HotSwapper
 
 from .test_store import FakeEngine
@@ -128,7 +129,7 @@ def test_many_empty_sub_folders_are_refused_cheaply(tmp_path):
     for i in range(20_000):
         (d / f"e{i}").mkdir()
     t0 = time.perf_counter()
-    with pytest.raises(store_mod.OverBound, match="files and folders"):
+    with pytest.raises(scan_mod.OverBound, match="files and folders"):
         folder_signature(d)
     assert time.perf_counter() - t0 < 0.5
 
@@ -139,10 +140,10 @@ def test_real_size_bounds_the_scan(tmp_path, monkeypatch):
     (d / "adapter_model.safetensors").write_bytes(os.urandom(1 << 20))
     (d / "hole").touch()
     os.truncate(d / "hole", 1 << 36)                       # 64 GiB apparent, nothing on disk: not counted
-    monkeypatch.setattr(store_mod, "MAX_ADAPTER_BYTES", 1 << 19)
-    with pytest.raises(store_mod.OverBound, match="on disk"):
+    monkeypatch.setattr(scan_mod, "MAX_ADAPTER_BYTES", 1 << 19)
+    with pytest.raises(scan_mod.OverBound, match="on disk"):
         folder_signature(d)
-    monkeypatch.setattr(store_mod, "MAX_ADAPTER_BYTES", 4 << 20)
+    monkeypatch.setattr(scan_mod, "MAX_ADAPTER_BYTES", 4 << 20)
     assert len(folder_signature(d)) == 2
 
 
@@ -151,14 +152,14 @@ def test_scan_parse_and_copy_run_off_the_event_loop_without_the_lock(tmp_path, d
     store, sw, engine, root, pub = swapper(tmp_path)
     shutil.copytree(built / "demo-lora", root / "a")
     seen = []
-    walk, stage, check = store_mod.folder_signature, publish.stage, publish.check
+    walk, stage, check = scan_mod.folder_signature, publish.stage, publish.check
 
     def spy(what, f):
         def wrapped(*a, **kw):
             seen.append((what, threading.get_ident(), sw.lock.locked()))
             return f(*a, **kw)
         return wrapped
-    monkeypatch.setattr(store_mod, "folder_signature", spy("scan", walk))
+    monkeypatch.setattr(scan_mod, "folder_signature", spy("scan", walk))
     monkeypatch.setattr(publish, "stage", spy("copy", stage))
     monkeypatch.setattr(publish, "check", spy("check", check))
 
