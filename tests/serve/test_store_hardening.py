@@ -245,8 +245,11 @@ def test_absurd_deltas_are_refused_against_the_base_norms(tmp_path, demo, caplog
         publish.check(built / name, built / name, cfg, 16, base_dir=str(base))
     log = logging.getLogger("hylorada_serve")         # launch.own_log_handler (run in-process by other tests)
     log.addHandler(caplog.handler)                     # turns propagation off: listen on the logger itself
-    try:
+    disabled, log.disabled = log.disabled, False       # and vLLM's logging config (disable_existing_loggers) may
+    try:                                               # have disabled it in this process
+
         assert publish.base_norms(str(tmp_path)) is None   # not a model folder
     finally:
         log.removeHandler(caplog.handler)
+        log.disabled = disabled
     assert "norms unreadable" in caplog.text

@@ -3,23 +3,21 @@ side with upstream vLLM's LoRA server, interleaved in one run (bench.compare's i
 shared machine hits all three alike.
 
     git worktree add /tmp/before 84dc5ee && ln -s /tmp/before/patches /tmp/before/hylorada_patches
-    .venv/bin/python bench/results/house-move/ab.py --reps 4          # from the repo root; writes this folder
+    PYTHONPATH=. .venv/bin/python bench/results/house-move/ab.py --reps 4     # from the repo root; writes this folder
 
 PYTHONPATH=/tmp/before makes the 'before' server and its engine processes import the old hylorada, hylorada_serve and
-hylorada_patches (the console script's own folder, not the repo, is first on sys.path). Same adapters (exported by
+hylorada_patches (the console script's own folder, not the repo, comes first in the import path). Same adapters (exported by
 today's code; the format did not change), same workload as bench.compare's anchor, float32.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from bench.compare import adapters as build, runs, servers
 
-from bench.compare import adapters as build, runs, servers  # noqa: E402
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def main() -> int:
