@@ -4,7 +4,7 @@
 
 The writer (a spawned child) publishes N wake-ups, one every 0.2 ms; the reader records a read every 0.2 ms
 and never goes idle, as vLLM's engine core and worker do under continuous traffic. Prints one JSON line:
-the reader's glibc malloc in-use growth (MiB) over the run. No fixed sleeps: the writer pings until the reader
+the reader's glibc malloc in-use growth (MiB) over the run, and over each half of the wake-ups. No fixed sleeps: the writer pings until the reader
 has received one (the subscription is up, however slow the machine), and only then do the N wake-ups start.
 """
 import ctypes
@@ -16,7 +16,7 @@ import time
 import zmq
 
 
-def writer(addr: str, n: int, subscribed, go) -> None:
+def writer(addr: str, n: int, subscribed, go, sent) -> None:
     from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
     ctx = zmq.Context()
     w = SpinCondition(False, ctx, addr)
@@ -24,8 +24,9 @@ def writer(addr: str, n: int, subscribed, go) -> None:
     while not subscribed.wait(0.01) and time.monotonic() < deadline:   # PUB drops until the SUB has joined
         w.notify()
     go.wait(120)
-    for _ in range(n):
+    for i in range(n):
         w.notify()
+        sent.value = i + 1
         time.sleep(0.0002)
     w.local_notify_socket.close(linger=0)
     ctx.term()
@@ -52,8 +53,8 @@ if __name__ == "__main__":
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
     addr, spawn = get_open_zmq_ipc_path(), mp.get_context("spawn")
-    subscribed, go = spawn.Event(), spawn.Event()
-    proc = spawn.Process(target=writer, args=(addr, n, subscribed, go))
+    subscribed, go, sent = spawn.Event(), spawn.Event(), spawn.RawValue("q", 0)
+    proc = spawn.Process(target=writer, args=(addr, n, subscribed, go, sent))
     proc.start()
     ctx = zmq.Context()
     r = SpinCondition(True, ctx, addr)
@@ -66,12 +67,16 @@ if __name__ == "__main__":
     r.wait(timeout_ms=50)                            # one idle wait: the pipe is checked and found empty
     before = malloc_in_use_mb(libc)
     go.set()
-    deadline = time.monotonic() + 120
+    deadline, half = time.monotonic() + 120, None
     while proc.is_alive() and time.monotonic() < deadline:
         r.record_read()                              # a read every step, never idle, never polls
+        if half is None and sent.value >= n // 2:
+            half = malloc_in_use_mb(libc)            # halfway through the wake-ups
         time.sleep(0.0002)
     proc.join(5)
-    print(json.dumps({"mode": mode, "n": n, "growth_mb": malloc_in_use_mb(libc) - before}), flush=True)
+    end = malloc_in_use_mb(libc)
+    print(json.dumps({"mode": mode, "n": n, "growth_mb": end - before, "first_half_mb": half - before,
+                      "second_half_mb": end - half}), flush=True)
     for s in (r.local_notify_socket, r.read_cancel_socket, r.write_cancel_socket):
         s.close(linger=0)
     ctx.term()
