@@ -1,5 +1,6 @@
 """One real `hylorada-serve` per test session: a subprocess on 127.0.0.1 with a free port, the demo adapters
-(LoRA, converted DoRA, exported HyLoRADA) in a temporary DIR/, an API key and an admin key. Every wait is bounded.
+(LoRA, converted DoRA, exported HyLoRADA) in a temporary DIR/, an API key and an admin key (given through
+HYLORADA_API_KEY / HYLORADA_ADMIN_KEY; the servers tests start of their own get them as flags). Every wait is bounded.
 
 The server fixture is only built by the modules that use it (they are marked `vllm`); test_store.py needs no
 engine. test_server_shutdown.py (collected after test_server.py) sends SIGTERM to the shared server.
@@ -34,6 +35,7 @@ class Server:
     adapters: Path
     log: Path
     spare: Path                     # adapter folders not in DIR/ (sources for hot-swap tests)
+    keys: str = "flags"             # how the API and admin keys were given: "flags" or "env"
     exit_code: list = field(default_factory=list)
 
     def log_tail(self, n: int = 60) -> str:
@@ -46,18 +48,25 @@ def stop(server: Server, sig=signal.SIGTERM, timeout: float = 90) -> int | None:
     return proc_stop(server.proc, sig, timeout_s=timeout, settle_s=15)[0]
 
 
-def start(root: Path, adapters: Path, base: Path, spare: Path, extra: tuple[str, ...] = ()) -> Server:
-    """Start hylorada-serve and wait (bounded) until /health answers 200."""
+def start(root: Path, adapters: Path, base: Path, spare: Path, extra: tuple[str, ...] = (),
+          keys: str = "flags") -> Server:
+    """Start hylorada-serve and wait (bounded) until /health answers 200. keys="flags": --api-key/--admin-key;
+    keys="env": HYLORADA_API_KEY/HYLORADA_ADMIN_KEY in its environment and no key on its command line."""
     port = free_port()
     log = root / f"server-{port}.log"
     cmd = [sys.executable, "-m", "hylorada_serve.cli", "--base", str(base), "--adapters", str(adapters),
-           "--port", str(port), "--api-key", API_KEY, "--admin-key", ADMIN_KEY, "--stable-seconds", "1",
+           "--port", str(port), "--stable-seconds", "1",
            "--poll-interval", "0.2", "--max-loras", "4", "--max-cpu-loras", "8",
            "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "8", "--shutdown-timeout", "10",
            "--kv-cache-memory-bytes", str(KV_BYTES), *extra]
-    env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYLORADA_") or not k.endswith("_KEY")}
+    env.update(VLLM_HOST_IP="127.0.0.1", PYTHONUNBUFFERED="1")
+    if keys == "env":
+        env.update(HYLORADA_API_KEY=API_KEY, HYLORADA_ADMIN_KEY=ADMIN_KEY)
+    else:
+        cmd += ["--api-key", API_KEY, "--admin-key", ADMIN_KEY]
     proc = launch(cmd, log, env=env, cwd=Path(__file__).resolve().parents[2])
-    srv = Server(f"http://127.0.0.1:{port}", proc, base, adapters, log, spare)
+    srv = Server(f"http://127.0.0.1:{port}", proc, base, adapters, log, spare, keys)
     why = wait_ready(proc, lambda: http_ok(srv.url + "/health"), START_TIMEOUT_S)
     if why is not None:
         stop(srv)
@@ -96,7 +105,7 @@ def fresh_adapters(root: Path, built: Path) -> Path:
 @pytest.fixture(scope="package")
 def server(demo_files) -> Server:
     root, base, built = demo_files
-    srv = start(root, fresh_adapters(root, built), base, built)
+    srv = start(root, fresh_adapters(root, built), base, built, keys="env")    # the servers of their own: flags
     try:
         yield srv
     finally:

@@ -5,7 +5,9 @@
   * with --admin-key, /v1/adapters* needs exactly that key: the inference key is not enough (nor is the admin
     key an inference key), and path spellings that might dodge the prefix check never reach an admin route;
   * keys are compared as SHA-256 digests with hmac.compare_digest (constant time, equal lengths), never with ==;
-  * no key, right or wrong, appears in the server's log.
+  * no key, right or wrong, appears in the server's log;
+  * keys from HYLORADA_API_KEY / HYLORADA_ADMIN_KEY (how the shared server gets them) guard a running server and
+    are on no process's command line; keys given as flags (test_startup_adapters.py's server) guard it too.
 """
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import asyncio
 import inspect
 import socket
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+
+from bench.proc import session_pids
 
 from .conftest import ADMIN_KEY, API_KEY
 
@@ -156,3 +161,20 @@ def test_vllm_path_taking_lora_routes_stay_disabled(server):
         assert r.status_code == 401, (route, r.status_code, r.text[:200])            # not an admin route
     models = httpx.get(server.url + "/v1/models", headers=api, timeout=30).json()["data"]
     assert "sneaked-in" not in {m["id"] for m in models}
+
+
+@pytest.mark.vllm
+def test_env_keys_guard_the_running_server_and_stay_off_the_command_line(server):
+    assert server.keys == "env"                                    # the shared server got its keys from the environment
+    for pid in session_pids(server.proc.pid):                       # API server, engine core, workers
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        assert API_KEY.encode() not in cmdline and ADMIN_KEY.encode() not in cmdline, (pid, cmdline[:300])
+    url = server.url
+    assert httpx.get(url + "/v1/models", timeout=30).status_code == 401
+    assert httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).status_code == 200
+    assert httpx.get(url + "/v1/adapters", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).status_code == 401
+    assert httpx.get(url + "/v1/adapters", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                     timeout=30).status_code == 200

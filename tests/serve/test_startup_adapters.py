@@ -62,3 +62,13 @@ def test_base_and_good_adapters_answer_the_reference(started):
             r = http.post("/v1/completions", json={"model": name or "tiny-llama", "prompt": PROMPT, "max_tokens": N_NEW,
                                                    "temperature": 0, "ignore_eos": True, "return_token_ids": True})
             assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == list(want), (name, r.text[:300])
+
+
+def test_keys_given_as_flags_guard_this_server(started):
+    """This server got --api-key / --admin-key (the shared one gets them from the environment: test_auth.py)."""
+    srv, _ = started
+    assert srv.keys == "flags"
+    assert httpx.get(srv.url + "/v1/models", timeout=30).status_code == 401
+    assert httpx.get(srv.url + "/v1/adapters", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).status_code == 401
+    assert httpx.get(srv.url + "/v1/adapters", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                     timeout=30).status_code == 200
