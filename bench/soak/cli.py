@@ -6,7 +6,10 @@ adapters dropped into DIR/, watching for unexpected errors and resident-memory g
 
 Traffic (seeded worker threads): greedy completions (tokens must equal the first answer for that model; for the
 swapped adapter one of its two weight sets, never a mix), sampled completions (usage == max_tokens), chat, streams
-(must end with [DONE]), clients hanging up after the first chunk, and requests for bad/unknown names (must be 404).
+(must end with [DONE]), clients hanging up after the first chunk, requests for bad/unknown names (must be 404), and
+the other routes that reach the engine — /v1/messages (streamed), /v1/responses, /invocations with the SageMaker
+adapter header (streamed) and /v1/chat/completions/batch — each must come back whole from the adapter it named,
+including on the swapped one while it is replaced.
 The swapper alternates DIR/swap-a between the demo LoRA and DoRA weights (one rename) and every 4th time removes it
 for 3 s (a 404 for swap-a is expected only then). The dropper puts a broken adapter (bench/soak/bad_adapters.py,
 cycling the cases) into DIR/, checks it is refused, then deletes it. RSS = every process of the server's session,

@@ -24,6 +24,27 @@ DEMO = ["demo-lora", "demo-dora", "demo-hylorada"]
 SWAP, PROMPT, N_NEW = "swap-a", [5, 77, 140, 33, 9], 8
 
 
+# The routes that reach the engine besides /v1/completions and /v1/chat/completions (hylorada_serve/routes.py ADMIT):
+# path -> (model, n) -> (body, headers), and path -> "the answer came back whole".
+ROUTES = {
+    "/v1/messages": lambda m, n: ({"model": m, "max_tokens": n, "stream": True,
+                                   "messages": [{"role": "user", "content": "tell me"}]}, {}),
+    "/v1/responses": lambda m, n: ({"model": m, "input": "tell me", "max_output_tokens": n}, {}),
+    "/invocations": lambda m, n: ({"model": "tiny-llama", "prompt": "tell me", "max_tokens": n, "ignore_eos": True,
+                                   "stream": True},
+                                  {} if m == "tiny-llama" else {"X-Amzn-SageMaker-Adapter-Identifier": m}),
+    "/v1/chat/completions/batch": lambda m, n: ({"model": m, "max_tokens": n, "ignore_eos": True,
+                                                 "messages": [[{"role": "user", "content": "a"}],
+                                                              [{"role": "user", "content": "b c"}]]}, {}),
+}
+ROUTE_DONE = {
+    "/v1/messages": lambda text: "message_stop" in text,
+    "/v1/responses": lambda text: '"output"' in text,
+    "/invocations": lambda text: text.rstrip().endswith("data: [DONE]"),
+    "/v1/chat/completions/batch": lambda text: text.count('"finish_reason"') == 2,
+}
+
+
 class Soak:
     def __init__(self, url: str, adapters: Path, spare: Path, a):
         self.url, self.adapters, self.spare, self.a = url, adapters, spare, a
@@ -50,9 +71,11 @@ class Soak:
 
     def one(self, http: httpx.Client, rng: random.Random) -> None:
         model = rng.choice(["tiny-llama", *DEMO, SWAP, SWAP])
-        kind = rng.choices(["greedy", "sample", "chat", "stream", "hangup", "404"], [4, 3, 2, 2, 1, 1])[0]
+        kind = rng.choices(["greedy", "sample", "chat", "stream", "hangup", "404", "route"], [4, 3, 2, 2, 1, 1, 2])[0]
         t0 = time.time()
         try:
+            if kind == "route":
+                return self.route(http, rng, model, t0)
             if kind == "404":
                 with self.lock:
                     name = rng.choice(self.bad_live or ["no-such-adapter"])
@@ -89,6 +112,17 @@ class Soak:
             self.note(kind, ok or self.absent_404(model, r.status_code, t0), (model, r.status_code))
         except httpx.HTTPError as e:
             self.note(kind, False, (model, type(e).__name__, str(e)[:200]))
+
+    def route(self, http: httpx.Client, rng: random.Random, model: str, t0: float) -> None:
+        """One request on a route other than completions/chat: each must pin its adapter version like those do
+        (before the fix, a hot-swap under /v1/messages streams killed the engine)."""
+        n, path = rng.randint(2, 24), rng.choice(sorted(ROUTES))
+        body, headers = ROUTES[path](model, n)
+        with http.stream("POST", path, json=body, headers=headers) as r:
+            data = b"".join(r.iter_bytes()).decode(errors="replace")
+        served = r.headers.get("x-hylorada-adapter")
+        ok = r.status_code == 200 and ROUTE_DONE[path](data) and (model == "tiny-llama" or served == model)
+        self.note(f"route{path}", ok or self.absent_404(model, r.status_code, t0), (model, r.status_code, served, data[-200:]))
 
     def absent_404(self, model: str, code: int, t0: float) -> bool:
         return model == SWAP and code == 404 and self.was_absent(t0, time.time())
