@@ -24,10 +24,11 @@ MAX_LORAS = 5
 MAX_RANK = 8
 
 
-def make_peft(base_dir, out_dir, seed: int, **kw):
+def make_peft(base_dir, out_dir, seed: int, b_scale: float = 0.15, **kw):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)                       # PEFT draws lora_A from the global generator: same seed, same adapter
     cfg = dict(r=8, lora_alpha=16, lora_dropout=0.0,
                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) | kw
     model = get_peft_model(base, LoraConfig(**cfg))
@@ -35,20 +36,20 @@ def make_peft(base_dir, out_dir, seed: int, **kw):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+                p.copy_(torch.randn(p.shape, generator=g) * b_scale)
             elif "lora_magnitude_vector" in n:
                 p.mul_(1 + 0.3 * torch.randn(p.shape, generator=g))
     model.save_pretrained(out_dir)
     return out_dir
 
 
-def make_hylorada(base_dir, work, name: str, seed: int, **kw):
+def make_hylorada(base_dir, work, name: str, seed: int, b_scale: float = 0.15, **kw):
     """Train-side HyLoRADA model with random non-trivial parts -> native checkpoint -> export (served form)."""
     from hylorada import HyLoRADAConfig, HyLoRADAModel
     from hylorada.commands.export import export
     from tests.helpers import randomize_adapter
     model = HyLoRADAModel.from_pretrained(base_dir, HyLoRADAConfig(**kw)).eval()
-    randomize_adapter(model, seed=seed, scale=0.15)
+    randomize_adapter(model, seed=seed, scale=b_scale)
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for n, p in model.adapter_state_dict().items():
@@ -56,6 +57,8 @@ def make_hylorada(base_dir, work, name: str, seed: int, **kw):
                 p.fill_(0.8)                      # init 0 would make the read-out vanish
             elif ".landmark." in n:
                 p.copy_(torch.randn(p.shape, generator=g))
+            elif ".daa." in n:                    # init is the identity (scale 1, bias 0)
+                p.add_(torch.randn(p.shape, generator=g) * (0.3 if n.endswith("head_scale") else 1.0))
     model.save(work / f"{name}-ckpt")
     return export(work / f"{name}-ckpt", work / name, base_dir)
 
