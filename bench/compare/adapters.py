@@ -2,7 +2,10 @@
 
     python -m bench.compare.adapters --num 256          # builds what bench.compare needs, prints the folders
 
-- base: hylorada.tiny "small" (26M parameters: hidden 512, 8 layers, GQA, vocab 2048).
+- base: `--base tiny-small` (default), hylorada.tiny "small" (26M parameters: hidden 512, 8 layers, GQA, vocab 2048);
+  `--base smollm2-135m-instruct` (or any name hylorada.bases knows), the real base, fetched once by
+  hylorada.bases.ensure_base (a float32 folder; each system runs it in --dtype); or a model folder. Every base
+  other than tiny-small gets its own cache sub-folder (.cache/bench/{name}/).
 - peft/lora-{k}: PEFT rsLoRA r16 on all seven projections, A and B drawn from a seeded normal (B non-zero so
   every adapter changes the output). What a user hands to upstream vLLM or to a PEFT server.
 - served-lora/lora-{k}: the same adapters converted by `hylorada.commands.convert_peft.convert_peft` (the served form, scale 1).
@@ -17,11 +20,27 @@ from pathlib import Path
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CACHE = Path(".cache/bench")
+TINY = "tiny-small"
 
 
 def build_base(cache: Path = CACHE) -> Path:
     from hylorada.tiny import build_tiny_llama
     return build_tiny_llama(cache.resolve() / "small-llama", "small")
+
+
+def resolve_base(base: str = TINY, cache: Path = CACHE) -> tuple[Path, Path]:
+    """(base model folder, the cache folder for its adapters) for `--base`: tiny-small, a name hylorada.bases
+    knows (fetched and converted once, float32), or an existing model folder."""
+    from hylorada import bases
+    if base == TINY:
+        return build_base(cache), cache
+    if base in bases.KNOWN:
+        return bases.ensure_base(base, dtype="float32"), cache / base
+    folder = Path(base)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--base {base!r}: neither {TINY}, a known base ({', '.join(sorted(bases.KNOWN))}) nor a "
+                         "model folder with a config.json")
+    return folder.resolve(), cache / folder.resolve().name
 
 
 def _stamp_ok(folder: Path, want: dict) -> bool:
@@ -114,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num", type=int, default=8, help="PEFT / served-LoRA adapters")
     ap.add_argument("--num-hylorada", type=int, default=8)
     ap.add_argument("--cache", default=str(CACHE))
+    ap.add_argument("--base", default=TINY, help=f"{TINY} (default), a known base name, or a model folder")
     a = ap.parse_args(argv)
-    cache = Path(a.cache)
-    base = build_base(cache)
+    base, cache = resolve_base(a.base, Path(a.cache))
     peft_paths = build_peft(base, a.num, cache)
     served = build_served_lora(base, peft_paths[:a.num_hylorada], cache)
     hyl = build_hylorada(base, a.num_hylorada, cache)

@@ -2,6 +2,12 @@
 
     python -m bench.compare --out bench/results/cpu                      # all systems + scaling (~20-25 min, 2 cores)
     python -m bench.compare --out /tmp/b --systems vllm-lora,peft-single --no-scaling
+    python -m bench.compare --base smollm2-135m-instruct --dtype bfloat16 --out bench/results/smollm2-bf16 \
+        --systems '' --no-scaling --paired-reps 4 --interleave hylorada,hylorada-lora,vllm-lora,vllm-base
+
+Base (--base): tiny-small (default, hylorada.tiny's 26M "small"), a base hylorada.bases knows (the real
+SmolLM2-135M-Instruct: fetched once), or a model folder. --dtype goes to every system alike (vLLM's "auto" would
+run a float32 checkpoint in bfloat16 on this CPU, so it is never left to choose).
 
 Systems (adapters are named a0..a{n-1} everywhere, so the request lists are identical — see the fingerprint):
   hylorada       hylorada-serve with HyLoRADA adapters (c + position bias, exported by hylorada.commands.export)
@@ -40,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/cpu")
+    p.add_argument("--base", default=build.TINY, help=f"{build.TINY} (default), a known base name "
+                   "(smollm2-135m-instruct) or a model folder; adapters are built on it (r16, all seven projections)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="every system's dtype (vLLM --dtype, the PEFT server's torch dtype)")
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--num-adapters", type=int, default=8)
     p.add_argument("--num-requests", type=int, default=96)
@@ -62,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_servers_on_sigterm()
     a.adapter_counts = [int(x) for x in a.adapter_counts.split(",")]
     a.rates = [float(x) for x in a.rates.split(",")]
-    out, work = Path(a.out), build.CACHE / "compare"
+    base, cache = build.resolve_base(a.base)
+    out, work = Path(a.out), cache / "compare"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     systems = [s for s in a.systems.split(",") if s]
@@ -72,15 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown system(s) {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
     scaling = [] if a.no_scaling else [s for s in a.scaling_systems.split(",") if s]
     n_many = max(a.adapter_counts) if scaling else a.num_adapters
-    base = build.build_base()
-    peft_paths = build.build_peft(base, max(n_many, a.num_adapters))
+    peft_paths = build.build_peft(base, max(n_many, a.num_adapters), cache)
     name = lambda i: f"a{i}"  # noqa: E731  (one name per adapter index in every system)
     ad = {"peft": {name(i): p for i, p in enumerate(peft_paths[:a.num_adapters])},
           "peft_many": {name(i): p for i, p in enumerate(peft_paths[:n_many])}}
     if {"hylorada-lora"} & set(systems + inter) or a.paired_reps:
-        ad["served"] = {name(i): p for i, p in enumerate(build.build_served_lora(base, peft_paths[:a.num_adapters]))}
+        ad["served"] = {name(i): p for i, p in enumerate(build.build_served_lora(base, peft_paths[:a.num_adapters], cache))}
     if {"hylorada"} & set(systems + scaling + inter) or a.paired_reps:
-        hyl = build.build_hylorada(base, n_many if "hylorada" in scaling else a.num_adapters)
+        hyl = build.build_hylorada(base, n_many if "hylorada" in scaling else a.num_adapters, cache)
         ad["hylorada"] = {name(i): p for i, p in enumerate(hyl[:a.num_adapters])}
         ad["hylorada_many"] = {name(i): p for i, p in enumerate(hyl[:n_many])}
     results, failures = {}, {}
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             xs = [2 * max(finite) if x == "inf" else x for x in xs]
             plot_sweep(xs, {s: [pt["overall"] for pt in sw[knob]] for s, sw in sweeps.items()},
                        out / f"scaling_{knob}.png", xlabel=xlabel, log_x=knob == "num_adapters")
-    summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "base": str(base),
+               "base_arg": a.base, "dtype": a.dtype,
                "started_unix": t_start, "elapsed_s": time.time() - t_start,
                "systems": {s: {k: v for k, v in r.items() if k != "records"} for s, r in results.items()},
                "ratios": ratio_table(results), "interleaved": interleaved, "paired": paired, "scaling": sweeps, "failures": failures}

@@ -68,14 +68,15 @@ class _BatchStreamer:
 class Engine:
     """Owns the model on one worker thread; requests arrive through a thread-safe queue."""
 
-    def __init__(self, base: str, adapters: dict[str, str], base_name: str, mode: str, max_batch: int, threads: int):
+    def __init__(self, base: str, adapters: dict[str, str], base_name: str, mode: str, max_batch: int, threads: int,
+                 dtype: str = "float32"):
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
         torch.set_num_threads(threads)
         self.torch, self.mode, self.max_batch, self.base_name = torch, mode, max_batch, base_name
         self.tok = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
         self.dora = []
         if adapters:
             names = list(adapters)
@@ -223,13 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("single", "mixed"), default="single")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="torch dtype of base and adapters")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     a = p.parse_args(argv)
     if not is_loopback_host(a.host):
         p.error(f"--host {a.host}: only loopback addresses (127.0.0.0/8, localhost, ::1)")
     adapters = dict(x.split("=", 1) for x in a.adapter)
-    engine = Engine(a.base, adapters, a.base_name, a.mode, a.max_batch if a.mode == "mixed" else 1, a.threads)
+    engine = Engine(a.base, adapters, a.base_name, a.mode, a.max_batch if a.mode == "mixed" else 1, a.threads, a.dtype)
     if engine.dora and a.mode == "mixed":
         print(f"peft_server: DoRA adapters {engine.dora}: PEFT cannot mix DoRA in one batch; batches grouped by adapter",
               flush=True)

