@@ -34,7 +34,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench.load.plots import plot_sweep
+from bench.load.plots import plot_cdfs, plot_sweep
 
 from . import adapters as build
 from .ratios import ratio_table

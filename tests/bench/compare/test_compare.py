@@ -50,3 +50,23 @@ def test_link_adapter_dir(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ["a0", "a1"]
     assert [p.name for p in (d / "a0").iterdir()] == ["adapter_config.json"]
     assert Path(d / "a1" / "adapter_config.json").read_text() == "{}"
+
+
+def test_cli_end_to_end_with_the_runs_stubbed(tmp_path, monkeypatch):
+    """`python -m bench.compare --systems ...` gets from its runs to comparison.json and the last JSON line (the
+    house move had left `plot_cdfs` unimported: every run with --systems died at its very end)."""
+    import json
+
+    from bench.compare import cli
+
+    rec = [{"ttft_s": 0.1, "e2e_s": 0.5, "ok": True}]
+    overall = {"output_tok_per_s": 10.0, "ttft_s": {"p50": 0.1}}
+    monkeypatch.setattr(cli.build, "resolve_base", lambda base: (tmp_path / "base", tmp_path / "cache"))
+    monkeypatch.setattr(cli.build, "build_peft", lambda base, n, cache: [tmp_path / f"p{i}" for i in range(n)])
+    monkeypatch.setattr(cli, "run_system", lambda s, *a: {"system": s, "overall": overall, "records": rec})
+    drawn = []
+    monkeypatch.setattr(cli, "plot_cdfs", lambda records, path, title: drawn.append(sorted(records)))
+    assert cli.main(["--out", str(tmp_path / "out"), "--systems", "vllm-base,vllm-lora", "--no-scaling",
+                     "--paired-reps", "0"]) == 0
+    out = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert set(out["systems"]) == {"vllm-base", "vllm-lora"} and drawn == [["vllm-base", "vllm-lora"]]
