@@ -168,7 +168,7 @@ def test_hot_swap_under_unpinned_routes_keeps_the_engine_alive(server, http, pat
 
     def client():
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
-            for _ in range(12):                                         # bounded in count ...
+            for _ in range(200):                                        # bounded in count ...
                 if stop.is_set():
                     return
                 body, extra = STREAMS[path](NAME)
@@ -188,8 +188,8 @@ def test_hot_swap_under_unpinned_routes_keeps_the_engine_alive(server, http, pat
             assert r.status_code == 200, r.text                         # a new version; the old one is freed
             #                                                             once no admitted request holds it
     finally:
-        # On a slow machine one request can outlast all four swaps: keep the clients going
-        # until one admitted after a swap has come back (or 60 s have passed), then stop.
+        # Keep the clients going until a request admitted after a swap has come back (or 60 s have
+        # passed), then stop: on CI the clients had used up a small request budget before the swaps landed.
         deadline = time.time() + 60
         while time.time() < deadline and len({ver for *_, ver, _ in results}) < 2 \
                 and any(t.is_alive() for t in threads):
