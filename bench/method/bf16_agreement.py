@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     served = {n: load_served(folders[n], base_config=cfg) for n in STYLES}
     rank = max(int(json.loads((folders[n] / "adapter_config.json").read_text())["r"]) for n in STYLES)
     qs = prompts(48 + a.prompts, 0)[48:]              # demo_build's held-out split (its first 48 train the adapters)
-    ids = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
-           for q in qs]
-    ids = [list(x["input_ids"]) if isinstance(x, dict) else list(x) for x in ids]
+    ids = [tok(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
+               add_special_tokens=False)["input_ids"] for q in qs]
     jobs = [(n, p) for n in names for p in ids]
     t0 = time.time()
     llm = LLM(model=str(base), enable_lora=True, max_loras=len(STYLES), max_lora_rank=rank, max_cpu_loras=len(STYLES),
