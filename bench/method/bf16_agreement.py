@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -108,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
            "adapters": {n: str(f) for n, f in folders.items()}, "questions": qs, "new_tokens": a.new,
            "models": results, "overall": summarize(allp, a.new), "engine_s": round(engine_s, 1),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-           "command": "python -m bench.method.bf16_agreement " + " ".join(argv or [])}
+           "command": " ".join(["python -m bench.method.bf16_agreement", *(sys.argv[1:] if argv is None else argv)])}
     path = Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     plot(results, a.new, path.with_suffix(".png"),
-         f"vLLM + HyLoRADA plugin in {a.dtype} vs float32 reference: SmolLM2-135M, demo adapters, greedy")
+         f"vLLM + HyLoRADA plugin in {a.dtype} vs the float32 reference\nSmolLM2-135M-Instruct, demo adapters, greedy")
     summary = {n: {"identical": round(r["identical"], 3), "mean_agreeing_prefix": round(r["mean_agreeing_prefix"], 1)}
                for n, r in results.items()}
     print(json.dumps({"out": str(path.with_suffix(".json")), "dtype": a.dtype, "overall_identical":

@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
            "ratios": {"hylorada_over_plain_lora_tok_s": p_ / h, "hylorada_over_base_tok_s": b / h,
                       "plain_lora_over_base_tok_s": b / p_},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-           "command": "python -m bench.method.profile_step " + " ".join(argv or [])}
+           "command": " ".join(["python -m bench.method.profile_step", *(sys.argv[1:] if argv is None else argv)])}
     path = Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
