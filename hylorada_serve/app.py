@@ -1,11 +1,10 @@
-"""What hylorada-serve adds to vLLM's own OpenAI app (built by vLLM's build_app/init_app_state):
+"""What hylorada-serve adds to vLLM's own OpenAI app (built by vLLM's build_app/init_app_state), outermost first:
 
+  * AuditMiddleware (audit.py, with --audit-log) — one JSON line per admin action and per refused request.
   * BodyLimitMiddleware — 413 for bodies over `--max-body-mb`, before anything reads them.
-  * AuthMiddleware — the route table (routes.py: every route of vLLM's app, OPEN / API / ADMIT / ADMIN / OFF):
-    `--api-key` on every route except /health, /metrics, /ping, /version; `--admin-key` (when set) on
-    /v1/adapters*, where the inference key is not enough; then 404 for OFF and unclassified paths. Two
-    Authorization headers are a 400. Keys are compared as SHA-256 digests with hmac.compare_digest and never
-    logged. With `--metrics-key`, /metrics without it omits the series that name adapters.
+  * AuthMiddleware (auth.py) — the route table (routes.py: OPEN / API / ADMIT / ADMIN / OFF) and the keys: the API
+    key, the admin key (/v1/adapters*, /health/details), a tenant's key (--keys); 404 for OFF routes.
+  * TenantMiddleware (tenancy.py, with --keys) — a tenant's limits (429 + Retry-After) and scope.
   * AdmissionMiddleware — around every ADMIT route (each one that resolves `model` to an adapter): takes a store
     Ticket (the adapter versions current at admission), answers with `x-hylorada-adapter` /
     `x-hylorada-adapter-version` headers naming the version the request ran on, and records the per-adapter
@@ -14,34 +13,28 @@
                        POST /v1/adapters/{name}/load       load DIR/name now (if new or changed)
                        POST /v1/adapters/{name}/reload     load DIR/name as a new version even if unchanged
                        POST /v1/adapters/{name}/unload     stop serving it (until load/reload)
-    `name` must be a folder name inside DIR/ (no separators, no leading dot); nothing else can be loaded.
+                       GET /health/details                 engine, adapters and keys file state
+    `name` must be a folder name inside DIR/ (no separators, no leading dot); nothing else can be loaded. A tenant
+    admin key sees and acts on its own adapters only (another's name is a 404 like an unknown one).
 Completions, chat, streaming, /v1/models, the 404/400 error shapes, /health and vLLM's /metrics are vLLM's.
 Header size and header read time are bounded below the app, in the HTTP protocol (http_bounds.py).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from . import metrics
 from . import routes
+from .asgi import error, json_object, read_body, replaying
+from .auth import ADMIN_PREFIX, AuthMiddleware, request_info
 from .models import HotSwapModels
 from .scan import NAME_RE
 from .watcher import HotSwapper
-
-ADMIN_PREFIX = "/v1/adapters"
-
-
-def error(status: int, message: str, err_type: str, param: str | None = None) -> JSONResponse:
-    """OpenAI's error shape (the one vLLM answers with)."""
-    return JSONResponse({"error": {"message": message, "type": err_type, "param": param, "code": status}},
-                        status_code=status)
 
 
 BODY_METHODS = (b"POST", b"PUT", b"PATCH")
@@ -90,72 +83,6 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay, send)
 
 
-class AuthMiddleware:
-    """Keys and the route table (routes.py): OPEN routes need no key, ADMIN ones (and anything under /v1/adapters)
-    the admin key, every other path the API key; then OFF and unclassified paths answer 404. A request with more
-    than one Authorization header is a 400 (which one a layer reads is not something to leave to chance). /metrics
-    without `metrics_key` (when one is set) loses the series that name adapter folders (metrics.redact)."""
-
-    def __init__(self, app, api_key: str | None, admin_key: str | None, metrics_key: str | None = None):
-        self.app = app
-        self.api, self.admin, self.metrics = _digest(api_key), _digest(admin_key), _digest(metrics_key)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        auths = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
-        if len(auths) > 1:
-            return await error(400, "more than one Authorization header", "BadRequestError")(scope, receive, send)
-        token = _bearer(auths[0]) if auths else None
-        given = hashlib.sha256(token or b"").digest()          # 32 bytes whatever was sent: constant-time compare
-        matches = lambda need: hmac.compare_digest(given, need) and token is not None   # noqa: E731
-        where = routes.policy(path)
-        if where == routes.OPEN:
-            if path.startswith("/metrics") and self.metrics is not None and not matches(self.metrics):
-                return await _redacted_metrics(self.app, scope, receive, send)
-            return await self.app(scope, receive, send)
-        need = self.admin if ((where == routes.ADMIN or path.startswith(ADMIN_PREFIX)) and self.admin) else self.api
-        if need is not None and not matches(need):
-            which = "admin" if need is self.admin else "API"
-            return await error(401, f"missing or wrong {which} key (Authorization: Bearer ...)",
-                               "AuthenticationError")(scope, receive, send)
-        if where == routes.OFF:
-            r = routes.route(path)
-            why = f": {r.why}" if r is not None else " (not a route hylorada-serve has classified: hylorada_serve/routes.py)"
-            return await error(404, f"{path} is not served by hylorada-serve{why}", "NotFoundError")(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def _digest(key: str | None) -> bytes | None:
-    return hashlib.sha256(key.encode()).digest() if key else None
-
-
-def _bearer(header: bytes) -> bytes | None:
-    scheme, _, token = header.partition(b" ")
-    return token.strip() if scheme.lower() == b"bearer" else None
-
-
-async def _redacted_metrics(app, scope, receive, send):
-    """vLLM's /metrics answer with metrics.redact applied: asked for uncompressed, buffered, re-measured."""
-    scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k != b"accept-encoding"]}
-    start, body = [None], bytearray()
-
-    async def send_(msg):
-        if msg["type"] == "http.response.start":
-            start[0] = msg
-            return
-        body.extend(msg.get("body", b""))
-        if msg.get("more_body", False):
-            return
-        out = metrics.redact(body.decode("utf-8", "replace")).encode() if start[0]["status"] == 200 else bytes(body)
-        headers = [(k, v) for k, v in start[0].get("headers") or [] if k.lower() != b"content-length"]
-        await send({**start[0], "headers": headers + [(b"content-length", str(len(out)).encode())]})
-        await send({"type": "http.response.body", "body": out})
-
-    await app(scope, receive, send_)
-
-
 class AdmissionMiddleware:
     """Pins each request on an ADMIT route (routes.py) to the adapter versions serving at admission
     (models.admitted), names the version it ran on in the response headers, and records its metrics. On
@@ -171,7 +98,7 @@ class AdmissionMiddleware:
         adapter = dict(scope.get("headers") or []).get(SAGEMAKER_ADAPTER)
         if scope["path"] == "/invocations" and adapter is not None:
             scope, receive = await _with_model(scope, receive, adapter.decode("latin-1"))
-        t0, status, counter = time.perf_counter(), [500], [None]
+        t0, status, counter, info = time.perf_counter(), [500], [None], request_info(scope)
         with self.models.admitted() as adm:
 
             async def send_(msg):
@@ -179,7 +106,7 @@ class AdmissionMiddleware:
                     status[0] = msg["status"]
                     headers = list(msg.get("headers") or [])
                     ctype = dict(headers).get(b"content-type", b"")
-                    counter[0] = metrics.TokenCounter(stream=b"text/event-stream" in ctype)
+                    counter[0] = info.counter = metrics.TokenCounter(stream=b"text/event-stream" in ctype)
                     if adm.used is not None:
                         headers += [(b"x-hylorada-adapter", adm.used.name.encode()),
                                     (b"x-hylorada-adapter-version", str(adm.used.number).encode())]
@@ -192,6 +119,7 @@ class AdmissionMiddleware:
                 await self.app(scope, receive, send_)
             finally:
                 label = adm.used.name if adm.used else (self.base_name if status[0] == 200 else "-")
+                info.adapter = adm.used.name if adm.used else (adm.asked if status[0] != 200 else None)
                 metrics.request_done(label, status[0], time.perf_counter() - t0,
                                      None if counter[0] is None else counter[0].total())
 
@@ -202,41 +130,28 @@ SAGEMAKER_ADAPTER = b"x-amzn-sagemaker-adapter-identifier"
 async def _with_model(scope, receive, model: str):
     """The request with its JSON body's `model` set to `model` (read whole: BodyLimitMiddleware, outside, bounds
     it). A body that is not a JSON object is passed on unchanged, for vLLM's 400."""
-    chunks = []
-    while True:
-        msg = await receive()
-        if msg["type"] != "http.request":
-            return scope, receive
-        chunks.append(msg.get("body", b""))
-        if not msg.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict):
+    body = await read_body(receive)
+    if body is None:
+        return scope, receive
+    if (obj := json_object(body)) is not None:
         body = json.dumps({**obj, "model": model}).encode()
     headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"transfer-encoding")]
     scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
-    sent = [False]
-
-    async def replay():
-        if sent[0]:
-            return await receive()
-        sent[0] = True
-        return {"type": "http.request", "body": body, "more_body": False}
-    return scope, replay
+    return scope, replaying(body, receive)
 
 
-def admin_router(swapper: HotSwapper) -> APIRouter:
+def admin_router(swapper: HotSwapper, keys=None) -> APIRouter:
+    """The admin routes. A tenant admin (request_info(...).tenant set) sees and acts on its own adapters only."""
     router = APIRouter()
     store = swapper.store
 
-    def bad_name(name: str) -> JSONResponse | None:
+    def refused(request: Request, name: str) -> JSONResponse | None:
         if not NAME_RE.match(name):
             return error(400, "adapter name must be a folder name inside the adapters folder "
                               "([A-Za-z0-9][A-Za-z0-9._-]{0,63})", "BadRequestError", "name")
+        tenant = request_info(request.scope).tenant
+        if tenant is not None and not tenant.allows(name):
+            return error(404, f"no adapter '{name}'", "NotFoundError", "name")     # as for an unknown name
         return None
 
     def answer(st: dict) -> JSONResponse:
@@ -247,40 +162,58 @@ def admin_router(swapper: HotSwapper) -> APIRouter:
         return JSONResponse(st)
 
     @router.get(ADMIN_PREFIX)
-    async def list_adapters():
+    async def list_adapters(request: Request):
+        tenant = request_info(request.scope).tenant
+        if tenant is not None:
+            return JSONResponse({"object": "list", "data": [s for s in store.status() if tenant.allows(s["name"])]})
         return JSONResponse({"object": "list", "adapters_dir": str(store.root), "data": store.status(),
                              "retired_not_yet_freed": store.retired_count(),
                              "engine_lora_ids": sorted(await swapper.engine.list_loras())})  # what vLLM holds
 
     @router.post(ADMIN_PREFIX + "/{name}/load")
-    async def load(name: str):
-        return bad_name(name) or answer(await swapper.load(name))
+    async def load(name: str, request: Request):
+        return refused(request, name) or answer(await swapper.load(name))
 
     @router.post(ADMIN_PREFIX + "/{name}/reload")
-    async def reload(name: str):
-        return bad_name(name) or answer(await swapper.load(name, force=True))
+    async def reload(name: str, request: Request):
+        return refused(request, name) or answer(await swapper.load(name, force=True))
 
     @router.post(ADMIN_PREFIX + "/{name}/unload")
-    async def unload(name: str):
-        if (resp := bad_name(name)) is not None:
+    async def unload(name: str, request: Request):
+        if (resp := refused(request, name)) is not None:
             return resp
         if name not in store.entries:
             return error(404, f"no adapter '{name}'", "NotFoundError", "name")
         return JSONResponse(await swapper.unload(name))
 
+    @router.get("/health/details")
+    async def health_details():
+        statuses = [s["status"] for s in store.status()]
+        return JSONResponse({"engine": "dead" if getattr(swapper.engine, "errored", False) else "ok",
+                             "adapters": {k: statuses.count(k) for k in sorted(set(statuses))},
+                             "keys": keys.status() if keys is not None else None})
+
     return router
 
 
 def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: str | None,
-            max_body_bytes: int = 0, metrics_key: str | None = None) -> None:
-    """Wire the store into vLLM's app (before it starts serving)."""
+            max_body_bytes: int = 0, metrics_key: str | None = None, keys=None, audit=None) -> None:
+    """Wire the store into vLLM's app (before it starts serving). keys: tenancy.KeysFile (--keys) or None;
+    audit: audit.AuditLog (--audit-log) or None."""
     models = HotSwapModels.adopt(app.state.openai_serving_models, swapper.store)
     swapper.store.on_forget = metrics.forget          # forgotten names leave /metrics too (bounded series)
-    app.include_router(admin_router(swapper))
+    app.include_router(admin_router(swapper, keys))
     # vLLM's build_app already built the middleware stack (its SageMaker bootstrap does), so insert ours as the
     # outermost layers and rebuild it, as that bootstrap itself does.
     app.user_middleware.insert(0, Middleware(AdmissionMiddleware, models=models))
+    if keys is not None:
+        from .limits import Limiter
+        from .tenancy import TenantMiddleware
+        app.user_middleware.insert(0, Middleware(TenantMiddleware, models=models, limiter=Limiter()))
     app.user_middleware.insert(0, Middleware(AuthMiddleware, api_key=api_key, admin_key=admin_key,
-                                                 metrics_key=metrics_key))
+                                             metrics_key=metrics_key, keys=keys))
     app.user_middleware.insert(0, Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))  # before anything reads
+    if audit is not None:
+        from .audit import AuditMiddleware
+        app.user_middleware.insert(0, Middleware(AuditMiddleware, log=audit))
     app.middleware_stack = app.build_middleware_stack()

@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: env HYLORADA_ADMIN_KEY; unset: the API key guards them)")
     p.add_argument("--metrics-key", help="require this key for the series of /metrics that name adapters "
                    "(default: env HYLORADA_METRICS_KEY; unset: /metrics is open in full)")
+    p.add_argument("--keys", help="tenants: a TOML or JSON file of key digests (SHA-256), the adapters each tenant "
+                   "may use and its limits (requests/s, generated tokens/min, concurrent requests); watched and "
+                   "reloaded on change, a bad reload keeps the previous file in force (docs/serving.md#tenants; check a file "
+                   "with python -m hylorada_serve.keys check FILE)")
+    p.add_argument("--audit-log", help="append one JSON line per admin action and per refused request to this file "
+                   "(tenant, route, adapter, outcome; never a key, prompt or completion)")
+    p.add_argument("--audit-log-mb", type=float, help="rotate the audit log at this many MiB (default "
+                   f"{D['audit_log_mb'].default:g})")
+    p.add_argument("--audit-log-backups", type=int, help="rotated audit files kept (default "
+                   f"{D['audit_log_backups'].default})")
     p.add_argument("--max-header-kb", type=int, help="answer 431 and close when a request's headers exceed this "
                    f"many KiB (default {D['max_header_kb'].default})")
     p.add_argument("--header-timeout", type=float, help="answer 408 and close when a request's headers are not "

@@ -49,6 +49,11 @@ class ServeConfig:
     admin_key: str | None = field(default=None, repr=False)  # Bearer key for /v1/adapters* (None: the API key)
     metrics_key: str | None = field(default=None, repr=False)  # Bearer key for /metrics' per-adapter series
     #                                         (None: /metrics is open in full, as routers such as llm-d scrape it)
+    keys: str | None = None                 # --keys FILE: tenants, their key digests, adapter scopes, limits
+    #                                         (hylorada_serve/keys.py; watched, reloaded on change)
+    audit_log: str | None = None            # one JSON line per admin action and refused request (audit.py)
+    audit_log_mb: float = 16.0              # the audit log rotates at this size, > 0
+    audit_log_backups: int = 5              # rotated files kept (FILE.1 ... FILE.N), >= 1
     max_body_mb: float = 16.0               # 413 for request bodies over this many MiB, before reading them; 0 = off
     max_header_kb: int = 64                 # 431 and close when a request's headers exceed this many KiB
     header_timeout: float = 10.0            # 408 and close when a request's headers are not in after this many s
@@ -75,6 +80,12 @@ class ServeConfig:
             bad.append(f"--host: must be a non-empty address (got {self.host!r})")
         if not _int(self.port) or not 0 <= self.port <= 65535:
             bad.append(f"--port: must be an integer in 0..65535 (got {self.port!r})")
+        if self.keys is not None and not Path(self.keys).is_file():
+            bad.append(f"--keys: no such file {self.keys!r}")
+        if not _number(self.audit_log_mb) or self.audit_log_mb <= 0:
+            bad.append(f"--audit-log-mb: must be > 0 (got {self.audit_log_mb!r})")
+        if not _int(self.audit_log_backups) or self.audit_log_backups < 1:
+            bad.append(f"--audit-log-backups: must be an integer >= 1 (got {self.audit_log_backups!r})")
         if not _number(self.max_body_mb) or self.max_body_mb < 0:
             bad.append(f"--max-body-mb: must be >= 0 (got {self.max_body_mb!r})")
         if not _int(self.max_header_kb) or self.max_header_kb < 1:

@@ -1,8 +1,9 @@
 """Run hylorada-serve from a ServeConfig: environment, vLLM's engine and OpenAI app, our store/watcher/admin, the
 serve loop, shutdown and the exit code.
 
-    run(config) → engine environment → (demo files) → vLLM's args → serve(): engine up → app + install() →
-    initial load → serve_http until SIGINT/SIGTERM (vLLM drains) or engine death (exit 1) → free published copies
+    run(config) → engine environment → (demo files) → keys file (refused before the engine starts) → vLLM's args →
+    serve(): engine up → app + install() → initial load → serve_http until SIGINT/SIGTERM (vLLM drains) or engine
+    death (exit 1) → free published copies
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def rope_overrides(config: ServeConfig) -> list[str]:
     return ["--hf-overrides", json.dumps(hf_overrides(meta, AutoConfig.from_pretrained(config.base)))]
 
 
-async def serve(args, config: ServeConfig) -> int:
+async def serve(args, config: ServeConfig, keys=None) -> int:
     """Engine up → app (vLLM's) + our store/watcher/admin → serve until SIGINT/SIGTERM or engine death."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -99,6 +100,7 @@ async def serve(args, config: ServeConfig) -> int:
 
     from . import gc_heap, metrics
     from .app import install
+    from .audit import AuditLog
     from .http_bounds import bounded_protocol
     from .report import banner, report_adapters
     from .store import AdapterStore
@@ -126,15 +128,18 @@ async def serve(args, config: ServeConfig) -> int:
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
                                  on_event=on_event, base_dir=str(config.base))
+            audit = None if config.audit_log is None else AuditLog(
+                config.audit_log, max_bytes=int(config.audit_log_mb * (1 << 20)), backups=config.audit_log_backups)
             install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes,
-                    metrics_key=config.metrics_key)
+                    metrics_key=config.metrics_key, keys=keys, audit=audit)
             own_log_handler()                      # again, after the engine's start-up configured logging
             await initial_load(swapper, config)
             report_adapters(store)
             stop = asyncio.Event()
             watcher = asyncio.create_task(swapper.run(stop, config.poll_interval))
             gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
-            print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key)), flush=True)
+            keys_watch = asyncio.create_task(keys.watch(stop) if keys is not None else stop.wait())
+            print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key or keys)), flush=True)
             shutdown = await serve_http(app, sock=sock, host=args.host, port=args.port, log_level="warning",
                                         access_log=False, timeout_keep_alive=5,
                                         http=bounded_protocol(config.max_header_kb << 10, config.header_timeout),
@@ -144,7 +149,9 @@ async def serve(args, config: ServeConfig) -> int:
             died = engine.errored and not asked
             stop.set()
             watcher.cancel()                       # the engine is already stopped: do not wait on a pass
-            await asyncio.gather(watcher, gc_once, return_exceptions=True)
+            await asyncio.gather(watcher, gc_once, keys_watch, return_exceptions=True)
+            if audit is not None:
+                audit.close()
         await shutdown
     finally:
         sock.close()
@@ -191,6 +198,23 @@ def own_log_handler() -> None:
         log.addHandler(h)
 
 
+def load_keys(config: ServeConfig):
+    """--keys, read and checked before the engine starts (a bad file is exit 2 naming each line, in seconds, not
+    after a 30 s engine start)."""
+    if config.keys is None:
+        return None
+    from .keys import KeysFileError
+    from .tenancy import KeysFile, forget_removed
+    try:
+        keys = KeysFile(config.keys, on_change=forget_removed)
+    except KeysFileError as e:
+        print(f"hylorada-serve: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    print(f"keys: {len(keys.table.tenants)} tenants, {len(keys.table.by_digest)} keys from {config.keys} "
+          "(watched)", flush=True)
+    return keys
+
+
 def run(config: ServeConfig) -> int:
     """Serve `config` until a signal (exit 0) or the engine's death (exit 1)."""
     set_process_env()
@@ -200,8 +224,9 @@ def run(config: ServeConfig) -> int:
     Path(config.adapters).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     own_log_handler()
+    keys = load_keys(config)
     args = vllm_args(config)
     try:
-        return asyncio.run(serve(args, config))
+        return asyncio.run(serve(args, config, keys))
     except (KeyboardInterrupt, asyncio.CancelledError):     # signalled during start-up: engine already stopped
         return 0

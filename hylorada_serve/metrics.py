@@ -24,13 +24,20 @@ LOAD_EVENTS = Counter("hylorada_adapter_load_events", "Adapter lifecycle events 
                       ["adapter", "event"])
 VERSION = Gauge("hylorada_adapter_version", "Version number now serving (0: not serving)", ["adapter"])
 SERVING = Gauge("hylorada_adapters_serving", "Adapters now servable")
+# per tenant (--keys): the tenant's name from the keys file, never a key
+TENANT_REQUESTS = Counter("hylorada_tenant_requests", "Requests of a tenant's keys, by HTTP status (429: a limit, "
+                          "404: an unknown adapter or one the tenant may not use)", ["tenant", "code"])
+TENANT_TOKENS = Counter("hylorada_tenant_generated_tokens", "Generated tokens by tenant", ["tenant"])
+TENANT_LIMITED = Counter("hylorada_tenant_limited", "Requests refused (429) or streams cut, by tenant and limit",
+                         ["tenant", "limit"])
 
 
 _SERIES: dict[str, set] = defaultdict(set)     # adapter -> {(metric, other label values)} it has a series in
+_TENANT_SERIES: dict[str, set] = defaultdict(set)
 
 
-def _series(metric, name: str, *rest: str):
-    _SERIES[name].add((metric, rest))
+def _series(metric, name: str, *rest: str, book=_SERIES):
+    book[name].add((metric, rest))
     return metric.labels(name, *rest)
 
 
@@ -48,13 +55,28 @@ def request_done(adapter: str, code: int, seconds: float, tokens: int | None) ->
         _series(TOKENS, adapter).inc(tokens)
 
 
-def forget(name: str) -> None:
+def tenant_done(tenant: str, code: int, tokens: int) -> None:
+    _series(TENANT_REQUESTS, tenant, str(code), book=_TENANT_SERIES).inc()
+    if tokens:
+        _series(TENANT_TOKENS, tenant, book=_TENANT_SERIES).inc(tokens)
+
+
+def tenant_limited(tenant: str, limit: str) -> None:
+    _series(TENANT_LIMITED, tenant, limit, book=_TENANT_SERIES).inc()
+
+
+def forget(name: str, book=_SERIES) -> None:
     """Drop every series labelled `name` (the store forgot it; a name that comes back starts again at zero)."""
-    for metric, rest in _SERIES.pop(name, ()):
+    for metric, rest in book.pop(name, ()):
         try:
             metric.remove(name, *rest)
         except KeyError:
             pass
+
+
+def forget_tenant(name: str) -> None:
+    """A tenant removed from the keys file leaves /metrics (bounded series)."""
+    forget(name, book=_TENANT_SERIES)
 
 
 class TokenCounter:
@@ -76,29 +98,43 @@ class TokenCounter:
             self._sse(event)
 
     def _sse(self, event: bytes) -> None:
-        if not event.startswith(b"data: {"):
+        """One SSE event: OpenAI chunks (choices[].text / delta.content, usage.completion_tokens), Anthropic
+        messages (content_block_delta, message_delta.usage.output_tokens) and OpenAI responses
+        (response.output_text.delta, response.completed's usage.output_tokens)."""
+        data = next((ln[6:] for ln in event.split(b"\n") if ln.startswith(b"data: {")), None)
+        if data is None:
             return
         try:
-            obj = json.loads(event[6:])
+            obj = json.loads(data)
         except ValueError:
             return
-        if (obj.get("usage") or {}).get("completion_tokens") is not None:
-            self._usage = obj["usage"]["completion_tokens"]
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type")
+        usage = (obj.get("response") or {}).get("usage") if kind == "response.completed" else obj.get("usage")
+        if isinstance(usage, dict):
+            n = usage.get("completion_tokens", usage.get("output_tokens"))
+            if isinstance(n, int):
+                self._usage = n
+        if kind in ("content_block_delta", "response.output_text.delta"):
+            self.tokens += 1
         for ch in obj.get("choices") or []:
-            if ch.get("text") or (ch.get("delta") or {}).get("content"):
+            if isinstance(ch, dict) and (ch.get("text") or (ch.get("delta") or {}).get("content")):
                 self.tokens += 1
 
     def total(self) -> int:
         if not self.stream:
             try:
-                return int(json.loads(bytes(self._buf)).get("usage", {}).get("completion_tokens") or 0)
-            except (ValueError, AttributeError):
+                usage = json.loads(bytes(self._buf)).get("usage") or {}
+                return int(usage.get("completion_tokens", usage.get("output_tokens")) or 0)
+            except (ValueError, AttributeError, TypeError):
                 return 0
         return self._usage if self._usage is not None else self.tokens
 
 
-# Series that name adapter folders (refused ones too): withheld from /metrics without --metrics-key when one is set.
-NAMED_SERIES = ("hylorada_adapter_", "vllm:lora_requests_info")
+# Series that name adapter folders (refused ones too) or tenants: withheld from /metrics without --metrics-key
+# when one is set.
+NAMED_SERIES = ("hylorada_adapter_", "hylorada_tenant_", "vllm:lora_requests_info")
 
 
 def redact(text: str) -> str:

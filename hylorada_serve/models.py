@@ -12,6 +12,10 @@ there because vLLM's handlers read `models.lora_requests` with no request in han
 be found through the context: `admitted()` (AdmissionMiddleware) sets it around exactly one HTTP request, the tasks
 vLLM's handlers start inherit it (asyncio copies the context), and it is reset when the response ends.
 
+With tenants (`--keys`), `scoped(tenant)` (TenantMiddleware) narrows every view to the adapters the tenant may use,
+and `is_base_model` / `show_available_models` to the base only if it may: a name outside the scope is absent, so
+vLLM answers it exactly as it answers an unknown name.
+
 vLLM sees one adapter name per version (`name@vN`): its LoRARequest equality is by name, so two versions of one
 adapter in a batch must not share a name. Clients only ever see `name`.
 """
@@ -34,6 +38,7 @@ from .store import AdapterStore, Ticket, Version
 class Admission:
     ticket: Ticket
     used: Version | None = None     # the adapter version the request resolved (None: base model / not yet)
+    asked: str | None = None        # the first name looked up (an unknown one too: for the audit log)
 
 
 
@@ -43,6 +48,11 @@ class _View(dict):
     def __init__(self, mapping: dict[str, Version], admission: Admission | None):
         super().__init__((n, v.handle) for n, v in mapping.items())
         self._versions, self._admission = mapping, admission
+
+    def __contains__(self, name):
+        if self._admission is not None and self._admission.asked is None and isinstance(name, str):
+            self._admission.asked = name
+        return super().__contains__(name)
 
     def __getitem__(self, name):
         handle = super().__getitem__(name)
@@ -56,6 +66,7 @@ class HotSwapModels(OpenAIServingModels):
 
     _store: AdapterStore
     _admission: ContextVar[Admission | None]     # the request being handled in this context (None: outside one)
+    _tenant: ContextVar                          # the tenant whose scope applies in this context (None: all)
 
     @classmethod
     def adopt(cls, models: OpenAIServingModels, store: AdapterStore) -> "HotSwapModels":
@@ -63,7 +74,17 @@ class HotSwapModels(OpenAIServingModels):
         models.__class__ = cls
         models._store = store
         models._admission = ContextVar(f"hylorada_admission_{id(models):x}", default=None)
+        models._tenant = ContextVar(f"hylorada_tenant_{id(models):x}", default=None)
         return models
+
+    @contextmanager
+    def scoped(self, tenant) -> Iterator[None]:
+        """Within the block (this context and the tasks it starts), only what `tenant` (keys.Tenant) may use."""
+        token = self._tenant.set(tenant)
+        try:
+            yield
+        finally:
+            self._tenant.reset(token)
 
     @contextmanager
     def admitted(self) -> Iterator[Admission]:
@@ -79,8 +100,11 @@ class HotSwapModels(OpenAIServingModels):
 
     @property
     def lora_requests(self) -> dict:
-        adm = self._admission.get()
-        return _View(adm.ticket.mapping if adm is not None else self._store.serving(), adm)
+        adm, tenant = self._admission.get(), self._tenant.get()
+        mapping = adm.ticket.mapping if adm is not None else self._store.serving()
+        if tenant is not None:
+            mapping = {n: v for n, v in mapping.items() if tenant.allows(n)}
+        return _View(mapping, adm)
 
     @lora_requests.setter
     def lora_requests(self, value) -> None:     # vLLM's __init__ assigns {}; the store is the source of truth
@@ -91,10 +115,18 @@ class HotSwapModels(OpenAIServingModels):
             return lora_request.lora_name.rsplit("@v", 1)[0]
         return self.base_model_paths[0].name
 
+    def is_base_model(self, model_name: str) -> bool:
+        tenant = self._tenant.get()
+        return (tenant is None or tenant.base) and super().is_base_model(model_name)
+
     async def show_available_models(self):
         cards = await self.registry.show_available_models()
-        base = self.base_model_paths[0].name
+        base, tenant = self.base_model_paths[0].name, self._tenant.get()
+        if tenant is not None and not tenant.base:
+            cards.data = []
         for name in sorted(self._store.serving()):
+            if tenant is not None and not tenant.allows(name):
+                continue
             cards.data.append(ModelCard(id=name, root=f"adapters/{name}", parent=base,
                                         permission=[ModelPermission()]))
         return cards

@@ -6,7 +6,7 @@
            (models.admitted), x-hylorada-adapter headers, per-adapter metrics. Every route that resolves a `model`
            to an adapter (vLLM's `_maybe_get_adapters`) is ADMIT: a version freed under an unpinned request
            makes the worker fail (`adapter folder does not exist`) and the engine die.
-    ADMIN  the admin key (/v1/adapters*, ours)
+    ADMIN  the admin key (/v1/adapters*, /health/details: ours)
     OFF    the API key, then 404 naming the route as not served here
 
 A path that is not in ROUTES is OFF: a route a vLLM upgrade adds (or one an option such as VLLM_SERVER_DEV_MODE,
@@ -74,6 +74,7 @@ ROUTES: dict[str, Route] = {
     "/v1/adapters/{name}/load": Route(_P, ADMIN, "load DIR/name now"),
     "/v1/adapters/{name}/reload": Route(_P, ADMIN, "load DIR/name as a new version"),
     "/v1/adapters/{name}/unload": Route(_P, ADMIN, "stop serving it"),
+    "/health/details": Route(_G, ADMIN, "engine, adapters and keys file state (a bad reload's reason)"),
 }
 
 _TEMPLATES = [(re.compile("^" + re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(p)) + "$"), r)

@@ -5,6 +5,9 @@
   * with --admin-key, /v1/adapters* needs exactly that key: the inference key is not enough (nor is the admin
     key an inference key), and path spellings that might dodge the prefix check never reach an admin route;
   * keys are compared as SHA-256 digests with hmac.compare_digest (constant time, equal lengths), never with ==;
+  * with --keys, a tenant's key opens the inference routes as that tenant, the API key stays a key without a tenant,
+    a tenant admin key opens only its own admin routes (403 elsewhere), and with no --api-key every other key is
+    a 401 (tenants are the only way in);
   * no key, right or wrong, appears in the server's log;
   * keys from HYLORADA_API_KEY / HYLORADA_ADMIN_KEY (how the shared server gets them) guard a running server and
     are on no process's command line; keys given as flags (test_startup_adapters.py's server) guard it too.
@@ -47,7 +50,7 @@ def call(mw, path: str, auth: bytes | None) -> int:
 
 
 def test_middleware_routes_and_keys():
-    from hylorada_serve.app import AuthMiddleware
+    from hylorada_serve.auth import AuthMiddleware
 
     both = AuthMiddleware(None, api_key="k-api", admin_key="k-admin")
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/v1/responses", "/docs"):
@@ -67,8 +70,60 @@ def test_middleware_routes_and_keys():
     assert call(AuthMiddleware(None, None, None), "/v1/completions", None) == 200
 
 
+def test_tenant_keys(tmp_path):
+    from types import SimpleNamespace
+
+    from hylorada_serve.auth import AuthMiddleware, request_info
+    from hylorada_serve.keys import digest_hex, parse
+
+    table = parse(f'[tenants.team-a]\nkeys = ["{digest_hex("k-a")}"]\nadapters = ["team-a-*"]\n'
+                  f'[tenants.ops]\nkeys = ["{digest_hex("k-ops")}"]\nadapters = ["team-a-*"]\nadmin = true\n')
+    keys = SimpleNamespace(table=table)
+    seen = []
+
+    def who(mw, path, auth, method="POST"):
+        async def app(scope, receive, send):
+            seen.append((request_info(scope).who, request_info(scope).tenant))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+        sent = []
+
+        async def send(msg):
+            sent.append(msg)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+        mw.app = app
+        scope = {"type": "http", "method": method, "path": path,
+                 "headers": [(b"authorization", auth)] if auth else []}
+        asyncio.run(mw(scope, receive, send))
+        return sent[0]["status"]
+
+    for api in ("k-api", None):
+        mw = AuthMiddleware(None, api_key=api, admin_key="k-admin", keys=keys)
+        assert who(mw, "/v1/chat/completions", b"Bearer k-a") == 200 and seen[-1][0] == "team-a"
+        assert seen[-1][1].name == "team-a"
+        assert who(mw, "/v1/models", b"Bearer k-ops", "GET") == 200 and seen[-1][0] == "ops"
+        assert who(mw, "/v1/chat/completions", b"Bearer k-b") == 401
+        assert who(mw, "/v1/chat/completions", None) == 401             # --keys: no open door, even with no API key
+        assert who(mw, "/v1/chat/completions", b"Bearer k-admin") == 401
+        assert who(mw, "/v1/adapters", b"Bearer k-admin", "GET") == 200 and seen[-1] == ("admin", None)
+        assert who(mw, "/v1/adapters", b"Bearer k-a", "GET") == 403      # a tenant, not an admin one
+        assert who(mw, "/v1/adapters/team-a-x/reload", b"Bearer k-a") == 403
+        assert who(mw, "/v1/adapters", b"Bearer k-ops", "GET") == 200 and seen[-1][0] == "ops"
+        for path in ("/v1/adapters/team-a-x/load", "/v1/adapters/team-a-x/reload", "/v1/adapters/x/unload"):
+            assert who(mw, path, b"Bearer k-ops") == 200                  # own names: checked by the route itself
+        assert who(mw, "/health/details", b"Bearer k-ops", "GET") == 403
+        assert who(mw, "/v1/adapters/team-a-x/load", b"Bearer k-ops", "GET") == 403
+        assert who(mw, "/v1/adapters/team-a-x/other", b"Bearer k-ops") == 403
+        assert who(mw, "/health/details", b"Bearer k-admin", "GET") == 200
+    mw = AuthMiddleware(None, api_key="k-api", admin_key=None, keys=keys)
+    assert who(mw, "/v1/completions", b"Bearer k-api") == 200 and seen[-1] == ("api", None)
+    assert who(mw, "/v1/adapters", b"Bearer k-api", "GET") == 200 and seen[-1] == ("admin", None)
+
+
 def test_keys_compared_in_constant_time(monkeypatch):
-    import hylorada_serve.app as app_mod
+    import hylorada_serve.auth as app_mod
 
     calls = []
     real = app_mod.hmac.compare_digest

@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from hylorada_serve.app import AuthMiddleware
+from hylorada_serve.auth import AuthMiddleware
 
 from .conftest import API_KEY
 
