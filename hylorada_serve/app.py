@@ -14,6 +14,9 @@
                        POST /v1/adapters/{name}/reload     load DIR/name as a new version even if unchanged
                        POST /v1/adapters/{name}/unload     stop serving it (until load/reload)
                        GET /health/details                 engine, adapters and keys file state
+                       POST /v1/load_lora_adapter          vLLM's body {lora_name, lora_path}: lora_path must be
+                       POST /v1/unload_lora_adapter        DIR/<lora_name>; load / unload that folder (the router
+                                                           contract of llm-d's sidecar and AIBrix)
     `name` must be a folder name inside DIR/ (no separators, no leading dot); nothing else can be loaded. A tenant
     admin key sees and acts on its own adapters only (another's name is a 404 like an unknown one).
 Completions, chat, streaming, /v1/models, the 404/400 error shapes, /health and vLLM's /metrics are vLLM's.
@@ -23,9 +26,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.middleware import Middleware
 
 from . import metrics
@@ -186,6 +190,34 @@ def admin_router(swapper: HotSwapper, keys=None) -> APIRouter:
             return error(404, f"no adapter '{name}'", "NotFoundError", "name")
         return JSONResponse(await swapper.unload(name))
 
+    @router.post("/v1/load_lora_adapter")
+    async def vllm_load(request: Request):
+        """vLLM's route, as the Gateway API Inference Extension's LoRA sidecar and AIBrix drive it:
+        {lora_name, lora_path}; lora_path must be the folder DIR/<lora_name> (absolute, or relative to DIR/).
+        Load = serve a new version from that folder if it is new or changed (idempotent otherwise)."""
+        name, why = _vllm_body(await request.body(), store.root, need_path=True)
+        if why is not None:
+            return error(400, why, "BadRequestError", "lora_path" if name else "lora_name")
+        if (resp := refused(request, name)) is not None:
+            return resp
+        st = await swapper.load(name)
+        if st["status"] in ("missing", "refused"):
+            return answer(st)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @router.post("/v1/unload_lora_adapter")
+    async def vllm_unload(request: Request):
+        """vLLM's route: {lora_name}; stop serving it until it is loaded again (the folder stays)."""
+        name, why = _vllm_body(await request.body(), store.root, need_path=False)
+        if why is not None:
+            return error(400, why, "BadRequestError", "lora_name")
+        if (resp := refused(request, name)) is not None:
+            return resp
+        if name not in store.entries:
+            return error(404, f"no adapter '{name}'", "NotFoundError", "lora_name")
+        await swapper.unload(name)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
     @router.get("/health/details")
     async def health_details():
         statuses = [s["status"] for s in store.status()]
@@ -194,6 +226,30 @@ def admin_router(swapper: HotSwapper, keys=None) -> APIRouter:
                              "keys": keys.status() if keys is not None else None})
 
     return router
+
+
+def _vllm_body(body: bytes, root, need_path: bool) -> tuple[str | None, str | None]:
+    """(lora_name, None) for a vLLM load/unload body whose lora_path (when given or needed) is DIR/<lora_name>,
+    else (lora_name or None, why not). Paths are resolved (symlinks, `..`) before the rule is checked."""
+    obj = json_object(body)
+    name = obj.get("lora_name") if obj is not None else None
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return None, ("lora_name must be an adapter folder name ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) "
+                      "in a JSON object body")
+    path = obj.get("lora_path")
+    if path is None and not need_path:
+        return name, None
+    rule = (f"lora_path must be the folder <adapters dir>/<lora_name> ({Path(root) / name}); adapters are "
+            "only ever read from --adapters")
+    if not isinstance(path, str) or not path or "\0" in path:
+        return name, rule
+    p = Path(path) if Path(path).is_absolute() else Path(root) / path
+    try:
+        ok = p.resolve() == (Path(root) / name).resolve() and (Path(root) / name).resolve().parent == \
+            Path(root).resolve()
+    except (OSError, RuntimeError, ValueError):
+        ok = False
+    return name, None if ok else f"{rule}; got {path[:200]!r}"
 
 
 def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: str | None,

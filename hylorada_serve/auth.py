@@ -50,6 +50,8 @@ def tenant_admin_path(path: str, method: str) -> bool:
     """The admin routes a tenant admin may call (on its own adapters: checked by the routes themselves)."""
     if path == ADMIN_PREFIX:
         return method == "GET"
+    if path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+        return method == "POST"
     parts = path[len(ADMIN_PREFIX) + 1:].split("/") if path.startswith(ADMIN_PREFIX + "/") else []
     return method == "POST" and len(parts) == 2 and parts[1] in ("load", "reload", "unload")
 

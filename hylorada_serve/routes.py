@@ -74,6 +74,8 @@ ROUTES: dict[str, Route] = {
     "/v1/adapters/{name}/load": Route(_P, ADMIN, "load DIR/name now"),
     "/v1/adapters/{name}/reload": Route(_P, ADMIN, "load DIR/name as a new version"),
     "/v1/adapters/{name}/unload": Route(_P, ADMIN, "stop serving it"),
+    "/v1/load_lora_adapter": Route(_P, ADMIN, "vLLM's body; lora_path must be DIR/<lora_name> (ours)"),
+    "/v1/unload_lora_adapter": Route(_P, ADMIN, "vLLM's body; stop serving lora_name (ours)"),
     "/health/details": Route(_G, ADMIN, "engine, adapters and keys file state (a bad reload's reason)"),
 }
 
