@@ -239,8 +239,8 @@ def _vllm_body(body: bytes, root, need_path: bool) -> tuple[str | None, str | No
     path = obj.get("lora_path")
     if path is None and not need_path:
         return name, None
-    rule = (f"lora_path must be the folder <adapters dir>/<lora_name> ({Path(root) / name}); adapters are "
-            "only ever read from --adapters")
+    rule = (f"lora_path must be the folder <adapters dir>/{name} (absolute, or relative to the adapters folder); "
+            "adapters are only ever read from --adapters")
     if not isinstance(path, str) or not path or "\0" in path:
         return name, rule
     p = Path(path) if Path(path).is_absolute() else Path(root) / path

@@ -1,7 +1,7 @@
 """`--audit-log FILE`: one JSON line per admin action and per refused request, rotated by size.
 
     {"time": "2026-12-02T03:40:00.123Z", "tenant": "team-a", "route": "/v1/chat/completions", "method": "POST",
-     "adapter": "team-b-x", "outcome": 404, "reason": "not_found"}
+     "adapter": "team-b-x", "outcome": 404, "reason": "not found"}
 
 `tenant`: the tenant's name, "admin" (the admin key), "api" (the API key), or "-" (no valid key). `adapter`: the
 adapter the request named or acted on (null when none). `outcome`: the HTTP status. Refused: 401, 403, 404, 413 and

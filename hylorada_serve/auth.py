@@ -4,8 +4,9 @@ AuthMiddleware applies the route table (routes.py): OPEN routes need no key; ADM
 /v1/adapters) the admin key (without one, the API key; a tenant key whose tenant has `admin = true` on its own
 adapters' routes, else 403); every other path the API key or a tenant's key; then OFF and unclassified paths answer
 404. With no key configured and no `--keys`, every route is open (as vLLM's server is without --api-key). A request
-with more than one Authorization header is a 400. /metrics without `metrics_key` (when one is set) loses the series
-that name adapters or tenants (metrics.redact).
+with more than one Authorization header is a 400. /metrics without `metrics_key` (when one is set; with `--keys`,
+always, unless the metrics key is sent) loses the series that name adapters or tenants (metrics.redact): with tenants,
+one tenant must not learn another's adapter names from them.
 
 Keys: the presented token is hashed once (SHA-256, 32 bytes whatever was sent) and the digest compared with
 hmac.compare_digest (the API / admin key) or looked up by digest (keys.KeyTable: the lookup's time depends on the
@@ -70,13 +71,14 @@ class AuthMiddleware:
         if len(auths) > 1:
             info.reason = "two Authorization headers"
             return await error(400, "more than one Authorization header", "BadRequestError")(scope, receive, send)
-        token = _bearer(auths[0]) if auths else None
+        token = (_bearer(auths[0]) if auths else None) or None     # an empty token is no key
         given = hashlib.sha256(token or b"").digest()          # 32 bytes whatever was sent: constant-time compare
         matches = lambda need: hmac.compare_digest(given, need) and token is not None   # noqa: E731
         where = routes.policy(path)
         if where == routes.OPEN:
-            if path.startswith("/metrics") and self.metrics is not None and not matches(self.metrics):
-                return await _redacted_metrics(self.app, scope, receive, send)
+            if path.startswith("/metrics") and (self.metrics is None and self.keys is not None or
+                                                self.metrics is not None and not matches(self.metrics)):
+                return await _redacted_metrics(self.app, scope, receive, send)   # names: metrics key only
             return await self.app(scope, receive, send)
         table = self.keys.table if self.keys is not None else None
         tenant = table.tenant_for(given) if table is not None and token is not None else None

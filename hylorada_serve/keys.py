@@ -37,6 +37,10 @@ from .scan import NAME_RE
 
 MAX_FILE_BYTES = 16 << 20
 MAX_KEYS = 100_000
+MAX_PROBLEMS = 100                  # an error lists at most this many (a 16 MiB file of mistakes stays cheap)
+MAX_LIMIT = 1e12
+MIN_RATE = 1e-3                     # requests per second: one per ~17 minutes; below that Retry-After is meaningless
+EMPTY_KEY = hashlib.sha256(b"").hexdigest()     # what `printf %s "$KEY" | sha256sum` prints when KEY is unset
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\*\Z")
 DIGEST_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
@@ -94,7 +98,12 @@ def load(path: str | Path) -> KeyTable:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise KeysFileError([f"{p}: cannot be read ({e.__class__.__name__}: {e})"]) from None
-    return parse(text, str(p), json_format=p.suffix.lower() == ".json")
+    try:
+        return parse(text, str(p), json_format=p.suffix.lower() == ".json")
+    except KeysFileError:
+        raise
+    except Exception as e:                              # never a traceback for a file's content
+        raise KeysFileError([f"{p}: cannot be used ({type(e).__name__}: {str(e)[:200]})"]) from None
 
 
 def parse(text: str, source: str = "<keys>", json_format: bool = False) -> KeyTable:
@@ -111,6 +120,9 @@ def parse(text: str, source: str = "<keys>", json_format: bool = False) -> KeyTa
                              + (f"; unknown top-level key(s) {extra}" if extra else "")])
     tenants, by_digest, owner = [], {}, {}
     for name, entry in doc.get("tenants", {}).items():
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(f"{source}: … and more problems (the first {MAX_PROBLEMS} are listed)")
+            break
         t, digests = _tenant(name, entry, where, problems)
         for d in digests:
             if d in owner:
@@ -148,7 +160,9 @@ def _tenant(name, entry, where: "_Locator", problems: list[str]) -> tuple[Tenant
         bad("keys", "a non-empty list of SHA-256 digests (64 hex digits each) is required")
         keys = []
     for i, k in enumerate(keys):
-        if not isinstance(k, str) or not DIGEST_RE.match(k):
+        if isinstance(k, str) and k.lower() == EMPTY_KEY:
+            bad(f"keys[{i}]", "the digest of the empty key (was the key variable unset when it was hashed?)", k)
+        elif not isinstance(k, str) or not DIGEST_RE.match(k):
             shown = f"{len(k)} characters" if isinstance(k, str) else type(k).__name__
             bad(f"keys[{i}]", f"not a SHA-256 digest: 64 hex digits, as `sha256sum` prints (got {shown}); "
                               "write the digest, never the key", k if isinstance(k, str) and k else None)
@@ -180,11 +194,16 @@ def _tenant(name, entry, where: "_Locator", problems: list[str]) -> tuple[Tenant
     limits = {}
     for f, kind in (("requests_per_second", float), ("tokens_per_minute", int), ("concurrent", int)):
         v = entry.get(f, 0)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-        if kind is int and ok and v != int(v):
+        try:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= MAX_LIMIT
+            ok = ok and (kind is float or v == int(v)) and (f != "requests_per_second" or v == 0 or v >= MIN_RATE)
+        except OverflowError:                           # an integer too large for a float
             ok = False
         if not ok:
-            bad(f, f"a {'number' if kind is float else 'whole number'} >= 0; 0 or absent: no limit (got {v!r})")
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:40] + "…"
+            bad(f, f"a {'number' if kind is float else 'whole number'} in 0..{MAX_LIMIT:g}"
+                   f"{f' (0, or at least {MIN_RATE:g})' if f == 'requests_per_second' else ''}; 0 or absent: no limit "
+                   f"(got {shown})")
             v = 0
         limits[f] = kind(v)
     if len(problems) > n0:

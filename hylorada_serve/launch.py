@@ -40,6 +40,7 @@ def set_process_env() -> None:
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"     # vLLM's path-taking load route stays off
     os.environ["VLLM_ENABLE_RESPONSES_API_STORE"] = "0"      # no background responses (they outlive admission) and
     #                                                          no store that keeps every response in memory
+    os.environ["VLLM_SKIP_MODEL_NAME_VALIDATION"] = "0"      # every `model` is checked (tenants' scopes rely on it)
     os.environ["VLLM_SERVER_DEV_MODE"] = "0"                 # no /sleep, /collective_rpc, ... (routes.py: OFF anyway)
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_MAX_N_SEQUENCES", "64")     # n / best_of above this are 400s (vLLM: 16384)

@@ -9,6 +9,7 @@ adapters come and go for weeks keeps a bounded set of series (and /metrics stays
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -80,22 +81,33 @@ def forget_tenant(name: str) -> None:
 
 
 class TokenCounter:
-    """Counts generated tokens from a response body: JSON usage, or SSE chunks."""
+    """Counts generated tokens from a response body: JSON usage, or SSE chunks (and their usage when reported).
+
+    A JSON body is parsed whole up to BUFFER bytes; past that only its last TAIL bytes are kept and the usage is read
+    from them (vLLM writes `usage` after `choices`, so a 20-top-logprobs answer cannot hide its tokens by size)."""
+    BUFFER, TAIL = 1 << 20, 64 << 10
 
     def __init__(self, stream: bool):
-        self.stream, self.tokens, self._buf = stream, 0, bytearray()
+        self.stream, self.tokens, self._buf, self._over = stream, 0, bytearray(), False
         self._usage: int | None = None
 
     def feed(self, chunk: bytes) -> None:
-        if len(self._buf) > (1 << 20):          # bounded: a huge body is not parsed
-            return
         self._buf += chunk
         if not self.stream:
+            if len(self._buf) > self.BUFFER:
+                self._over, self._buf = True, self._buf[-self.TAIL:]
+            return
+        if len(self._buf) > self.BUFFER:        # an SSE "event" this large is not vLLM's: drop it, keep counting
+            self._buf = bytearray()
             return
         while b"\n\n" in self._buf:
             event, _, rest = bytes(self._buf).partition(b"\n\n")
             self._buf = bytearray(rest)
             self._sse(event)
+
+    def so_far(self) -> int:
+        """Tokens seen so far in a stream: the usage when one was reported, else the chunks with output."""
+        return max(self.tokens, self._usage or 0)
 
     def _sse(self, event: bytes) -> None:
         """One SSE event: OpenAI chunks (choices[].text / delta.content, usage.completion_tokens), Anthropic
@@ -119,11 +131,17 @@ class TokenCounter:
         if kind in ("content_block_delta", "response.output_text.delta"):
             self.tokens += 1
         for ch in obj.get("choices") or []:
-            if isinstance(ch, dict) and (ch.get("text") or (ch.get("delta") or {}).get("content")):
+            if not isinstance(ch, dict):
+                continue
+            delta = ch.get("delta") if isinstance(ch.get("delta"), dict) else {}
+            if ch.get("text") or any(delta.get(k) for k in ("content", "reasoning_content", "reasoning", "tool_calls")):
                 self.tokens += 1
 
     def total(self) -> int:
         if not self.stream:
+            if self._over:
+                found = re.findall(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)', bytes(self._buf))
+                return int(found[-1]) if found else 0
             try:
                 usage = json.loads(bytes(self._buf)).get("usage") or {}
                 return int(usage.get("completion_tokens", usage.get("output_tokens")) or 0)

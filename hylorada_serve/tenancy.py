@@ -9,7 +9,7 @@
       own answer, same code path, same body
       a stream that takes the tenant over tokens_per_minute is cut: the chunk that crossed the budget is replaced
       by a final error event (OpenAI: `data: {"error": {... "code": 429}}` then `data: [DONE]`; /v1/messages: an
-      Anthropic `event: error`), and the app is told the client went away, so vLLM aborts the request
+      Anthropic `event: error`; /v1/responses: a Responses `error` event), and the app is told the client went away, so vLLM aborts the request
       per-tenant metrics (metrics.tenant_done / tenant_limited)
 
 KeysFile holds the current KeyTable and reloads it when the file changes (polled; `watch`): a file that no longer
@@ -63,8 +63,10 @@ class KeysFile:
             return False
         try:
             table = keys_mod.load(self.path)
-        except keys_mod.KeysFileError as e:
-            self.error = str(e) + "\n  (the previous keys stay in force)"
+        except Exception as e:                          # KeysFileError, or anything unforeseen: never half-applied
+            self.error = (str(e) if isinstance(e, keys_mod.KeysFileError) else
+                          f"{self.path}: could not be read ({type(e).__name__}: {e})") + \
+                "\n  (the previous keys stay in force)"
             log.error("keys file not reloaded: %s", self.error)
             return False
         old, self.table = self.table, table
@@ -119,8 +121,10 @@ class TenantMiddleware:
                     return
                 receive = replaying(body, receive)
                 header = dict(scope.get("headers") or []).get(SAGEMAKER_ADAPTER)
-                named = header.decode("latin-1") if header and scope["path"] == "/invocations" else \
-                    (json_object(body) or {}).get("model")
+                if header is not None and scope["path"] == "/invocations":
+                    named = header.decode("latin-1")     # AdmissionMiddleware writes it into `model`, even empty
+                else:
+                    named = (json_object(body) or {}).get("model")
                 if not named:
                     status[0], info.reason = 404, "base model not allowed"
                     return await error(404, "this key may not use the base model: name one of its adapters in "
@@ -154,7 +158,8 @@ class TenantMiddleware:
                 status[0] = msg["status"]
                 stream[0] = b"text/event-stream" in dict(msg.get("headers") or []).get(b"content-type", b"")
             elif msg["type"] == "http.response.body" and stream[0] and status[0] == 200 and info.counter is not None:
-                delta, seen[0] = info.counter.tokens - seen[0], info.counter.tokens
+                now = info.counter.so_far()
+                delta, seen[0] = now - seen[0], max(seen[0], now)
                 spent[0] += max(0, delta)
                 if delta > 0 and (r := self.limiter.spend(tenant, delta)) is not None:
                     info.reason = "tokens_per_minute (stream cut)"
@@ -196,6 +201,9 @@ def _until(cut: asyncio.Event, receive):
 
 
 def _final_event(path: str, r: Refusal) -> bytes:
+    if path == "/v1/responses":
+        return ("event: error\ndata: " + json.dumps({"type": "error", "code": "rate_limit_exceeded",
+                                                   "message": r.message, "param": None}) + "\n\n").encode()
     if path == "/v1/messages":
         return ("event: error\ndata: " + json.dumps({"type": "error", "error": {"type": "rate_limit_error",
                                                                             "message": r.message}}) + "\n\n").encode()

@@ -119,6 +119,7 @@ def test_tenant_keys(tmp_path):
         assert who(mw, "/health/details", b"Bearer k-admin", "GET") == 200
     mw = AuthMiddleware(None, api_key="k-api", admin_key=None, keys=keys)
     assert who(mw, "/v1/completions", b"Bearer k-api") == 200 and seen[-1] == ("api", None)
+    assert who(mw, "/v1/completions", b"Bearer ") == 401 and who(mw, "/v1/completions", b"Bearer") == 401
     assert who(mw, "/v1/adapters", b"Bearer k-api", "GET") == 200 and seen[-1] == ("admin", None)
 
 

@@ -72,6 +72,10 @@ def test_metrics_key_hides_adapter_series(server):
         assert b"demo-lora" not in out
     assert run_mw(mw, "/metrics", [(b"authorization", b"Bearer k-metrics")], text)[1] == text
     assert run_mw(AuthMiddleware(None, "k-api", None), "/metrics", [], text)[1] == text   # no metrics key: open
+    from types import SimpleNamespace
+    tenants = AuthMiddleware(None, "k-api", None, keys=SimpleNamespace(table=None))          # --keys: names withheld
+    out = run_mw(tenants, "/metrics", [(b"authorization", b"Bearer k-api")], text)[1]
+    assert b"vllm:num_requests_running" in out and b"demo-lora" not in out and b"hylorada_adapter_" not in out
 
 
 HEALTH_MS = 5000     # /health answers while bad connections are held (the 2 shared cores may be loaded: 4.3 s seen)

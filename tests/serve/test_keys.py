@@ -72,11 +72,11 @@ def test_scopes():
     ("adapters", '["^team-a.*$"]', "neither an adapter name"),
     ("adapters", '["**"]', "neither an adapter name"),
     ("adapters", '"team-a-*"', "a list of adapter names"),
-    ("requests_per_second", "-1", "a number >= 0"),
-    ("requests_per_second", "true", "a number >= 0"),
-    ("requests_per_second", "nan", "a number >= 0"),
-    ("tokens_per_minute", "10.5", "a whole number >= 0"),
-    ("concurrent", '"4"', "a whole number >= 0"),
+    ("requests_per_second", "-1", "a number in 0.."),
+    ("requests_per_second", "true", "a number in 0.."),
+    ("requests_per_second", "nan", "a number in 0.."),
+    ("tokens_per_minute", "10.5", "a whole number in 0.."),
+    ("concurrent", '"4"', "a whole number in 0.."),
     ("base", '"yes"', "true or false"),
     ("request_per_second", "5", "unknown field"),
 ])
@@ -153,3 +153,33 @@ def test_cli_digest_and_check(tmp_path):
     no = subprocess.run([sys.executable, "-m", "hylorada_serve.keys", "check", str(bad)], capture_output=True,
                         text=True)
     assert no.returncode == 1 and f"{bad}:8: tenant 'team-a': concurrent" in no.stderr, no.stderr
+
+
+@pytest.mark.parametrize("value, says", [
+    ("1" + "0" * 400, "a whole number in 0..1e+12"),        # an integer too large for a float (was OverflowError)
+    ("1e-310", "(0, or at least 0.001)"),                    # Retry-After would be infinite (was a 500 per refusal)
+    ("1e13", "in 0..1e+12"),
+])
+def test_absurd_limits_are_refused(value, says):
+    field = "tokens_per_minute" if "." not in value and "e" not in value else "requests_per_second"
+    with pytest.raises(KeysFileError) as e:
+        parse(f'[tenants.a]\nkeys = ["{A}"]\n{field} = {value}\n', "t.toml")
+    (problem,) = e.value.problems
+    assert problem.startswith(f"t.toml:3: tenant 'a': {field}") and says in problem and len(problem) < 300, problem
+
+
+def test_the_digest_of_the_empty_key_is_refused():
+    empty = hashlib.sha256(b"").hexdigest()                  # `printf %s "$KEY" | sha256sum` with KEY unset
+    with pytest.raises(KeysFileError) as e:
+        parse(f'[tenants.a]\nkeys = ["{empty.upper()}"]\n', "t.toml")
+    assert "the digest of the empty key" in e.value.problems[0]
+
+
+def test_a_file_full_of_mistakes_is_reported_quickly_and_briefly():
+    import time
+    text = "".join(f'[tenants.t{i}]\nkeys = ["nope"]\n' for i in range(20_000))
+    t0 = time.perf_counter()
+    with pytest.raises(KeysFileError) as e:
+        parse(text, "t.toml")
+    assert len(e.value.problems) == 101 and "and more problems" in e.value.problems[-1]
+    assert time.perf_counter() - t0 < 30                     # bounded work (was ~quadratic: minutes)

@@ -74,7 +74,7 @@ class StreamApp:
         await StreamingResponse(gen(), media_type="text/event-stream")(scope, receive, send)
 
 
-def call(mw, tenant, path="/v1/chat/completions", body=None):
+def call(mw, tenant, path="/v1/chat/completions", body=None, headers=()):
     """One request through `mw` as `tenant` (None: the API key). Returns (status, headers, body bytes)."""
     sent, payload = [], json.dumps(body if body is not None else {"model": "team-a-x"}).encode()
     done = asyncio.Event()
@@ -91,7 +91,8 @@ def call(mw, tenant, path="/v1/chat/completions", body=None):
         if msg["type"] == "http.response.body" and not msg.get("more_body", False):
             done.set()
 
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")],
+    scope = {"type": "http", "method": "POST", "path": path,
+             "headers": [(b"content-type", b"application/json"), *headers],
              "asgi": {"version": "3.0", "spec_version": "2.3"}}
     request_info(scope).tenant = tenant
 
@@ -158,6 +159,9 @@ def test_a_tenant_without_the_base_must_name_a_model():
     for body in ({}, {"model": None}, {"model": ""}, {"messages": []}):
         status, _, out = call(mw, t, body=body)
         assert status == 404 and b"may not use the base model" in out, (body, out)
+    empty = [(b"x-amzn-sagemaker-adapter-identifier", b"")]         # becomes `model: ""` (the base) downstream
+    status, _, out = call(mw, t, path="/invocations", body={"model": "team-a-x"}, headers=empty)
+    assert status == 404 and b"may not use the base model" in out
     assert app.calls == 0
     assert call(mw, t)[0] == 200 and models.scopes == ["nb"]          # named: runs scoped (vLLM decides 404 or not)
 
@@ -177,5 +181,13 @@ def test_keys_file_reload_keeps_the_previous_one_when_bad(tmp_path):
     path.unlink()
     assert kf.check() is False and "missing" in kf.status()["error"] and len(kf.table.tenants) == 2
     path.write_text(f'[tenants.c]\nkeys = ["{digest_hex("kc")}"]\n')
+    import hylorada_serve.tenancy as tenancy_mod
+    real = tenancy_mod.keys_mod.load
+    tenancy_mod.keys_mod.load = lambda p: (_ for _ in ()).throw(RuntimeError("unforeseen"))
+    try:                                                               # anything at all: recorded, not half-applied
+        assert kf.check() is False and "RuntimeError: unforeseen" in kf.status()["error"] and len(kf.table.tenants) == 2
+    finally:
+        tenancy_mod.keys_mod.load = real
+    os.utime(path, ns=(5, 6))
     assert kf.check() is True and kf.status() | {"loaded_at": None} == {
         "file": str(path), "tenants": 1, "keys": 1, "loaded_at": None, "reloads": 2, "error": None}

@@ -28,6 +28,7 @@ from hylorada_serve.keys import digest_hex
 
 from .conftest import ADMIN_KEY, API_KEY, start, stop
 
+METRICS_KEY = "key-metrics"
 KEYS = {"team-a": "key-team-a", "team-b": "key-team-b", "rate": "key-rate", "tokens": "key-tokens",
         "conc": "key-conc", "late": "key-late"}
 
@@ -63,11 +64,16 @@ def tenants(demo_files, tmp_path_factory):
         shutil.copytree(built / src, adapters / dst)
     keys, audit = d / "keys.toml", d / "audit.log"
     keys.write_text(keys_toml())
-    srv = start(root, adapters, base, built, extra=("--keys", str(keys), "--audit-log", str(audit)))
+    srv = start(root, adapters, base, built, extra=("--keys", str(keys), "--audit-log", str(audit),
+                                                      "--metrics-key", METRICS_KEY))
     try:
         yield srv, keys, audit
     finally:
         stop(srv)
+
+
+def scrape(srv) -> str:
+    return httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}, timeout=30).text
 
 
 def client(srv, tenant: str | None) -> httpx.Client:
@@ -154,7 +160,7 @@ def test_keys_reload_while_requests_run(tenants):
                 codes.append(complete(a, "team-a-lora", max_tokens=2).status_code)
 
     def rate_series() -> bool:
-        return 'tenant="rate"' in httpx.get(srv.url + "/metrics", timeout=30).text
+        return 'tenant="rate"' in scrape(srv)
 
     with client(srv, "rate") as r:
         complete(r, "team-a-lora", max_tokens=1)
@@ -212,7 +218,10 @@ def test_tenant_metrics_and_audit_log(tenants):
     srv, _, audit = tenants
     with client(srv, "team-a") as a:
         assert complete(a, "team-b-dora").status_code == 404
-    metrics = httpx.get(srv.url + "/metrics", timeout=30).text
+    metrics = scrape(srv)
+    anonymous = httpx.get(srv.url + "/metrics", timeout=30).text      # with --keys: no names without the metrics key
+    assert "vllm:num_requests_running" in anonymous
+    assert "hylorada_tenant_" not in anonymous and "team-a-lora" not in anonymous and "lora_requests_info" not in anonymous
     assert 'hylorada_tenant_requests_total{code="404",tenant="team-a"}' in metrics
     assert 'hylorada_tenant_limited_total{limit="concurrent",tenant="conc"}' in metrics
     assert 'hylorada_tenant_generated_tokens_total{tenant="team-a"}' in metrics
@@ -225,7 +234,7 @@ def test_tenant_metrics_and_audit_log(tenants):
     assert any(x["outcome"] == 429 and x["tenant"] == "conc" and x["reason"] == "concurrent" for x in lines)
     assert any(x["outcome"] == 401 and x["tenant"] == "-" for x in lines)
     text = audit.read_text() + metrics
-    for key in (*KEYS.values(), *(digest_hex(k) for k in KEYS.values()), API_KEY, ADMIN_KEY):
+    for key in (*KEYS.values(), *(digest_hex(k) for k in KEYS.values()), API_KEY, ADMIN_KEY, METRICS_KEY):
         assert key not in text
 
 
