@@ -44,7 +44,11 @@ environment: HYLORADA_API_KEY, HYLORADA_ADMIN_KEY, HYLORADA_METRICS_KEY (default
 
 endpoints: /v1/models, /v1/completions, /v1/chat/completions (stream too), /health, /metrics, and the rest of
   vLLM's routes as docs/serving.md's route table says (hylorada_serve/routes.py),
-  GET /v1/adapters, POST /v1/adapters/{{name}}/load | reload | unload (admin)."""
+  GET /v1/adapters, POST /v1/adapters/{{name}}/load | reload | unload, POST /v1/load_lora_adapter and
+  /v1/unload_lora_adapter (vLLM's bodies, for routers' LoRA sidecars; paths inside DIR/ only), GET /health/details
+  (admin).
+
+tenants: --keys FILE gives each team its keys, adapters and limits (docs/serving.md#tenants)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
