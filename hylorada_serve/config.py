@@ -62,7 +62,8 @@ class ServeConfig:
     max_cpu_loras: int | None = None        # adapters cached in CPU memory, >= max_loras (None: vLLM's default)
     max_lora_rank: int = 16                 # largest rank accepted (vLLM allows 1, 8, 16, 32, 64, ...)
     stable_seconds: float = 2.0             # a folder without a .ready marker loads once unchanged this long, > 0
-    poll_interval: float = 0.5              # seconds between scans of DIR/, > 0
+    poll_interval: float = 0.5              # seconds between full scans of DIR/ (the safety net), > 0
+    watch_events: bool = True               # also scan as soon as DIR/ reports a change (inotify via watchfiles)
     # engine defaults (vLLM options hylorada-serve sets unless vllm_args gives its own)
     kv_cache_memory_bytes: int = 1 << 30    # KV cache size unless vllm_args names one of KV_SIZING_FLAGS. Fixed, not
     #                                         a share: on the CPU backend a share of NUMA node 0, which can report half
@@ -104,6 +105,8 @@ class ServeConfig:
             v = getattr(self, name)
             if not _number(v) or v <= 0:
                 bad.append(f"--{name.replace('_', '-')}: must be a positive number of seconds (got {v!r})")
+        if not isinstance(self.watch_events, bool):
+            bad.append(f"watch_events: must be true or false (got {self.watch_events!r})")
         if not _int(self.kv_cache_memory_bytes) or self.kv_cache_memory_bytes < 1:
             bad.append(f"kv_cache_memory_bytes: must be a positive integer (got {self.kv_cache_memory_bytes!r})")
         if not _int(self.shutdown_timeout) or self.shutdown_timeout < 0:

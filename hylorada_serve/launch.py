@@ -137,7 +137,7 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
             await initial_load(swapper, config)
             report_adapters(store)
             stop = asyncio.Event()
-            watcher = asyncio.create_task(swapper.run(stop, config.poll_interval))
+            watcher = asyncio.create_task(swapper.run(stop, config.poll_interval, config.watch_events))
             gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
             keys_watch = asyncio.create_task(keys.watch(stop) if keys is not None else stop.wait())
             print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key or keys)), flush=True)

@@ -75,9 +75,13 @@ def stage(src: Path, dst: Path, root: Path, expect: Signature | None) -> None:
         plan.append((real, name))
     dst.mkdir(parents=True)
     try:
-        for real, name in plan:
-            shutil.copyfile(real, dst / name)
-        if expect is not None and folder_signature(src) != expect:
+        try:
+            for real, name in plan:
+                shutil.copyfile(real, dst / name)
+            changed = expect is not None and folder_signature(src) != expect
+        except FileNotFoundError:                       # a file (or the folder) went away under us: not a refusal
+            changed = True
+        if changed:
             raise ChangedWhileCopying(f"{src}: changed while it was being copied; waiting until it is stable")
     except BaseException:
         shutil.rmtree(dst, ignore_errors=True)

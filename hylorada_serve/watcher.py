@@ -1,4 +1,4 @@
-"""The polling watcher: turns AdapterStore decisions into engine loads and frees.
+"""The watcher: turns AdapterStore decisions into engine loads and frees, on file events and on a polling timer.
 
 One pass (`step`) = look at DIR/ once (`scan.observe`, on a worker thread); for each removed folder, stop serving
 it; for each complete new or changed folder, copy → validate (worker threads) → `engine.add_lora` → commit; then
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,8 @@ from .store import AdapterStore, Version
 
 log = logging.getLogger("hylorada_serve")
 ENGINE_TIMEOUT_S = 120              # an engine that does not answer add_lora in this long refuses the adapter
+EVENT_DEBOUNCE_MS = 20              # file events within this many ms wake one pass
+EVENT_RETRY_S = 2.0                 # DIR/ not watchable (missing, replaced): try events again after this long
 
 
 def shown(name: str) -> str:
@@ -165,16 +168,61 @@ class HotSwapper:
                 await asyncio.to_thread(publish.discard, v.path)
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, interval: float = 0.5) -> None:
+    async def run(self, stop: asyncio.Event, interval: float = 0.5, events: bool = True) -> None:
+        """Passes until `stop`: one every `interval` seconds (the full rescan: the safety net on filesystems without
+        change events, e.g. NFS) and, with `events`, one as soon as DIR/ reports a change (watchfiles: inotify on
+        Linux), so a folder published with a `.ready` marker is picked up without waiting for the next poll."""
+        wake = asyncio.Event()
+        listener = asyncio.create_task(self._listen(stop, wake)) if events else None
+        try:
+            while not stop.is_set():
+                wake.clear()                             # a change during the pass wakes the next one at once
+                try:
+                    await self.step()
+                except Exception:                        # never let one bad pass end hot-swapping
+                    log.exception("adapter watcher pass failed")
+                await _first(stop, wake, interval)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def _listen(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Set `wake` on file events under DIR/ (grouped over EVENT_DEBOUNCE_MS). DIR/ missing, replaced or not
+        watchable: retried every EVENT_RETRY_S; the polling pass keeps going meanwhile."""
+        from watchfiles import awatch
         while not stop.is_set():
             try:
-                await self.step()
-            except Exception:                            # never let one bad pass end hot-swapping
-                log.exception("adapter watcher pass failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except asyncio.TimeoutError:
-                pass
+                watched = _inode(self.store.root)       # a replaced DIR/ sends no event: checked on each timeout
+                async for changes in awatch(self.store.root, stop_event=stop, debounce=EVENT_DEBOUNCE_MS, step=10,
+                                            recursive=True, yield_on_timeout=True,
+                                            rust_timeout=int(EVENT_RETRY_S * 1000)):
+                    if changes:
+                        wake.set()
+                    if _inode(self.store.root) != watched:
+                        wake.set()
+                        break
+            except Exception as e:
+                log.debug("adapter folder events unavailable (%s); polling only for now", e)
+            await _first(stop, asyncio.Event(), EVENT_RETRY_S)
+
+
+def _inode(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+async def _first(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    """Return when `stop` or `wake` is set, or after `timeout` seconds."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _replace(v: Version, **changes) -> Version:

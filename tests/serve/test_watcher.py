@@ -1,0 +1,94 @@
+"""HotSwapper.run (hylorada_serve/watcher.py) wakes on file events, and the polling pass stays the safety net
+(no vLLM: a fake engine, the real reader and demo adapters):
+
+  * with events, a folder published with a `.ready` marker is loaded long before the next poll (30 s here);
+  * with events off (`--no-watch-events`), the polling pass alone converges;
+  * DIR/ removed and created again (an unmount, a re-provisioned volume): events come back and a new folder is
+    loaded without waiting for the poll.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import pytest
+
+import hylorada_serve.watcher as watcher_mod
+from hylorada.format.atomic import atomic_dir
+
+from .test_store_hardening import swapper
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from hylorada_serve.demo import prepare
+    return prepare(tmp_path_factory.mktemp("watcher-demo"))
+
+
+def publish(src, dst) -> None:
+    with atomic_dir(dst, replace=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        (tmp / ".ready").write_text("")
+
+
+async def until_ready(store, name: str, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if name in store.serving():
+            return time.monotonic() - t0
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} not serving after {timeout} s: {store.status()}")
+
+
+def run_with(sw, interval: float, events: bool, body):
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(sw.run(stop, interval, events))
+        try:
+            await asyncio.sleep(0.5)                     # the first pass and the listener are up
+            return await body()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    return asyncio.run(go())
+
+
+def test_a_published_folder_is_loaded_on_its_event_not_the_next_poll(tmp_path, demo):
+    _, built = demo
+    store, sw, _, root, _ = swapper(tmp_path)
+
+    async def body():
+        publish(built / "demo-lora", root / "a")
+        return await until_ready(store, "a", 10)
+    assert run_with(sw, 30.0, True, body) < 5                # the poll would come after 30 s
+
+
+def test_polling_alone_converges(tmp_path, demo):
+    _, built = demo
+    store, sw, _, root, _ = swapper(tmp_path)
+
+    async def body():
+        publish(built / "demo-dora", root / "b")
+        await until_ready(store, "b", 10)
+        shutil.rmtree(root / "b")
+        t0 = time.monotonic()
+        while "b" in store.serving():
+            assert time.monotonic() - t0 < 10
+            await asyncio.sleep(0.05)
+    run_with(sw, 0.2, False, body)
+
+
+def test_events_come_back_after_the_folder_is_replaced(tmp_path, demo, monkeypatch):
+    _, built = demo
+    monkeypatch.setattr(watcher_mod, "EVENT_RETRY_S", 0.2)
+    store, sw, _, root, _ = swapper(tmp_path)
+
+    async def body():
+        shutil.rmtree(root)
+        await asyncio.sleep(1.0)                          # the listener notices and retries
+        root.mkdir()
+        await asyncio.sleep(1.0)                          # watching the new folder
+        publish(built / "demo-lora", root / "c")
+        return await until_ready(store, "c", 20)
+    assert run_with(sw, 30.0, True, body) < 5
