@@ -168,7 +168,7 @@ class HotSwapper:
                 await asyncio.to_thread(publish.discard, v.path)
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, interval: float = 0.5, events: bool = True) -> None:
+    async def run(self, stop: asyncio.Event, interval: float = 0.5, events: bool = False) -> None:
         """Passes until `stop`: one every `interval` seconds (the full rescan: the safety net on filesystems without
         change events, e.g. NFS) and, with `events`, one as soon as DIR/ reports a change (watchfiles: inotify on
         Linux), so a folder published with a `.ready` marker is picked up without waiting for the next poll."""
