@@ -23,7 +23,7 @@ MAX_DEPTH = 4                       # sub-folder levels
 MAX_ADAPTER_BYTES = 8 << 30         # real size on disk (st_blocks * 512), all files together
 FOLDER_SCAN_S = 1.0                 # one folder's walk stops after this long (slow disk): not judged this pass
 
-Signature = tuple                   # ((relpath, size, mtime_ns), ...) sorted; first (".", 0, the folder's mtime)
+Signature = tuple                   # ((relpath, size, mtime_ns), ...) sorted; () for an empty folder
 
 
 class OverBound(Exception):
@@ -38,8 +38,6 @@ def folder_signature(path: Path, time_limit: float = FOLDER_SCAN_S) -> Signature
     deadline = time.monotonic() + time_limit
     stack = [(str(path), "", 0)]
     try:
-        out.append((".", 0, os.stat(path, follow_symlinks=False).st_mtime_ns))   # the folder itself: a file
-        #                               deleted or added after `.ready` was written shows in its mtime
         while stack:
             folder, rel, depth = stack.pop()
             with os.scandir(folder) as it:
@@ -101,8 +99,7 @@ def observe(root: Path) -> list[Seen] | None:
 
 
 def marker_complete(sig: Signature) -> bool:
-    """True when `.ready` exists and was written after (or with) every other file and the folder's last change
-    (its mtime: a file removed after the marker, e.g. mid-way through an in-place rewrite, makes it newer)."""
+    """True when `.ready` exists and was written after (or with) every other file."""
     marker = [m for (p, _, m) in sig if p == READY_MARKER]
     return bool(marker) and all(m <= marker[0] for (p, _, m) in sig if p != READY_MARKER)
 
