@@ -45,32 +45,40 @@ def lora_info(text: str) -> dict | None:
 
 
 def test_running_adapters_carry_client_names(server):
-    stop = threading.Event()
+    """Streams for demo-dora run back to back while /metrics is polled: one request of the tiny model can finish
+    between two polls (CI saw it: 30 s of polls, never running), so the engine is kept busy until it is seen."""
+    stop, codes = threading.Event(), []
 
-    def long_stream():
+    def busy():
         with httpx.Client(base_url=server.url, headers=API, timeout=120) as c:
-            with c.stream("POST", "/v1/completions", json={"model": "demo-dora", "prompt": "hello", "n": 8,
-                                                            "max_tokens": 400, "ignore_eos": True, "stream": True}) as s:
-                for _ in s.iter_bytes():
-                    if stop.is_set():
-                        break
+            for _ in range(200):                                     # bounded; stopped once seen (or 30 s)
+                if stop.is_set():
+                    return
+                with c.stream("POST", "/v1/completions", json={"model": "demo-dora", "prompt": "hello", "n": 8,
+                                                                "max_tokens": 400, "ignore_eos": True,
+                                                                "stream": True}) as s:
+                    codes.append(s.status_code)
+                    for _ in s.iter_bytes():
+                        if stop.is_set():
+                            break
 
-    th = threading.Thread(target=long_stream)
+    th = threading.Thread(target=busy, daemon=True)
     th.start()
     seen = []
     try:
         deadline = time.time() + 30
-        while time.time() < deadline:
+        while time.time() < deadline and th.is_alive():
             info = lora_info(httpx.get(server.url + "/metrics", timeout=10).text)
             if info is not None:
                 seen.append(info)
                 if "demo-dora" in info["running"]:
                     break
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
         stop.set()
         th.join(60)
-    assert seen and "demo-dora" in seen[-1]["running"], seen[-3:]
+    assert codes and set(codes) == {200}, codes
+    assert seen and "demo-dora" in seen[-1]["running"], (seen[-3:], server.log_tail(20))
     assert seen[-1]["max_lora"] == 4
     for info in seen:
         assert not any("@v" in n for n in info["running"] + info["waiting"]), info
