@@ -5,10 +5,11 @@
   * AuthMiddleware (auth.py) — the route table (routes.py: OPEN / API / ADMIT / ADMIN / OFF) and the keys: the API
     key, the admin key (/v1/adapters*, /health/details), a tenant's key (--keys); 404 for OFF routes.
   * TenantMiddleware (tenancy.py, with --keys) — a tenant's limits (429 + Retry-After) and scope.
-  * AdmissionMiddleware — around every ADMIT route (each one that resolves `model` to an adapter): takes a store
-    Ticket (the adapter versions current at admission), answers with `x-hylorada-adapter` /
-    `x-hylorada-adapter-version` headers naming the version the request ran on, and records the per-adapter
-    metrics.
+  * AdmissionMiddleware — around every ADMIT route (each one that resolves `model` to an adapter): while folders
+    are still being validated (start-up in the background), a request for one of them waits for its verdict
+    (`--validation-wait`, then 503 + Retry-After); then takes a store Ticket (the adapter versions current at
+    admission), answers with `x-hylorada-adapter` / `x-hylorada-adapter-version` headers naming the version the
+    request ran on, and records the per-adapter metrics.
   * the admin routes:  GET /v1/adapters                    every folder's status, version, kind, rank, reason
                        POST /v1/adapters/{name}/load       load DIR/name now (if new or changed)
                        POST /v1/adapters/{name}/reload     load DIR/name as a new version even if unchanged
@@ -93,8 +94,9 @@ class AdmissionMiddleware:
     /invocations, X-Amzn-SageMaker-Adapter-Identifier names the adapter: it is written into the body's `model`
     before vLLM reads it (vLLM's own injection edits a body it has already parsed, so the base answered)."""
 
-    def __init__(self, app, models: HotSwapModels):
+    def __init__(self, app, models: HotSwapModels, swapper: HotSwapper | None = None, wait_s: float = 60.0):
         self.app, self.models, self.base_name = app, models, models.base_model_paths[0].name
+        self.swapper, self.wait_s = swapper, wait_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or routes.policy(scope["path"]) != routes.ADMIT:
@@ -102,6 +104,10 @@ class AdmissionMiddleware:
         adapter = dict(scope.get("headers") or []).get(SAGEMAKER_ADAPTER)
         if scope["path"] == "/invocations" and adapter is not None:
             scope, receive = await _with_model(scope, receive, adapter.decode("latin-1"))
+        if self.swapper is not None and self.swapper.backlog:
+            scope, receive, busy = await self._await_verdict(scope, receive)
+            if busy is not None:
+                return await busy(scope, receive, send)
         t0, status, counter, info = time.perf_counter(), [500], [None], request_info(scope)
         with self.models.admitted() as adm:
 
@@ -126,6 +132,28 @@ class AdmissionMiddleware:
                 info.adapter = adm.used.name if adm.used else (adm.asked if status[0] != 200 else None)
                 metrics.request_done(label, status[0], time.perf_counter() - t0,
                                      None if counter[0] is None else counter[0].total())
+
+
+    async def _await_verdict(self, scope, receive):
+        """While folders are pending (swapper.backlog): the body's `model`, if it names a pending folder the caller
+        may use, waits for that folder's verdict. Returns (scope, receive replaying the body, None) or, when the
+        wait ran out, a 503 response to send. A caller outside the name's scope never waits (vLLM's 404)."""
+        if scope.get("method", "").encode() not in BODY_METHODS:
+            return scope, receive, None
+        body = await read_body(receive)
+        if body is None:
+            return scope, receive, None
+        receive = replaying(body, receive)
+        name = (json_object(body) or {}).get("model")
+        tenant = self.models._tenant.get()
+        if not isinstance(name, str) or not self.swapper.pending(name) or (tenant is not None and
+                                                                           not tenant.allows(name)):
+            return scope, receive, None
+        if await self.swapper.wait_for(name, self.wait_s):
+            return scope, receive, None
+        return scope, receive, error(503, f"adapter '{name}' is still being validated ({self.swapper.backlog} "
+                                     "folders queued); retry shortly", "ServiceUnavailableError",
+                                     headers={"Retry-After": "5"})
 
 
 SAGEMAKER_ADAPTER = b"x-amzn-sagemaker-adapter-identifier"
@@ -253,15 +281,18 @@ def _vllm_body(body: bytes, root, need_path: bool) -> tuple[str | None, str | No
 
 
 def install(app: FastAPI, swapper: HotSwapper, api_key: str | None, admin_key: str | None,
-            max_body_bytes: int = 0, metrics_key: str | None = None, keys=None, audit=None) -> None:
+            max_body_bytes: int = 0, metrics_key: str | None = None, keys=None, audit=None,
+            validation_wait: float = 60.0) -> None:
     """Wire the store into vLLM's app (before it starts serving). keys: tenancy.KeysFile (--keys) or None;
-    audit: audit.AuditLog (--audit-log) or None."""
+    audit: audit.AuditLog (--audit-log) or None; validation_wait: seconds a request waits for its folder's
+    verdict while it is still being validated."""
     models = HotSwapModels.adopt(app.state.openai_serving_models, swapper.store)
     swapper.store.on_forget = metrics.forget          # forgotten names leave /metrics too (bounded series)
     app.include_router(admin_router(swapper, keys))
     # vLLM's build_app already built the middleware stack (its SageMaker bootstrap does), so insert ours as the
     # outermost layers and rebuild it, as that bootstrap itself does.
-    app.user_middleware.insert(0, Middleware(AdmissionMiddleware, models=models))
+    app.user_middleware.insert(0, Middleware(AdmissionMiddleware, models=models, swapper=swapper,
+                                                  wait_s=validation_wait))
     if keys is not None:
         from .limits import Limiter
         from .tenancy import TenantMiddleware

@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
                    f"this long (seconds, > 0; default {D['stable_seconds'].default:g})")
     p.add_argument("--poll-interval", type=float, help="seconds between full scans of DIR/ (> 0; default "
                    f"{D['poll_interval'].default:g})")
+    p.add_argument("--startup-wait", type=float, help="at start-up, begin serving once every folder in DIR/ is "
+                   "loaded or after this many seconds, whichever is first; the rest are validated in the background "
+                   "and a request for one of them waits for it (>= 0; 0: serve as soon as the base is up; default "
+                   f"{D['startup_wait'].default:g})")
+    p.add_argument("--validation-wait", type=float, help="seconds a request for a folder still being validated waits "
+                   f"for its verdict before a 503 with Retry-After (>= 0; default {D['validation_wait'].default:g})")
+    p.add_argument("--load-parallel", type=int, help="folders copied and validated at once (1..64; default "
+                   f"{D['load_parallel'].default})")
     p.add_argument("--watch-events", action="store_true",
                    help="experimental: also scan DIR/ as soon as it reports a change (inotify; hot-swap p50 158 -> "
                    "105 ms). Known problem: with it on, concurrent streams were seen to run one at a time")

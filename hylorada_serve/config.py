@@ -66,6 +66,12 @@ class ServeConfig:
     watch_events: bool = False              # also scan as soon as DIR/ reports a change (inotify via watchfiles);
     #                                         off by default: with it on, concurrent streams were seen to run one at
     #                                         a time (tests/serve/test_server_rope_shutdown.py failed 2 of 3 runs)
+    startup_wait: float = 5.0               # at start-up, serving begins once DIR/'s folders are loaded or after this
+    #                                         many seconds, whichever is first; the rest load in the background
+    #                                         (0: serve as soon as the base is up)
+    validation_wait: float = 60.0           # a request for a folder still being validated waits this long for its
+    #                                         verdict, then gets 503 + Retry-After
+    load_parallel: int = 4                  # folders copied and validated at once
     # engine defaults (vLLM options hylorada-serve sets unless vllm_args gives its own)
     kv_cache_memory_bytes: int = 1 << 30    # KV cache size unless vllm_args names one of KV_SIZING_FLAGS. Fixed, not
     #                                         a share: on the CPU backend a share of NUMA node 0, which can report half
@@ -107,6 +113,12 @@ class ServeConfig:
             v = getattr(self, name)
             if not _number(v) or v <= 0:
                 bad.append(f"--{name.replace('_', '-')}: must be a positive number of seconds (got {v!r})")
+        for name in ("startup_wait", "validation_wait"):
+            v = getattr(self, name)
+            if not _number(v) or v < 0:
+                bad.append(f"--{name.replace('_', '-')}: must be a number of seconds >= 0 (got {v!r})")
+        if not _int(self.load_parallel) or not 1 <= self.load_parallel <= 64:
+            bad.append(f"--load-parallel: must be an integer in 1..64 (got {self.load_parallel!r})")
         if not isinstance(self.watch_events, bool):
             bad.append(f"watch_events: must be true or false (got {self.watch_events!r})")
         if not _int(self.kv_cache_memory_bytes) or self.kv_cache_memory_bytes < 1:

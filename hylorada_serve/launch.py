@@ -2,8 +2,9 @@
 serve loop, shutdown and the exit code.
 
     run(config) → engine environment → (demo files) → keys file (refused before the engine starts) → vLLM's args →
-    serve(): engine up → app + install() → initial load → serve_http until SIGINT/SIGTERM (vLLM drains) or engine
-    death (exit 1) → free published copies
+    serve(): engine up → app + install() → first pass planned, loaded in the background (startup.py) → watcher →
+    serve_http once loaded or after --startup-wait, until SIGINT/SIGTERM (vLLM drains) or engine death (exit 1) →
+    free published copies
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
     from vllm.lora.request import LoRARequest
 
-    from . import gc_heap, metrics
+    from . import gc_heap, metrics, startup
     from .app import install
     from .audit import AuditLog
     from .http_bounds import bounded_protocol
@@ -128,16 +129,17 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
 
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
-                                 on_event=on_event, base_dir=str(config.base))
+                                 on_event=on_event, base_dir=str(config.base), parallel=config.load_parallel)
             audit = None if config.audit_log is None else AuditLog(
                 config.audit_log, max_bytes=int(config.audit_log_mb * (1 << 20)), backups=config.audit_log_backups)
             install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes,
-                    metrics_key=config.metrics_key, keys=keys, audit=audit)
+                    metrics_key=config.metrics_key, keys=keys, audit=audit, validation_wait=config.validation_wait)
             own_log_handler()                      # again, after the engine's start-up configured logging
-            await initial_load(swapper, config)
-            report_adapters(store)
+            backlog = await startup.begin(swapper)
             stop = asyncio.Event()
             watcher = asyncio.create_task(swapper.run(stop, config.poll_interval, config.watch_events))
+            await startup.settle(swapper, backlog, config.startup_wait, config.poll_interval)
+            report_adapters(store, pending=swapper.backlog)
             gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
             keys_watch = asyncio.create_task(keys.watch(stop) if keys is not None else stop.wait())
             print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key or keys)), flush=True)
@@ -150,7 +152,8 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
             died = engine.errored and not asked
             stop.set()
             watcher.cancel()                       # the engine is already stopped: do not wait on a pass
-            await asyncio.gather(watcher, gc_once, keys_watch, return_exceptions=True)
+            backlog.cancel()
+            await asyncio.gather(watcher, backlog, gc_once, keys_watch, return_exceptions=True)
             if audit is not None:
                 audit.close()
         await shutdown
@@ -174,17 +177,6 @@ def mark_shutdown_requests(engine) -> list:
         return shutdown(*a, **kw)
     engine.shutdown = shutdown_and_mark
     return asked
-
-
-async def initial_load(swapper, config: ServeConfig) -> None:
-    """Load what DIR/ holds before accepting traffic (bounded wait for folders still being written)."""
-    deadline = asyncio.get_running_loop().time() + config.stable_seconds + 4 * config.poll_interval + 1
-    while True:
-        await swapper.step()
-        waiting = [e.name for e in swapper.store.entries.values() if e.status == "waiting"]
-        if not waiting or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(config.poll_interval)
 
 
 def own_log_handler() -> None:

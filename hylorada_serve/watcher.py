@@ -1,8 +1,14 @@
 """The watcher: turns AdapterStore decisions into engine loads and frees, on file events and on a polling timer.
 
-One pass (`step`) = look at DIR/ once (`scan.observe`, on a worker thread); for each removed folder, stop serving
-it; for each complete new or changed folder, copy → validate (worker threads) → `engine.add_lora` → commit; then
-free retired versions no admitted request can still use (`engine.remove_lora` + delete the published copy).
+One pass (`step`) = `plan` (look at DIR/ once, `scan.observe` on a worker thread; for each removed folder, stop
+serving it; mark each complete new or changed folder loading) → `run_jobs` (copy → validate on worker threads →
+`engine.add_lora` → commit, `parallel` folders at a time) → free retired versions no admitted request can still use
+(`engine.remove_lora` + delete the published copy).
+
+Start-up (launch.py) plans the first pass before serving and runs its jobs in the background: the server answers as
+soon as the base is up. While a folder's job is queued or running it is `pending`; a request for it waits for its
+verdict (`wait_for`, which also moves it to the front of the queue), so no request skips a folder that is being
+validated and none is served by unvalidated weights.
 
 Totality: whatever goes wrong with one folder (a refusal, an OSError, any exception from the reader, the engine
 refusing it) refuses that content with the reason and deletes its copy; the folder never stays `loading`, later
@@ -37,21 +43,33 @@ def shown(name: str) -> str:
 class HotSwapper:
     """engine: anything with `async add_lora(request)` and `async remove_lora(uid)` (vLLM's AsyncLLM).
     make_request(engine_name, uid, path) builds the engine's request object (vLLM's LoRARequest).
-    base_dir: the base model folder; its weight norms bound every adapter's delta (publish.check)."""
+    base_dir: the base model folder; its weight norms bound every adapter's delta (publish.check).
+    parallel: folders copied and validated at once by one `run_jobs` (the engine's add_lora is one at a time)."""
 
     def __init__(self, store: AdapterStore, engine: Any, publish_root: str | Path,
                  make_request: Callable[[str, int, str], Any], base_config=None, max_rank: int | None = None,
-                 on_event: Callable[[str, str], None] | None = None, base_dir: str | None = None):
+                 on_event: Callable[[str, str], None] | None = None, base_dir: str | None = None,
+                 parallel: int = 4):
         self.store, self.engine = store, engine
         self.publish_root = Path(publish_root)
         self.make_request = make_request
         self.base_config, self.max_rank, self.base_dir = base_config, max_rank, base_dir
         self.on_event = on_event or (lambda name, event: None)
+        self.parallel = parallel
         self.lock = asyncio.Lock()
         self.load_seconds: dict[str, float] = {}        # name -> seconds of the last successful load
+        self._queued: dict[str, None] = {}               # names planned and not yet decided (queued or loading)
+        self._wanted: dict[str, None] = {}               # of those, the ones a waiting request asked for
+        self._decided: dict[str, asyncio.Event] = {}     # name -> set when its queued job ends (wait_for)
 
     # ---- one pass -------------------------------------------------------------------------------------------
     async def step(self) -> None:
+        await self.run_jobs(await self.plan())
+        await self._collect()
+
+    async def plan(self) -> list[tuple]:
+        """Look at DIR/ once and apply it: removed folders stop serving now; each complete new or changed folder is
+        marked loading (pending from here on) and returned as a job for `run_jobs`."""
         seen = await asyncio.to_thread(observe, self.store.root)
         async with self.lock:
             to_load, gone = self.store.apply(seen)
@@ -60,10 +78,58 @@ class HotSwapper:
                 if self.store.remove(name) is not None:
                     log.info("adapter %s: folder removed; no longer served (running requests finish)", shown(name))
                     self.on_event(name, "removed")
-            jobs = [self._begin(name) for name in to_load]
-        for job in jobs:
-            await self._load(*job)
-        await self._collect()
+            return [self._begin(name) for name in to_load]
+
+    async def run_jobs(self, jobs: list[tuple], progress: Callable[[int, int], None] | None = None) -> None:
+        """Load `jobs` (from `plan`), `parallel` at a time; a name a request waits for goes next. Total: a job that
+        never started (cancelled) is abandoned, so no folder stays loading. progress(done, total) after each."""
+        queue = {job[0]: job for job in jobs}
+        done = [0]
+
+        async def worker():
+            while queue:
+                name = next((n for n in self._wanted if n in queue), None) or next(iter(queue))
+                job = queue.pop(name)
+                await self._load(*job)
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], len(jobs))
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.parallel, len(queue)))))
+        finally:
+            for name in list(queue):                     # cancelled before these started
+                self.store.abandon(name)
+                self._settle(name)
+
+    # ---- requests waiting for a verdict ---------------------------------------------------------------------
+    @property
+    def backlog(self) -> int:
+        """Folders planned and not yet decided."""
+        return len(self._queued)
+
+    def pending(self, name: str) -> bool:
+        """True while `name` has no serving version and a job for it is queued or running."""
+        e = self.store.entries.get(name)
+        return name in self._queued and e is not None and e.current is None
+
+    async def wait_for(self, name: str, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until `name` is no longer pending; its job goes next. False on timeout."""
+        if not self.pending(name):
+            return True
+        self._wanted[name] = None
+        ev = self._decided.setdefault(name, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return not self.pending(name)
+
+    def _settle(self, name: str) -> None:
+        self._queued.pop(name, None)
+        self._wanted.pop(name, None)
+        ev = self._decided.pop(name, None)
+        if ev is not None:
+            ev.set()
 
     async def load(self, name: str, force: bool = False) -> dict:
         """Admin load/reload of DIR/name (name checked by the caller). force: a new version even if unchanged.
@@ -109,6 +175,7 @@ class HotSwapper:
     # ---- stages ---------------------------------------------------------------------------------------------
     def _begin(self, name: str) -> tuple[str, int, int, Any]:
         number, uid, sig = self.store.begin_load(name)
+        self._queued[name] = None
         return name, number, uid, sig
 
     async def _load(self, name: str, number: int, uid: int, sig) -> str | None:
@@ -150,8 +217,10 @@ class HotSwapper:
             return reason
         finally:
             if not committed:
-                await asyncio.shield(asyncio.to_thread(publish.discard, dst))
                 self.store.abandon(name)                 # cancelled or superseded: never left 'loading'
+            self._settle(name)                           # decided: a request waiting for it goes on now
+            if not committed:
+                await asyncio.shield(asyncio.to_thread(publish.discard, dst))
         self.on_event(name, "loaded")
         log.info("adapter %s v%d loaded: kind=%s rank=%d size=%.1f KiB%s in %.0f ms", shown(name), number, info.kind,
                  info.rank, info.size_bytes / 1024, f" (replaces v{old.number})" if old else "",
