@@ -112,7 +112,7 @@ def plot(runs: list[dict], path: Path) -> None:
             ax.plot([r["folders"]], [r["ready_s"]], "x", ms=10, color="red",
                     label="before: ready only once all loaded (one at a time)")
     ax.set_xscale("log")
-    ax.set_xlabel("adapter folders in DIR/ at start-up")
+    ax.set_xlabel("adapter folders in DIR/ at start-up (0 drawn at 1)")
     ax.set_ylabel("seconds from process start")
     ax.set_title("hylorada-serve start-up (tiny base, 2-core CPU)")
     ax.grid(alpha=0.3)
