@@ -63,9 +63,8 @@ class ServeConfig:
     max_lora_rank: int = 16                 # largest rank accepted (vLLM allows 1, 8, 16, 32, 64, ...)
     stable_seconds: float = 2.0             # a folder without a .ready marker loads once unchanged this long, > 0
     poll_interval: float = 0.5              # seconds between full scans of DIR/ (the safety net), > 0
-    watch_events: bool = False              # also scan as soon as DIR/ reports a change (inotify via watchfiles);
-    #                                         off by default: with it on, concurrent streams were seen to run one at
-    #                                         a time (tests/serve/test_server_rope_shutdown.py failed 2 of 3 runs)
+    watch_events: bool = True               # also scan as soon as DIR/ reports a change (inotify via watchfiles);
+    #                                         the polling pass stays the safety net (NFS); False: polling only
     startup_wait: float = 5.0               # at start-up, serving begins once DIR/'s folders are loaded or after this
     #                                         many seconds, whichever is first; the rest load in the background
     #                                         (0: serve as soon as the base is up)

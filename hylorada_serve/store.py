@@ -17,8 +17,9 @@ Writers that publish with one rename (hylorada.format.atomic.atomic_dir) are com
 
 The look at the disk (names, signatures, scan bounds) is scan.py; this class only keeps the books.
 
-Versions. Every load gets a new version number (per name, never reused) and a new global uid (vLLM's
-lora_int_id), and is served from its own published copy (DESIGN.md §6: prefix-cache keys include
+Versions. Every version that serves gets the next number (per name, never reused; a refused or abandoned load
+takes none, so v1, v2, v3 are the versions clients saw) and every load a new global uid (vLLM's lora_int_id); each
+is served from its own published copy (DESIGN.md §6: prefix-cache keys include
 (lora_name, lora_path), so nothing is ever overwritten in place).
 
 Admission. Each request takes a Ticket: the served mapping at that instant plus its generation. The request
@@ -67,7 +68,9 @@ class Entry:
     refused_sig: Signature | None = None
     held: bool = False              # admin unload: not reloaded by the watcher until an explicit load
     blocked: bool = False           # the name itself is refused (bad characters, case clash, outside link)
-    last_number: int = 0
+    last_number: int = 0            # the number of the newest version that served (0: none yet)
+    loading_uid: int = 0            # the uid of the load in flight (begin_load); a load whose uid differs was
+    #                                 superseded
     since: float = 0.0              # wall time the current status began (time.time())
     removed_at: float = 0.0         # store clock at the last remove() (for forgetting removed names)
     events: Counter = field(default_factory=Counter)
@@ -188,17 +191,20 @@ class AdapterStore:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def begin_load(self, name: str) -> tuple[int, int, Signature | None]:
-        """Mark `name` loading and allocate (version number, uid). Returns the signature seen by the last scan."""
+        """Mark `name` loading and allocate a uid; the version number it will serve as is the next one, taken only
+        by `commit` (a refused or abandoned load uses none). Returns (number, uid, the signature the last scan
+        saw)."""
         e = self.entries.setdefault(name, Entry(name))
         e.status, e.reason, e.held = "loading", None, False
-        e.last_number += 1
         uid, self._next_uid = self._next_uid, self._next_uid + 1
-        return e.last_number, uid, e.seen_sig
+        e.loading_uid = uid
+        return e.last_number + 1, uid, e.seen_sig
 
     def commit(self, version: Version) -> Version | None:
         """`version` now serves `version.name`. Returns the version it replaced (retired, freed later)."""
         e = self.entries[version.name]
         old = e.current
+        e.last_number = max(e.last_number, version.number)
         e.current, e.status, e.reason, e.refused_sig = version, "ready", None, None
         e.since = time.time()
         e.events["loaded"] += 1

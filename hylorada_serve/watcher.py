@@ -194,7 +194,7 @@ class HotSwapper:
             version = _replace(version, handle=self.make_request(version.engine_name, uid, str(dst)))
             async with self.lock:
                 e = self.store.entries.get(name)
-                if e is None or e.status != "loading" or e.last_number != number:
+                if e is None or e.status != "loading" or e.loading_uid != uid:
                     return None                          # unloaded or superseded while it was copied
                 try:
                     await asyncio.wait_for(self.engine.add_lora(version.handle), timeout=ENGINE_TIMEOUT_S)

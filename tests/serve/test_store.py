@@ -180,14 +180,15 @@ def test_watcher_stages_loads_refuses_and_frees(tmp_path, monkeypatch):
         write(root / "a", b"three")
         engine.fail = False
         await sw.step()
-        v3 = store.serving()["a"]
-        assert v3.number == 3 and engine.removed == [v1.uid] and not Path(v1.path).exists()
+        v2 = store.serving()["a"]                         # the refused load took no number: clients saw v1, v2
+        assert v2.number == 2 and engine.removed == [v1.uid] and not Path(v1.path).exists()
+        assert engine.added[-1] == ("a@v2", v2.uid, v2.path) and v2.uid == 3     # but a uid of its own
         st = await sw.unload("a")
         assert st["status"] == "unloaded" and "a" not in store.serving()
         await sw.step()
         assert "a" not in store.serving()                 # held until an explicit load
         st = await sw.load("a", force=True)
-        assert st["status"] == "ready" and st["version"] == 4
+        assert st["status"] == "ready" and st["version"] == 3
     asyncio.run(go())
 
 

@@ -2,7 +2,7 @@
 (no vLLM: a fake engine, the real reader and demo adapters):
 
   * with events, a folder published with a `.ready` marker is loaded long before the next poll (30 s here);
-  * with events off (the default; `--watch-events` turns them on), the polling pass alone converges;
+  * with events off (`--no-watch-events`, or a filesystem without them), the polling pass alone converges;
   * DIR/ removed and created again (an unmount, a re-provisioned volume): events come back and a new folder is
     loaded without waiting for the poll.
 """
