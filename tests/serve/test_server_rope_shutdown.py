@@ -8,12 +8,12 @@
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +34,37 @@ def scaled_copy(src: Path, dst: Path, rope: dict) -> None:
     shutil.copytree(src, dst)
     meta = json.loads((dst / "hylorada.json").read_text())
     (dst / "hylorada.json").write_text(json.dumps({**meta, "rope_scaling": rope}))
+
+
+async def streams_then_sigterm(srv) -> tuple[list[int], int | None, float, int]:
+    """STREAMS streams on one event loop (threads were starved here: on a loaded 2-core machine the first reading
+    thread held the GIL and the others started ~10 s apart, so the streams did not overlap); once every stream has
+    its first token, SIGTERM. Returns (tokens per stream, exit code, seconds to exit, streams still open 30 s after)."""
+    got, body = [0] * STREAMS, {"model": "rope-a", "prompt": "the cat", "max_tokens": STREAM_TOKENS,
+                                "ignore_eos": True, "stream": True}
+    async with httpx.AsyncClient(base_url=srv.url, timeout=120,
+                                 headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        async def one(i: int) -> None:
+            try:
+                async with client.stream("POST", "/v1/completions", json=body) as resp:
+                    async for line in resp.aiter_lines():
+                        if line.startswith("data: {"):
+                            got[i] += 1
+            except httpx.HTTPError:                 # closed by the server at the abort: a clean end
+                pass
+
+        tasks = [asyncio.create_task(one(i)) for i in range(STREAMS)]
+        deadline = time.monotonic() + 120
+        while min(got) == 0 and time.monotonic() < deadline and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.05)
+        assert min(got) > 0 and max(got) < STREAM_TOKENS, got       # every stream is running, none has finished
+        t0 = time.monotonic()
+        code = await asyncio.to_thread(stop, srv, signal.SIGTERM, 60)
+        took = time.monotonic() - t0
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        for t in pending:
+            t.cancel()
+    return got, code, took, len(pending)
 
 
 def test_rope_override_reaches_vllm_and_shutdown_aborts_after_the_timeout(demo_files):
@@ -65,33 +96,8 @@ def test_rope_override_reaches_vllm_and_shutdown_aborts_after_the_timeout(demo_f
                              "ignore_eos": True, "return_token_ids": True})
         assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == want
 
-        got, started = [0] * STREAMS, threading.Barrier(STREAMS + 1, timeout=120)
-
-        def stream(i: int) -> None:
-            body = {"model": "rope-a", "prompt": "the cat", "max_tokens": STREAM_TOKENS, "ignore_eos": True,
-                    "stream": True}
-            try:
-                with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=120,
-                                  headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
-                    for line in resp.iter_lines():
-                        if line.startswith("data: {"):
-                            got[i] += 1
-                            if got[i] == 1:
-                                started.wait()
-            except httpx.HTTPError:                 # closed by the server at the abort: a clean end
-                pass
-
-        threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(STREAMS)]
-        for t in threads:
-            t.start()
-        started.wait()                              # every stream is running
-        assert max(got) < STREAM_TOKENS, got
-        t0 = time.time()
-        code = stop(srv, signal.SIGTERM, timeout=60)
-        took = time.time() - t0
-        for t in threads:
-            t.join(timeout=30)
-        assert not any(t.is_alive() for t in threads), "a stream hung after shutdown"
+        got, code, took, hung = asyncio.run(streams_then_sigterm(srv))
+        assert not hung, f"{hung} streams hung after shutdown"
         cut = sum(g < STREAM_TOKENS for g in got)
         assert cut == STREAMS, f"only {cut} of {STREAMS} streams were aborted after 1 s ({got})"
         assert code == 0 and took < 30, (code, took, srv.log_tail())
