@@ -10,7 +10,8 @@
     (`--validation-wait`, then 503 + Retry-After); then takes a store Ticket (the adapter versions current at
     admission), answers with `x-hylorada-adapter` / `x-hylorada-adapter-version` headers naming the version the
     request ran on, and records the per-adapter metrics.
-  * the admin routes:  GET /v1/adapters                    every folder's status, version, kind, rank, reason
+  * the admin routes:  GET /v1/adapters                    every folder's status, version, kind, rank, reason,
+                                                           where it lives (slot / host / disk) and its bytes
                        POST /v1/adapters/{name}/load       load DIR/name now (if new or changed)
                        POST /v1/adapters/{name}/reload     load DIR/name as a new version even if unchanged
                        POST /v1/adapters/{name}/unload     stop serving it (until load/reload)
@@ -33,7 +34,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.middleware import Middleware
 
-from . import metrics
+from . import metrics, residency
 from . import routes
 from .asgi import error, json_object, read_body, replaying
 from .auth import ADMIN_PREFIX, AuthMiddleware, request_info
@@ -196,9 +197,13 @@ def admin_router(swapper: HotSwapper, keys=None) -> APIRouter:
     @router.get(ADMIN_PREFIX)
     async def list_adapters(request: Request):
         tenant = request_info(request.scope).tenant
+        res = await residency.fetch(swapper.engine)
         if tenant is not None:
-            return JSONResponse({"object": "list", "data": [s for s in store.status() if tenant.allows(s["name"])]})
-        return JSONResponse({"object": "list", "adapters_dir": str(store.root), "data": store.status(),
+            return JSONResponse({"object": "list", "data": residency.rows(
+                [s for s in store.status() if tenant.allows(s["name"])], res)})
+        return JSONResponse({"object": "list", "adapters_dir": str(store.root),
+                             "data": residency.rows(store.status(), res),
+                             "engine_capacity": res["capacity"] if res else None,
                              "retired_not_yet_freed": store.retired_count(),
                              "engine_lora_ids": sorted(await swapper.engine.list_loras())})  # what vLLM holds
 

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loras", type=int, help=f"adapters in one batch (vLLM slots; default {D['max_loras'].default})")
     p.add_argument("--max-cpu-loras", type=int, help="adapters cached in CPU memory, >= --max-loras "
                    "(default: vLLM's, = --max-loras)")
+    p.add_argument("--max-cpu-lora-mb", type=float, help="also a byte budget for the adapters cached in CPU memory: "
+                   "least recently used ones are evicted past it (read again from their validated copy when "
+                   "needed), never the --max-loras newest (default: the count only)")
     p.add_argument("--max-lora-rank", type=int, help="largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, "
                    f"128, 256, 320, 512; default {D['max_lora_rank'].default})")
     p.add_argument("--stable-seconds", type=float, help="a folder without a .ready marker is loaded once unchanged "

@@ -60,6 +60,8 @@ class ServeConfig:
     # adapters
     max_loras: int = 4                      # adapters in one batch (vLLM's LoRA slots)
     max_cpu_loras: int | None = None        # adapters cached in CPU memory, >= max_loras (None: vLLM's default)
+    max_cpu_lora_mb: float | None = None    # also a byte budget for that cache: least recently used adapters are
+    #                                         evicted past it, never the --max-loras newest (None: the count only)
     max_lora_rank: int = 16                 # largest rank accepted (vLLM allows 1, 8, 16, 32, 64, ...)
     stable_seconds: float = 2.0             # a folder without a .ready marker loads once unchanged this long, > 0
     poll_interval: float = 0.5              # seconds between full scans of DIR/ (the safety net), > 0
@@ -106,6 +108,8 @@ class ServeConfig:
                                                or self.max_cpu_loras < self.max_loras):
             bad.append(f"--max-cpu-loras: must be an integer >= --max-loras {self.max_loras!r} "
                        f"(got {self.max_cpu_loras!r})")
+        if self.max_cpu_lora_mb is not None and (not _number(self.max_cpu_lora_mb) or self.max_cpu_lora_mb <= 0):
+            bad.append(f"--max-cpu-lora-mb: must be a positive number of MiB (got {self.max_cpu_lora_mb!r})")
         if not _int(self.max_lora_rank) or self.max_lora_rank < 1:
             bad.append(f"--max-lora-rank: must be an integer >= 1 (got {self.max_lora_rank!r})")
         for name in ("stable_seconds", "poll_interval"):

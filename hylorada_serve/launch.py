@@ -35,7 +35,7 @@ def engine_env(env) -> dict:
     return {k: v for k, v in {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": ONEDNN_CACHE}.items() if k not in env}
 
 
-def set_process_env() -> None:
+def set_process_env(config: ServeConfig | None = None) -> None:
     """This process's environment, before vLLM is imported (the engine processes it spawns inherit it)."""
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"     # vLLM's path-taking load route stays off
@@ -46,6 +46,8 @@ def set_process_env() -> None:
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_MAX_N_SEQUENCES", "64")     # n / best_of above this are 400s (vLLM: 16384)
     os.environ.update(engine_env(os.environ))
+    if config is not None and config.max_cpu_lora_mb is not None:       # hylorada_patches/residency.py
+        os.environ["HYLORADA_CPU_LORA_BYTES"] = str(int(config.max_cpu_lora_mb * (1 << 20)))
 
 
 def engine_argv(config: ServeConfig, rope: list[str] = ()) -> list[str]:
@@ -100,7 +102,7 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
     from vllm.lora.request import LoRARequest
 
-    from . import gc_heap, metrics, startup
+    from . import gc_heap, metrics, residency, startup
     from .app import install
     from .audit import AuditLog
     from .http_bounds import bounded_protocol
@@ -142,6 +144,7 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
             report_adapters(store, pending=swapper.backlog)
             gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start
             keys_watch = asyncio.create_task(keys.watch(stop) if keys is not None else stop.wait())
+            resident = asyncio.create_task(residency.Published().watch(engine, store, stop))   # /metrics
             print(banner(listen_address, args.served_model_name[0], store, bool(config.api_key or keys)), flush=True)
             shutdown = await serve_http(app, sock=sock, host=args.host, port=args.port, log_level="warning",
                                         access_log=False, timeout_keep_alive=5,
@@ -153,7 +156,7 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
             stop.set()
             watcher.cancel()                       # the engine is already stopped: do not wait on a pass
             backlog.cancel()
-            await asyncio.gather(watcher, backlog, gc_once, keys_watch, return_exceptions=True)
+            await asyncio.gather(watcher, backlog, gc_once, keys_watch, resident, return_exceptions=True)
             if audit is not None:
                 audit.close()
         await shutdown
@@ -210,7 +213,7 @@ def load_keys(config: ServeConfig):
 
 def run(config: ServeConfig) -> int:
     """Serve `config` until a signal (exit 0) or the engine's death (exit 1)."""
-    set_process_env()
+    set_process_env(config)
     if config.demo:
         from .demo import demo_config
         config = demo_config(config)

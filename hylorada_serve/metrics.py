@@ -25,6 +25,12 @@ LOAD_EVENTS = Counter("hylorada_adapter_load_events", "Adapter lifecycle events 
                       ["adapter", "event"])
 VERSION = Gauge("hylorada_adapter_version", "Version number now serving (0: not serving)", ["adapter"])
 SERVING = Gauge("hylorada_adapters_serving", "Adapters now servable")
+# where the serving adapters live (residency.py, from the engine every 5 s)
+ENGINE_LOADS = Counter("hylorada_adapter_engine_loads", "Reads of an adapter from disk by the engine worker (each after "
+                       "the first is a CPU-cache miss after an eviction)", ["adapter"])
+RESIDENT = Gauge("hylorada_adapters_resident", "Serving adapters by where they live: slot (in a LoRA slot), host (the "
+                 "engine's CPU cache), disk (only the validated copy; the next request loads it)", ["where"])
+CACHE_BYTES = Gauge("hylorada_adapters_cache_bytes", "Bytes of adapter tensors in the engine's CPU cache")
 # per tenant (--keys): the tenant's name from the keys file, never a key
 TENANT_REQUESTS = Counter("hylorada_tenant_requests", "Requests of a tenant's keys, by HTTP status (429: a limit, "
                           "404: an unknown adapter or one the tenant may not use)", ["tenant", "code"])
@@ -54,6 +60,11 @@ def request_done(adapter: str, code: int, seconds: float, tokens: int | None) ->
     _series(LATENCY, adapter).observe(seconds)
     if tokens is not None:
         _series(TOKENS, adapter).inc(tokens)
+
+
+def engine_loads(adapter: str, n: int) -> None:
+    """`n` more reads of `adapter` from disk by the engine (residency.py)."""
+    _series(ENGINE_LOADS, adapter).inc(n)
 
 
 def tenant_done(tenant: str, code: int, tokens: int) -> None:

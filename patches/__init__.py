@@ -20,6 +20,7 @@ calls `apply()` (version check + install). One module per vLLM touch point:
     landmarks.py    per-token landmark read-outs on the MLP blocks
     rope.py         the engine's RoPE override from a set of adapters
     control.py      worker RPC `hylorada_lora_path` (switch grouped / vLLM path at run time)
+    residency.py    worker RPC `hylorada_lora_residency` (adapters in slots, in the CPU cache, load counts)
     lora_info.py    vLLM's vllm:lora_requests_info gauge keeps only its newest label set (was unbounded)
     shm_notify.py   busy shm-ring readers let libzmq free the notify socket's queued commands (was unbounded)
     attention.py    per-adapter DAA / sink / s2 attention (CPU platform): attn_state (the attention half of

@@ -51,11 +51,12 @@ def apply() -> None:
     import vllm
     from vllm.platforms import current_platform
     check_version(vllm.__version__, current_platform.is_cpu(), Settings.read().allow_unverified_vllm)
-    from . import attention, control, engine, layers, loading, logits, lora_info, shm_notify
+    from . import attention, control, engine, layers, loading, logits, lora_info, residency, shm_notify
     layers.install()                               # HyLoRADA subclasses of vLLM's LoRA linear layers
     loading.install()                              # side file validated and attached before vLLM loads
     engine.install()                               # LoRA manager + runner: slot tables, step plan (both halves)
     control.install()                              # worker RPC hylorada_lora_path
+    residency.install()                            # worker RPC hylorada_lora_residency (slots, CPU cache, loads)
     lora_info.install()                            # API server: vllm:lora_requests_info keeps one series
     shm_notify.install()                           # engine core + worker: busy shm readers free zmq commands
     attention.install()                            # DAA / sink / s2 per adapter (attn_*.py), CPU platform

@@ -5,6 +5,8 @@
                                     empty: full attention (parsed by attn_state.server_default)
     HYLORADA_LORA_PATH              grouped | vllm | static: the LoRA path an engine starts on (lora_path.default_path);
                                     unset: grouped on the CPU, vLLM's own elsewhere
+    HYLORADA_CPU_LORA_BYTES         a byte budget for the engine's CPU cache of adapters (residency.py), beside
+                                    vLLM's count (--max-cpu-loras); unset or 0: the count only
     HYLORADA_ALLOW_UNVERIFIED_VLLM  "1": run on a CPU build of vLLM the patches are intended for but not verified on
                                     (apply.py); never lifts the refusal of non-CPU platforms
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 ATTENTION = "HYLORADA_ATTENTION"
 LORA_PATH = "HYLORADA_LORA_PATH"
 ALLOW_UNVERIFIED_VLLM = "HYLORADA_ALLOW_UNVERIFIED_VLLM"
+CPU_LORA_BYTES = "HYLORADA_CPU_LORA_BYTES"
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,14 @@ class Settings:
     attention: str = ""                 # raw JSON text, stripped ("" = full attention)
     lora_path: str | None = None        # as given (None = unset: the platform's default)
     allow_unverified_vllm: bool = False
+    cpu_lora_bytes: int = 0             # 0 = no byte budget
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """From `env` (default: os.environ)."""
         env = os.environ if env is None else env
+        raw = env.get(CPU_LORA_BYTES, "").strip() or "0"
+        if not raw.isdigit():
+            raise ValueError(f"{CPU_LORA_BYTES} must be a whole number of bytes (got {raw!r})")
         return cls(attention=env.get(ATTENTION, "").strip(), lora_path=env.get(LORA_PATH),
-                   allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1")
+                   allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1", cpu_lora_bytes=int(raw))

@@ -47,9 +47,11 @@ def load_hylorada(path: str, hf_config, max_rank: int | None):
 def load_adapter(orig, self, lora_request):
     """Validate (load_hylorada) before vLLM's own loader runs, then attach the side file to its LoRAModel."""
     from vllm.lora.utils import get_adapter_absolute_path
+    from .residency import count_load
     path = get_adapter_absolute_path(lora_request.lora_path)
     served = load_hylorada(path, self._adapter_manager.model.config, self.lora_config.max_lora_rank)
     lora = orig(self, lora_request)
+    count_load(lora_request.lora_int_id)
     lora.hylorada = served
     return lora
 

@@ -21,3 +21,10 @@ def test_default_lora_path():
     for bad in ("", "punica"):                       # set but empty is a bad value, not the default
         with pytest.raises(ValueError, match="HYLORADA_LORA_PATH must be one of"):
             default_path(True, Settings(lora_path=bad))
+
+
+def test_cpu_lora_byte_budget():
+    assert Settings.read({}).cpu_lora_bytes == 0
+    assert Settings.read({"HYLORADA_CPU_LORA_BYTES": " 419430 "}).cpu_lora_bytes == 419430
+    with pytest.raises(ValueError, match="HYLORADA_CPU_LORA_BYTES must be a whole number of bytes"):
+        Settings.read({"HYLORADA_CPU_LORA_BYTES": "0.4MB"})

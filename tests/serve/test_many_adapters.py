@@ -5,7 +5,10 @@ projection of the tiny base) behind 2,000 names, hard links in DIR/ (the server 
     not yet validated waits for it instead of a 404;
   * mixed batches (8 concurrent requests over names of different weight sets, more sets than --max-loras 4
     slots): every answer equals `ServedReference` for that name's weight set, before and after every folder is in;
-  * in the end `/v1/models` lists the base and all 2,000 names.
+  * in the end `/v1/models` lists the base and all 2,000 names;
+  * the engine's CPU cache has a byte budget (`--max-cpu-lora-mb 0.4`, ~5 of these adapters) smaller than the
+    working set: answers stay right, adapters are evicted and read again (engine_loads > 1), and the cache holds
+    no more than the budget or the --max-loras newest.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from .conftest import ADMIN_KEY, API_KEY, start, stop
 
 pytestmark = pytest.mark.vllm
 N_NAMES, N_SETS, RANK = 2000, 16, 4
+BUDGET_MB = 0.4
 PROMPT, N_NEW = [5, 77, 140, 33, 9, 300], 6
 API = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -66,7 +70,8 @@ def check_round(url: str, names: list[str], want: list[list[int]]) -> None:
 
 def test_two_thousand_names_answer_with_their_own_weights_while_and_after_they_load(many):
     root, base, built, adapters, names, want = many
-    srv = start(root, adapters, base, built, extra=("--startup-wait", "0", "--max-cpu-loras", "16"))
+    srv = start(root, adapters, base, built, extra=("--startup-wait", "0", "--max-cpu-loras", "16",
+                                                             "--max-cpu-lora-mb", str(BUDGET_MB)))
     try:
         rng = random.Random(0)
         early = names[-40:] + rng.sample(names[:-40], 40)          # the last names are validated last: they wait
@@ -85,6 +90,14 @@ def test_two_thousand_names_answer_with_their_own_weights_while_and_after_they_l
         assert set(names) <= listed and len(listed) == N_NAMES + 1, len(listed)
         check_round(srv.url, rng.sample(names, 80), want)
         assert pending_at_start > 0, "every folder was loaded before the first request: nothing waited"
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            body = http.get("/v1/adapters", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        rows = [r for r in body["data"] if r["status"] == "ready"]
+        cached = [r for r in rows if r["where"] in ("slot", "host")]
+        size = rows[0]["size_bytes"]
+        assert BUDGET_MB * (1 << 20) < N_SETS * size, "the budget is not smaller than the working set"
+        assert sum(r["host_bytes"] for r in cached) <= BUDGET_MB * (1 << 20) or len(cached) <= 4, cached
+        assert max(r["engine_loads"] for r in rows) >= 2, "nothing was evicted and read again"
     finally:
         stop(srv)
         shutil.rmtree(adapters, ignore_errors=True)

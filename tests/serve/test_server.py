@@ -156,6 +156,28 @@ def test_health_and_metrics(client, server):
     assert 'hylorada_adapter_load_events_total{adapter="demo-lora",event="loaded"}' in text
 
 
+def test_adapters_show_where_they_live(client, server):
+    """GET /v1/adapters says where each serving adapter is (patches/residency.py through collective_rpc): the one
+    just used is in a slot or the CPU cache with its tensors' bytes (the same as its validated files'), read from
+    disk once; /metrics gets the residency series within a refresh."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    client.completions.create(model="demo-lora", prompt="the", max_tokens=2)
+    body = httpx.get(server.url + "/v1/adapters", headers=admin, timeout=30).json()
+    rows = {r["name"]: r for r in body["data"]}
+    lora = rows["demo-lora"]
+    assert body["engine_capacity"] == {"slots": 4, "host": 8}, body["engine_capacity"]
+    assert lora["where"] in ("slot", "host") and lora["host_bytes"] == lora["size_bytes"], lora
+    assert lora["engine_loads"] >= 1
+    assert all(r["where"] in ("slot", "host", "disk") for r in rows.values() if r["status"] == "ready")
+    assert all(r["where"] is None for r in rows.values() if r["uid"] is None)
+    deadline, text = time.time() + 15, ""
+    while time.time() < deadline and 'hylorada_adapters_resident{where="slot"}' not in text:
+        time.sleep(0.5)
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'hylorada_adapters_resident{where="slot"}' in text and "hylorada_adapters_cache_bytes " in text
+    assert 'hylorada_adapter_engine_loads_total{adapter="demo-lora"}' in text
+
+
 def test_lora_requests_info_keeps_one_series(client, server):
     """vLLM's own gauge made a series per (running, waiting) adapter set ever seen (patches/lora_info.py)."""
     for name in ("demo-lora", "demo-dora", "demo-hylorada", "demo-lora"):
