@@ -47,21 +47,25 @@ def folders(root, n: int) -> list[str]:
     return names
 
 
-def test_a_pass_validates_parallel_folders_at_once_and_never_more(tmp_path, monkeypatch):
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=3)
-    names = folders(root, 12)
+def backlog(tmp_path, monkeypatch, n: int, delay: float, parallel: int, fail: set = frozenset()):
+    """A swapper over `n` folders whose validation (publish.check) takes `delay` s; (store, sw, engine, root, names,
+    peak) with peak[0] the most validations seen at once."""
+    store, sw, engine, root, _ = swapper(tmp_path, parallel=parallel)
+    names = folders(root, n)
     live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.05, live, peak))
+    monkeypatch.setattr(publish, "check", slow_check(delay, live, peak, fail))
+    return store, sw, engine, root, names, peak
+
+
+def test_a_pass_validates_parallel_folders_at_once_and_never_more(tmp_path, monkeypatch):
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 12, 0.05, 3)
     asyncio.run(sw.step())
     assert sorted(store.serving()) == names and peak[0] == 3
     assert sw.backlog == 0 and not any(sw.pending(n) for n in names)
 
 
 def test_a_waiting_request_moves_its_folder_to_the_front_and_is_released_by_the_verdict(tmp_path, monkeypatch):
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=1)
-    names = folders(root, 20)
-    live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.02, live, peak, fail={"a018"}))
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 20, 0.02, 1, fail={"a018"})
 
     async def go():
         jobs = await sw.plan()
@@ -86,10 +90,7 @@ def test_a_waiting_request_moves_its_folder_to_the_front_and_is_released_by_the_
 
 
 def test_a_cancelled_backlog_leaves_nothing_loading_or_pending(tmp_path, monkeypatch):
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=2)
-    names = folders(root, 10)
-    live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.05, live, peak))
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 10, 0.05, 2)
 
     async def go():
         task = asyncio.create_task(sw.run_jobs(await sw.plan()))
@@ -103,10 +104,7 @@ def test_a_cancelled_backlog_leaves_nothing_loading_or_pending(tmp_path, monkeyp
 
 
 def test_settle_serves_at_once_with_zero_wait_and_waits_for_a_small_backlog(tmp_path, monkeypatch, capsys):
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=2)
-    names = folders(root, 6)
-    live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.1, live, peak))
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 6, 0.1, 2)
 
     async def go(wait_s: float):
         backlog = await startup.begin(sw)
@@ -130,10 +128,9 @@ def test_settle_serves_at_once_with_zero_wait_and_waits_for_a_small_backlog(tmp_
 
 
 def test_the_start_up_report_is_bounded_and_puts_refusals_first(tmp_path, monkeypatch, capsys):
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=4)
-    names = folders(root, MAX_LINES + 10)
-    live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.0, live, peak, fail={names[-1]}))
+    last = f"a{MAX_LINES + 9:03d}"                             # folders() names them a000, a001, …
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, MAX_LINES + 10, 0.0, 4, fail={last})
+    assert names[-1] == last
     asyncio.run(sw.step())
     report_adapters(store, pending=7)
     out = capsys.readouterr().out.splitlines()
@@ -184,10 +181,7 @@ def asgi_client(store, sw, wait_s: float):
 
 
 def test_a_request_for_a_pending_folder_waits_for_it_and_others_do_not(tmp_path, monkeypatch):
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=1)
-    names = folders(root, 12)
-    live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.05, live, peak))
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 12, 0.05, 1)
 
     async def go():
         jobs = await sw.plan()
@@ -208,10 +202,7 @@ def test_a_request_for_a_pending_folder_waits_for_it_and_others_do_not(tmp_path,
 
 def test_the_wait_is_bounded_and_a_tenant_outside_the_scope_never_waits(tmp_path, monkeypatch):
     from types import SimpleNamespace
-    store, sw, engine, root, _ = swapper(tmp_path, parallel=1)
-    names = folders(root, 4)
-    live, peak = [0], [0]
-    monkeypatch.setattr(publish, "check", slow_check(0.5, live, peak))
+    store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 4, 0.5, 1)
 
     async def go():
         jobs = await sw.plan()
