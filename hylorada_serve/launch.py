@@ -154,8 +154,8 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
                                         timeout_graceful_shutdown=2)
             died = engine.errored and not asked
             stop.set()
-            watcher.cancel()                       # the engine is already stopped: do not wait on a pass
-            backlog.cancel()
+            for task in (watcher, backlog, resident):  # the engine is already stopped: wait on none of its calls
+                task.cancel()
             await asyncio.gather(watcher, backlog, gc_once, keys_watch, resident, return_exceptions=True)
             if audit is not None:
                 audit.close()

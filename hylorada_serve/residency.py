@@ -21,9 +21,12 @@ RPC_TIMEOUT_S = 10.0
 
 async def fetch(engine) -> dict | None:
     """The first worker's residency (every tensor-parallel worker holds the same adapters), or None when the engine
-    cannot answer (dead, or a build without the RPC)."""
+    cannot answer (dead, stopped, or a build without the RPC). vLLM's `timeout` bounds the workers; the client's own
+    wait is bounded here too: once the engine core has exited (shutdown) its answer never comes (measured: the
+    server's SIGTERM exit hung on this call until SIGKILL)."""
     try:
-        out = await engine.collective_rpc("hylorada_lora_residency", timeout=RPC_TIMEOUT_S)
+        out = await asyncio.wait_for(engine.collective_rpc("hylorada_lora_residency", timeout=RPC_TIMEOUT_S),
+                                     RPC_TIMEOUT_S + 2)
     except Exception as e:                      # noqa: BLE001 - a status page must not fail with the engine
         log.debug("hylorada_lora_residency failed: %s", e)
         return None

@@ -15,13 +15,15 @@ RES = {"slots": [3], "host": {"3": 1000, "5": 2000}, "loads": {"3": 1, "5": 2, "
 
 
 class Engine:
-    def __init__(self, answer=None, fail=False):
-        self.answer, self.fail = answer, fail
+    def __init__(self, answer=None, fail=False, silent=False):
+        self.answer, self.fail, self.silent = answer, fail, silent
 
     async def collective_rpc(self, method, timeout=None):
         assert method == "hylorada_lora_residency" and timeout == residency.RPC_TIMEOUT_S
         if self.fail:
             raise RuntimeError("engine dead")
+        if self.silent:                          # an engine core that has exited: the answer never comes
+            await asyncio.Event().wait()
         return [self.answer]
 
 
@@ -41,6 +43,15 @@ def test_rows_say_slot_host_or_disk_with_bytes_and_loads():
 def test_an_engine_that_cannot_answer_leaves_the_fields_null():
     assert asyncio.run(residency.fetch(Engine(fail=True))) is None
     assert residency.rows([row("a", 3)], None)[0]["where"] is None
+
+
+def test_an_engine_that_never_answers_is_given_up_on(monkeypatch):
+    """After shutdown the engine core is gone and vLLM's client would wait for ever: SIGTERM hung on it."""
+    monkeypatch.setattr(residency, "RPC_TIMEOUT_S", 0.05)
+
+    async def bounded():
+        return await asyncio.wait_for(residency.fetch(Engine(silent=True)), 10.0)
+    assert asyncio.run(bounded()) is None
 
 
 def value(name, labels=None):
