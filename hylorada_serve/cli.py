@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"complete after this many seconds (default {D['header_timeout'].default:g})")
     p.add_argument("--max-body-mb", type=float, help="answer 413 to request bodies larger than this many MiB, "
                    f"before reading them (default {D['max_body_mb'].default:g}; 0 = no limit)")
-    p.add_argument("--max-loras", type=int, help=f"adapters in one batch (vLLM slots; default {D['max_loras'].default})")
+    p.add_argument("--max-loras", type=int, help=f"adapters in one batch (vLLM slots; default {D['max_loras'].default}). On the CPU a slot "
+                   "copies nothing (the layers read the cached adapter in place): hundreds are fine")
     p.add_argument("--max-cpu-loras", type=int, help="adapters cached in CPU memory, >= --max-loras "
                    "(default: vLLM's, = --max-loras)")
     p.add_argument("--max-cpu-lora-mb", type=float, help="also a byte budget for the adapters cached in CPU memory: "

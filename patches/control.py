@@ -11,10 +11,11 @@ from .wrap import add
 
 def hylorada_lora_path(self, path: str | None = None) -> str:
     """Set (when given) and return this worker's LoRA path: 'grouped' | 'vllm' | 'static'."""
-    lora = self.model_runner.lora_manager._adapter_manager.hylorada.lora
+    from .engine import use_path
+    manager = self.model_runner.lora_manager._adapter_manager
     if path is not None:
-        lora.use_path(path)                 # ValueError naming the paths for an unknown one
-    return lora.path.name
+        use_path(manager, path)             # ValueError naming the paths for an unknown one
+    return manager.hylorada.lora.path.name
 
 
 def install() -> None:

@@ -94,6 +94,20 @@ def write_slot(manager, lora_id: int) -> None:
             module.hy_set(index, served, state.lora)
 
 
+def use_path(manager, path: str) -> str:
+    """Switch a running engine's LoRA path (control.py's RPC): every HyLoRADA layer keeps or drops vLLM's slot
+    copies for it (layers.hy_use_copies), then the state re-picks its implementation. ValueError for an unknown
+    path, before anything changes."""
+    from .layers import HyLoRADALinearMixin
+    from .lora_path import needs_copies, pick
+    pick(path)
+    for module in manager.modules.values():
+        if isinstance(module, HyLoRADALinearMixin):
+            module.hy_use_copies(needs_copies(path))
+    manager.hylorada.lora.use_path(path)
+    return path
+
+
 def manager_init(orig, self, *args, **kwargs) -> None:
     orig(self, *args, **kwargs)
     build_state(self)

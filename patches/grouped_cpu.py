@@ -8,14 +8,17 @@ memory traffic proportional to tokens x weights. Here tokens are grouped by slot
 the few tokens of small groups (decode steps) are laid out [adapters, Tmax] once per step (SmallPlan) and
 share one batched matmul pair per slice, so Python work per layer does not grow with the number of adapters.
 
-Semantics of `grouped_lora_` (the plain loop it equals; base tokens are in no group):
+The grouped path reads each slot's weights where they already live (`views`: the engine's cached LoRA tensors,
+layers.py): a slot costs no memory, so --max-loras can be hundreds (issue 18). Semantics of `grouped_lora_`
+(the plain loop it equals; base tokens are in no group):
 
     for (s, tokens) in groups:
         for t in tokens:
             for i, (off, n) in enumerate(slices):
-                out[t, off:off+n] += P[rows[i], t] * (x[t] @ A_i[s, 0, :r].T) @ B_i[s, 0, :, :r].T
+                A, B = views[i][s]                          # [r, d_in], [n, r]; None -> no delta
+                out[t, off:off+n] += P[rows[i], t] * (x[t] @ A.T) @ B.T
 
-`vllm_lora_` is the other path (vLLM's punica ops, p and the base-token mask on the rank-r buffer);
+`vllm_lora_` is the other path (vLLM's punica ops on its slot stacks, p and the base-token mask on the rank-r buffer);
 lora_path.py wraps each in one implementation, chosen per engine (HYLORADA_LORA_PATH or the
 `hylorada_lora_path` worker RPC, control.py).
 """
@@ -25,59 +28,96 @@ import torch
 from torch import Tensor
 
 
-def grouped_lora_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, rows, state, bt_stacked=None) -> None:
+def grouped_lora_(out: Tensor, x: Tensor, views, output_slices, rows, state) -> None:
     """out [T, sum(slices)] += every adapter token's LoRA delta (in place).
 
-    x [T, d_in]; a_stacked[i] [S, 1, R, d_in], b_stacked[i] [S, 1, n_i, R]; rows[i]: slice i's row in
-    state.P (p(pos) [T], 0 for base tokens); state: HyState of the step; bt_stacked[i] (optional) = B_i
-    transposed, [S*R, n_i] contiguous (the layer keeps it in sync; the expand matmul is ~2x faster on it).
-    A `big` group: one shrink matmul for all slices (A_i stacked), the rank-r buffer scaled by p, one fused
+    x [T, d_in]; views[i][s]: slot s's weights of slice i where they already live (layers.py keeps references to
+    the engine's cached LoRA tensors, no per-slot copy): (A [r, d_in], B [n_i, r]) with the adapter's own rank r,
+    or None when the adapter leaves slice i untouched (its delta is 0). rows[i]: slice i's row in state.P (p(pos)
+    [T], 0 for base tokens); state: HyState of the step.
+    A `big` group: one shrink matmul for all its slices (A_i concatenated), the rank-r buffer scaled by p, one fused
     expand-and-add (addmm_) per slice into the output view — i.e. functional.lora_delta fused with the add.
     Tokens of small groups (decode: a few tokens per adapter) go through `small_delta_`: per slice one
-    batched matmul pair over all their adapters — Python work per layer does not grow with the adapters.
+    batched matmul pair over all their adapters — Python work per layer does not grow with the tokens.
     """
+    offs = _offsets(output_slices)
     for s, g in state.big:
-        r = state.ranks[s] or a_stacked[0].shape[2]
-        A = torch.cat([a[s, 0, :r] for a in a_stacked]) if len(a_stacked) > 1 else a_stacked[0][s, 0, :r]
-        h = x[g] @ A.t()                                                    # [n_g, slices * r]
+        present = [(i, views[i][s]) for i in range(len(output_slices)) if views[i][s] is not None]
+        if not present:
+            continue
+        A = torch.cat([a for _, (a, _) in present]) if len(present) > 1 else present[0][1][0]
+        h = x[g] @ A.t().to(x.dtype)                                        # [n_g, sum of the slices' ranks]
         contiguous = isinstance(g, slice)
-        deltas, off = [], 0
-        for i, n in enumerate(output_slices):
-            hi = h[:, i * r:(i + 1) * r] * state.P[rows[i]][g].unsqueeze(1).to(h.dtype)
-            B = b_stacked[i][s, 0, :, :r]
-            if contiguous:
-                out[g, off:off + n].addmm_(hi.to(out.dtype), B.t().to(out.dtype))
-            else:
-                deltas.append(hi @ B.t())
-            off += n
+        target = out[g] if contiguous else torch.zeros(h.shape[0], out.shape[1], dtype=out.dtype, device=out.device)
+        col = 0
+        for i, (a, b) in present:
+            r = a.shape[0]
+            hi = h[:, col:col + r] * state.P[rows[i]][g].unsqueeze(1).to(h.dtype)
+            target[:, offs[i]:offs[i] + output_slices[i]].addmm_(hi.to(out.dtype), b.t().to(out.dtype))
+            col += r
         if not contiguous:
-            out.index_add_(0, g, torch.cat(deltas, 1).to(out.dtype))
+            out.index_add_(0, g, target)
     if state.pad is not None:
-        small_delta_(out, x, a_stacked, b_stacked, output_slices, rows, state.pad, bt_stacked)
+        small_delta_(out, x, views, output_slices, rows, state.pad)
 
 
-def small_delta_(out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, rows, plan, bt_stacked=None) -> None:
+def small_delta_(out: Tensor, x: Tensor, views, output_slices, rows, plan) -> None:
     """out[t] += delta of every token t of a small group (state.SmallPlan `plan`), per slice i:
 
-        h = bmm(x[idx] viewed [G, Tmax, d_in], A_i[slots]^T) * P_i        [G, Tmax, R]   (set to 0 on padding)
-        out[:, slice i] += bmm(h, B_i[slots]^T) viewed [G*Tmax, n_i] [inv]
+        A, Bt = stack_slots(views[i], plan.slot_list)                    [G, R, d_in], [G, R, n_i]
+        h = bmm(x[idx] viewed [G, Tmax, d_in], A^T) * P_i                [G, Tmax, R]   (set to 0 on padding)
+        out[:, slice i] += bmm(h, Bt) viewed [G*Tmax, n_i] [inv]
 
-    Each token meets only its own adapter's weights (FLOPs ~ G*Tmax rows, not T x every slot), in 5 tensor
+    Each token meets only its own adapter's weights (FLOPs ~ G*Tmax rows, not T x every slot), in 6 tensor
     ops per slice whatever the number of adapters; tokens outside the small groups read a zero row."""
     G, Tmax = plan.G, plan.Tmax
     xg = x.index_select(0, plan.idx).view(G, Tmax, x.shape[1])
-    off = 0
+    offs = _offsets(output_slices)
     for i, n in enumerate(output_slices):
-        a = a_stacked[i][:, 0]                                              # [S, R, d_in]
-        S, R = a.shape[0], a.shape[1]
-        bt = b_stacked[i][:, 0].transpose(1, 2) if bt_stacked is None else bt_stacked[i].view(S, R, n)
-        if not plan.all_slots:
-            a, bt = a.index_select(0, plan.slots), bt.index_select(0, plan.slots)
-        h = torch.bmm(xg, a.transpose(1, 2))
+        A, Bt = stack_slots(views[i], plan.slot_list, x.shape[1], n)
+        if A is None:                                                       # no small adapter touches slice i
+            continue
+        h = torch.bmm(xg, A.transpose(1, 2).to(xg.dtype))
         h.mul_(plan.P[rows[i]].view(G, Tmax, 1).to(h.dtype)).masked_fill_(plan.pad, 0)   # padding: exact 0, even from inf
-        d = torch.bmm(h, bt).view(G * Tmax, n)
-        out[:, off:off + n].add_(d.index_select(0, plan.inv).to(out.dtype))
-        off += n
+        d = torch.bmm(h, Bt.to(h.dtype)).view(G * Tmax, n)
+        out[:, offs[i]:offs[i] + n].add_(d.index_select(0, plan.inv).to(out.dtype))
+
+
+def stack_slots(pairs, slots: list[int], d_in: int, n: int) -> tuple[Tensor | None, Tensor | None]:
+    """One slice's weights of `slots` as batches: A [G, R, d_in] and B^T [G, R, n] (contiguous), R the largest rank
+    among them, smaller ranks and untouched slots (None) zero-padded — as vLLM pads its slot stacks. (None, None)
+    when no slot has weights for the slice. One copy of the G adapters' weights, like the gather it replaces."""
+    got = [pairs[s] for s in slots]
+    live = [p for p in got if p is not None]
+    if not live:
+        return None, None
+    R = max(a.shape[0] for a, _ in live)
+    if len(live) == len(got) and all(a.shape[0] == R for a, _ in live):
+        return torch.stack([a for a, _ in got]), torch.stack([b.t() for _, b in got])
+    a0 = live[0][0]
+    A = torch.zeros(len(got), R, d_in, dtype=a0.dtype, device=a0.device)
+    Bt = torch.zeros(len(got), R, n, dtype=a0.dtype, device=a0.device)
+    for k, p in enumerate(got):
+        if p is not None:
+            r = p[0].shape[0]
+            A[k, :r] = p[0]
+            Bt[k, :r] = p[1].t()
+    return A, Bt
+
+
+def _offsets(output_slices) -> list[int]:
+    offs, o = [], 0
+    for n in output_slices:
+        offs.append(o)
+        o += n
+    return offs
+
+
+def views_of(a_stacked, b_stacked, ranks) -> tuple[list, ...]:
+    """The views of slot stacks (a_stacked[i] [S, 1, R, d_in], b_stacked[i] [S, 1, n_i, R]) with per-slot ranks
+    (0 = empty slot -> None): what layers.py holds, built from vLLM's layout (tests, benchmarks)."""
+    return tuple([None if not r else (a[s, 0, :r], b[s, 0, :, :r]) for s, r in enumerate(ranks)]
+                 for a, b in zip(a_stacked, b_stacked))
 
 
 def vllm_lora_(punica, out: Tensor, x: Tensor, a_stacked, b_stacked, output_slices, p_rows) -> None:

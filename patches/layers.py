@@ -6,7 +6,12 @@ Per token t in slot s (DESIGN.md §3):   out[t] = c[s] ⊙ (base(x[t]) + p_i(pos
   - base(x) without the bias: the quant method's own GEMM (`_get_quant_method().apply(base, x, None)`),
   - the LoRA delta and c: the engine's LoRA path (lora_path.py, picked once per engine: grouped_cpu, vLLM's
     punica ops with the rank-r buffer scaled by p, or static_path's fixed-capacity tables), called without a branch,
-  - c: a [S+1, width] stack beside lora_a_stacked/lora_b_stacked (row S and unused slots = ones),
+  - the weights: `hy_views[i][s]` = (A_i, B_i) of slot s, references to the tensors of the engine's cached
+    LoRAModel (vLLM's CPU cache) — a slot copies nothing, so --max-loras can be hundreds (issue 18). vLLM's
+    [S, 1, R, d] slot stacks (lora_a_stacked/lora_b_stacked) exist only while the engine's path reads them
+    (the vllm and static paths, lora_path.needs_copies; `hy_use_copies` fills them from the views on a switch);
+    otherwise they are 1-slot placeholders that keep vLLM's shape and dtype reads working,
+  - c: a [S+1, width] stack (row S and unused slots = ones),
     written by `hy_set` right after vLLM's `set_lora` (engine.write_slot) and cleared in `reset_lora`,
   - base tokens (vLLM index -1) are in no group of HyState: no delta, c = 1 (masks the -1 wrap bug),
   - plain LoRA adapters: c = 1 and p = 1 (no position bias), i.e. vLLM's own LoRA.
@@ -36,14 +41,36 @@ class HyLoRADALinearMixin:
     hy_after_reduce = False          # row-parallel: c (and bias) after the all-reduce, in forward()
 
     def create_lora_weights(self, max_loras, lora_config, model_config=None):
-        super().create_lora_weights(max_loras, lora_config, model_config)
+        from vllm.platforms import current_platform
+
+        from .lora_path import default_path, needs_copies
+        self.hy_num_slots, self.hy_model_config = max_loras, model_config
+        self.hy_copies = needs_copies(default_path(current_platform.is_cpu()))
+        # vLLM's slot stacks only for the paths that read them; else 1-slot placeholders (shapes and dtype)
+        super().create_lora_weights(max_loras if self.hy_copies else 1, lora_config, model_config)
+        # views[i][s]: (A [r, d_in], B [n_i, r]) of slot s, the cached LoRA tensors themselves (no copy), or None
+        self.hy_views = tuple([None] * max_loras for _ in range(self.n_slices))
         self.hy_c = torch.ones(max_loras + 1, sum(self.output_slices), dtype=lora_config.lora_dtype, device=self.device)
-        # B transposed, slot blocks stacked: [S*R, n_i] per slice (grouped_cpu.small_delta_), synced in set/reset
-        self.hy_bt = tuple(torch.zeros(max_loras * b.shape[3], b.shape[2], dtype=b.dtype, device=b.device)
-                           for b in self.lora_b_stacked)
         self.hy_c_slots: set[int] = set()
         self.hy_rows: tuple[int, ...] = ()
         self.hy_layer, self.hy_subs = -1, ()
+
+    def hy_use_copies(self, on: bool) -> None:
+        """Keep vLLM's [S, 1, ...] slot stacks (the vllm / static paths read them) or drop them to 1-slot
+        placeholders (the grouped path reads the views). Turning them on fills them from the views — what vLLM's
+        set_lora would have copied, since the views are its per-slice, tensor-parallel-sliced inputs."""
+        if on == self.hy_copies:
+            return
+        self.hy_copies = on
+        super().create_lora_weights(self.hy_num_slots if on else 1, self.lora_config, self.hy_model_config)
+        if not on:
+            return
+        for i, pairs in enumerate(self.hy_views):
+            for index, pair in enumerate(pairs):
+                if pair is not None:
+                    a, b = pair
+                    self.lora_a_stacked[i][index, 0, :a.shape[0], :a.shape[1]].copy_(a)
+                    self.lora_b_stacked[i][index, 0, :b.shape[0], :b.shape[1]].copy_(b)
 
     def hy_register(self, name: str, state, packed_modules_mapping: dict) -> None:
         """Name -> (layer index, qualified sub-modules per slice); reserve this layer's w_pos rows."""
@@ -56,18 +83,38 @@ class HyLoRADALinearMixin:
         self.hy_subs = tuple(f"{parts[-2]}.{s}" for s in subs)
         self.hy_rows = state.add_rows(self.n_slices)
 
-    def hy_sync_bt(self, index: int) -> None:
-        for bt, b in zip(self.hy_bt, self.lora_b_stacked):
-            R = b.shape[3]
-            bt[index * R:(index + 1) * R] = b[index, 0].t()
+    def hy_per_slice(self, lora_a, lora_b) -> tuple[list, list]:
+        """vLLM's set_lora inputs -> one (A_i, B_i) per slice, as vLLM 0.32's set_lora variants lay them out before
+        copying (column_parallel_linear.py / base_linear.py): a single tensor is the one slice (VariableSlice: A
+        shared, B split by output_sizes), packed groups are expanded, tensor-parallel slicing is the layer's own."""
+        n = self.n_slices
+        if n > 1 and isinstance(lora_a, torch.Tensor):                  # VariableSlice: one checkpoint tensor
+            lora_a = [lora_a] * n
+        if n > 1 and isinstance(lora_b, torch.Tensor):
+            lora_b = list(torch.split(lora_b, list(self.base_layer.output_sizes), dim=0))
+        if isinstance(lora_b, list) and len(lora_b) != n:
+            lora_a, lora_b = self.expand_packed_lora(lora_a, lora_b)
+        if self.tp_size > 1:
+            lora_a, lora_b = self.slice_lora_a(lora_a), self.slice_lora_b(lora_b)
+        if isinstance(lora_a, torch.Tensor):
+            lora_a, lora_b = [lora_a], [lora_b]
+        like = self.lora_a_stacked[0]
+        return ([None if a is None else a.to(device=like.device, dtype=like.dtype) for a in lora_a],
+                [None if b is None else b.to(device=like.device, dtype=like.dtype) for b in lora_b])
 
     def set_lora(self, index: int, lora_a, lora_b):
-        super().set_lora(index, lora_a, lora_b)
-        self.hy_sync_bt(index)
+        if self.hy_copies:
+            super().set_lora(index, lora_a, lora_b)                     # calls self.reset_lora(index) first
+        else:
+            self.reset_lora(index)
+        for i, (a, b) in enumerate(zip(*self.hy_per_slice(lora_a, lora_b))):
+            self.hy_views[i][index] = None if a is None or b is None else (a, b)
 
     def reset_lora(self, index: int):
-        super().reset_lora(index)
-        self.hy_sync_bt(index)
+        if self.hy_copies:
+            super().reset_lora(index)
+        for pairs in self.hy_views:
+            pairs[index] = None
         self.hy_c[index] = 1
         self.hy_c_slots.discard(index)
         st = getattr(self.punica_wrapper, "hylorada", None) if hasattr(self, "punica_wrapper") else None

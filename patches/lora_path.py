@@ -6,7 +6,8 @@ runs once per step (HyState.begin_step), and every HyLoRADA layer calls `state.p
 then `state.path.scale_c_(layer, out, state)` (row-parallel layers: after the all-reduce):
 
     GroupedPath  "grouped"  grouped_cpu.grouped_lora_: tokens grouped by slot once per step, one matmul pair per
-                            big group, one batched pair per slice for the small ones (the CPU default)
+                            big group, one batched pair per slice for the small ones (the CPU default); reads each
+                            slot's weights where they live (the layer's views), so a slot costs no copy
     PunicaPath   "vllm"     vLLM's punica ops through the layer's punica_wrapper, the rank-r buffer scaled by p
                             (0 for base tokens: masks vLLM 0.32's -1 -> last-slot wrap); the default elsewhere
     StaticPath   "static"   static_path.py: per-step inputs in fixed-capacity tables written in place, no Python
@@ -30,6 +31,13 @@ from . import grouped_cpu, static_path
 from .env import LORA_PATH, Settings
 
 PATHS = ("grouped", "vllm", "static")
+COPY_PATHS = ("vllm", "static")          # they read vLLM's [S, 1, R, d] slot stacks (layers.py keeps them for these)
+
+
+def needs_copies(path: str) -> bool:
+    """Whether the layers must hold vLLM's per-slot weight copies for LoRA path `path` (the grouped path reads
+    the cached tensors themselves)."""
+    return path in COPY_PATHS
 
 
 class LoRAPath(Protocol):
@@ -62,8 +70,7 @@ class GroupedPath(_PlannedPath):
 
     def add_lora_(self, layer, out: Tensor, x: Tensor, state) -> None:
         if state.groups:
-            grouped_cpu.grouped_lora_(out, x, layer.lora_a_stacked, layer.lora_b_stacked, layer.output_slices,
-                                      layer.hy_rows, state, layer.hy_bt)
+            grouped_cpu.grouped_lora_(out, x, layer.hy_views, layer.output_slices, layer.hy_rows, state)
 
 
 class PunicaPath(_PlannedPath):

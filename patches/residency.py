@@ -7,7 +7,10 @@ and the per-adapter load count that `loading.load_adapter` feeds.
                                             #   adapters): tensor bytes of its LoRA weights (+ side file)
      "loads": {lora_int_id: n, ...},        # times the worker read it from disk (_load_adapter); every load after
                                             #   the first is a cache miss after an eviction
-     "capacity": {"slots": max_loras, "host": max_cpu_loras}}
+     "capacity": {"slots": max_loras, "host": max_cpu_loras,
+                  "slot_bytes": n}}         # bytes of the per-slot weight copies the layers hold: vLLM's slot
+                                            #   stacks, kept only while the LoRA path reads them (layers.py); on the
+                                            #   grouped path 1-slot placeholders, whatever max_loras is
 
 An adapter the server serves that is in neither is on disk only (its validated private copy): the next request for
 it loads it again. The load counts are kept for the newest MAX_TRACKED ids (uids only grow: older ones were freed).
@@ -54,7 +57,15 @@ def hylorada_lora_residency(self) -> dict:
     manager = self.model_runner.lora_manager._adapter_manager
     host = {int(i): lora_bytes(m) for i, m in manager.list_adapters().items()}
     return {"slots": [int(i) for i in manager.lora_index_to_id if i is not None], "host": host,
-            "loads": dict(_LOADS), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity)}}
+            "loads": dict(_LOADS), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity),
+                                                "slot_bytes": slot_bytes(manager)}}
+
+
+def slot_bytes(manager) -> int:
+    """Bytes of the HyLoRADA layers' slot stacks (lora_a_stacked / lora_b_stacked) in this worker."""
+    from .layers import HyLoRADALinearMixin
+    return sum(t.nelement() * t.element_size() for m in manager.modules.values() if isinstance(m, HyLoRADALinearMixin)
+               for t in (*m.lora_a_stacked, *m.lora_b_stacked))
 
 
 def over_budget(sizes: list[int], budget: int, keep: int) -> int:

@@ -131,7 +131,7 @@ class HyState:
         else:
             P = torch.ones(self.w_pos.shape[0], T, device=dev)
         self.P = P * active
-        self.pad = SmallPlan.build(idx, small, self.num_slots, self.P) if small else None
+        self.pad = SmallPlan.build(idx, small, self.P) if small else None
 
     def end_step(self) -> None:
         self.groups, self.big, self.present, self.runs, self.long_runs = [], [], set(), [], False
@@ -178,8 +178,8 @@ class EngineState:
 class SmallPlan:
     """The tokens of small groups laid out slot by slot, padded to the largest group:
 
-        slots  [G]        the small groups' slots, ascending; all_slots: every slot 0..S-1 (G == S), some
-                          of them empty, when at least half are present (no weight gather)
+        slots  [G]        the small groups' slots, ascending (slot_list: the same as ints, for
+                          grouped_cpu.stack_slots)
         idx    [G*Tmax]   token index at each padded position (padding repeats a real token)
         P      [M, G*Tmax] p(pos) per row at each padded position, 0 on padding
         pad    [G, Tmax, 1] True on padding positions
@@ -192,19 +192,16 @@ class SmallPlan:
     each token against its own adapter only. A padding row is added when every padded position is taken
     and some token is outside the small groups."""
 
-    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, all_slots: bool,
-                 pad: Tensor):
+    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, pad: Tensor):
         self.slots, self.idx, self.P, self.inv, self.pad = slots, idx, P, inv, pad
-        self.G, self.Tmax, self.all_slots = G, Tmax, all_slots
+        self.slot_list = slots.tolist()
+        self.G, self.Tmax = G, Tmax
 
     @classmethod
-    def build(cls, idx: Tensor, small: list[int], num_slots: int, P: Tensor) -> "SmallPlan":
+    def build(cls, idx: Tensor, small: list[int], P: Tensor) -> "SmallPlan":
         dev = idx.device
         T = idx.shape[0]
-        # at least half the slots present: lay out every slot (empty ones all padding) and use the weight stacks
-        # as they are; otherwise gather the present slots' weights (a copy) to skip the empty rows' matmuls
-        all_slots = 2 * len(small) >= num_slots
-        slots = torch.arange(num_slots, device=dev) if all_slots else torch.tensor(sorted(small), device=dev)
+        slots = torch.tensor(sorted(small), device=dev)             # only the present slots: no empty rows
         tok = torch.isin(idx, torch.tensor(small, device=dev)).nonzero().squeeze(1)
         order = torch.argsort(idx[tok], stable=True)
         tok = tok[order]
@@ -221,7 +218,7 @@ class SmallPlan:
         valid[at] = 1
         inv = torch.full((T,), int((valid == 0).nonzero()[0]) if n < T else 0, dtype=torch.long, device=dev)
         inv[tok] = at
-        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, all_slots, (valid == 0).view(G, Tmax, 1))
+        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, (valid == 0).view(G, Tmax, 1))
 
 
 def _segment(idx: Tensor, s: int) -> slice | Tensor:

@@ -130,6 +130,24 @@ def assert_path_matches(engine, path, names, seed, zoo, served, reference):
         assert_same(got[i], want[i], f"{path} path, request {i} ({n or 'base'})")
 
 
+def test_slots_copy_nothing_on_the_grouped_path(engine, zoo, served, reference):
+    """The grouped path reads each slot's weights where the engine's cache holds them (layers.hy_views): the
+    layers' slot stacks are 1-slot placeholders whatever max_loras is (5 here); a switch to vLLM's own path
+    builds its 5 slot copies from the views (same answers: test_vllm_lora_path_matches_too), a switch back
+    drops them."""
+    def stack_bytes():
+        return engine.collective_rpc("hylorada_lora_residency")[0]["capacity"]["slot_bytes"]
+    run(engine, prompts_for(3, seed=9), [lora_req(n, KINDS.index(n), zoo[n]) for n in ("lora", "dora", "hy_pos")])
+    one = stack_bytes()
+    assert engine.collective_rpc("hylorada_lora_path", args=("vllm",)) == ["vllm"]
+    try:
+        assert stack_bytes() == 5 * one
+    finally:
+        assert engine.collective_rpc("hylorada_lora_path", args=("grouped",)) == ["grouped"]
+    assert stack_bytes() == one
+    assert_path_matches(engine, "grouped", ["hy_pos", None, "dora"], 11, zoo, served, reference)
+
+
 def test_vllm_lora_path_matches_too(engine, zoo, served, reference):
     """The same mixed batch on vLLM's own punica ops (switched on the running engine), p and the
     base-token mask applied to its rank-r buffer: still equal to the reference, base rows included."""

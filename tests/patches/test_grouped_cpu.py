@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hylorada.functional import position_bucket, position_scale, served_linear
-from hylorada_patches.grouped_cpu import grouped_lora_, reference_gather, scale_tokens_, vllm_lora_
+from hylorada_patches.grouped_cpu import grouped_lora_, reference_gather, scale_tokens_, views_of, vllm_lora_
 from hylorada_patches.state import HyState
 
 S, R, D_IN = 4, 8, 48
@@ -60,12 +60,8 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
     rows = tuple(range(len(SLICES)))
     p_rows = [st.P[m] for m in rows] if st.P is not None else [torch.zeros(T)] * 3
     out = torch.zeros(T, sum(SLICES))
-    grouped_lora_(out, x, a, b, SLICES, rows, st)
+    grouped_lora_(out, x, views_of(a, b, st.ranks), SLICES, rows, st)       # each slot at its own rank
     torch.testing.assert_close(out, reference_gather(x, a, b, SLICES, p_rows, slots), rtol=1e-4, atol=1e-4)
-    bt = torch.zeros(T, sum(SLICES))                 # small groups on the layer's contiguous B^T copy
-    grouped_lora_(bt, x, a, b, SLICES, rows, st, bt_stacked=tuple(bi[:, 0].transpose(1, 2).reshape(S * R, -1)
-                                                                  for bi in b))
-    torch.testing.assert_close(bt, out, rtol=1e-4, atol=1e-4)
     # the slow twin: the formula itself, one token at a time (W = 0 isolates the delta)
     for t in range(T):
         s = int(slots[t])
@@ -80,6 +76,31 @@ def test_grouped_equals_gather_and_served_linear(case, min_group):
             want = served_linear(x[t], torch.zeros(n, D_IN), None, a[i][s, 0], b[i][s, 0], None, p)
             torch.testing.assert_close(out[t, off:off + n], want, rtol=1e-4, atol=1e-4)
             off += n
+
+
+@pytest.mark.parametrize("min_group", [1, 1000])                  # big groups / small layout
+def test_views_that_leave_a_slice_untouched_add_nothing_there(min_group):
+    """An adapter without weights for a slice (vLLM's set_lora gets None: e.g. q/v only on a merged q/k/v)
+    holds None there; the delta equals vLLM's zero-filled stack, and the views are the tensors, not copies."""
+    slots = torch.tensor(CASES["interleaved"])
+    T = slots.shape[0]
+    st = state_for(slots, torch.arange(T) * 17, min_group=min_group)
+    a, b = stacks(3)
+    views = views_of(a, b, st.ranks)
+    for s in (1, 2):                                     # slot 1: no k; slot 2: no k and no v
+        views[1][s] = None
+        a[1][s], b[1][s] = 0, 0
+    views[2][2] = None
+    a[2][2], b[2][2] = 0, 0
+    for s, r in enumerate(st.ranks):
+        for ai, bi in zip(a, b):
+            ai[s, 0, r:], bi[s, 0, :, r:] = 0, 0
+    assert views[0][0][0].data_ptr() == a[0].data_ptr()             # slot 0, slice 0: a view of the stack
+    x = torch.randn(T, D_IN, generator=torch.Generator().manual_seed(4))
+    out = torch.zeros(T, sum(SLICES))
+    grouped_lora_(out, x, views, SLICES, (0, 1, 2), st)
+    want = reference_gather(x, a, b, SLICES, [st.P[m] for m in range(3)], slots)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
 
 
 LONG_RUNS = [0] * 40 + [-1] * 5 + [2] * 40 + [1] * 3 + [0] * 50       # prefill-like: c on each run's view
@@ -132,8 +153,7 @@ def test_vllm_path_masks_the_minus_one_wrap():
     vllm_lora_(punica, ours, x, a, b, SLICES, p_rows)
     assert ours[slots == -1].abs().max() == 0
     grouped = torch.zeros_like(stock)
-    st.ranks = [R] * S
-    grouped_lora_(grouped, x, a, b, SLICES, (0, 1, 2), st)
+    grouped_lora_(grouped, x, views_of(a, b, [R] * S), SLICES, (0, 1, 2), st)
     torch.testing.assert_close(ours, grouped, rtol=1e-4, atol=1e-4)
 
 
@@ -154,11 +174,12 @@ def test_a_non_finite_token_reaches_no_other_token(case, path):
     lowest = int(slots[slots >= 0].min())
     bad = int((slots == lowest).nonzero()[0])              # the token the layout's padding used to repeat
     clean = torch.zeros(T, sum(SLICES))
-    grouped_lora_(clean, x, a, b, SLICES, (0, 1, 2), st)
+    views = views_of(a, b, [R] * S)
+    grouped_lora_(clean, x, views, SLICES, (0, 1, 2), st)
     x[bad, 0], x[bad, 1] = float("inf"), float("nan")
     out = torch.zeros(T, sum(SLICES))
     if path == "grouped":
-        grouped_lora_(out, x, a, b, SLICES, (0, 1, 2), st)
+        grouped_lora_(out, x, views, SLICES, (0, 1, 2), st)
     else:
         vllm_lora_(_Punica(slots), out, x, a, b, SLICES, [st.P[m] for m in range(3)])
     others = torch.arange(T) != bad

@@ -97,3 +97,28 @@ def test_layer_slices_c_like_b_with_vllms_own_slicing():
             got = HyLoRADALinearMixin.hy_local_c(fake, [cs[0]] + [None] * (len(sizes) - 1))
             want = shard_rows(torch.cat([cs[0]] + [torch.ones(n) for n in sizes[1:]]), k, WORLD, sizes)
             torch.testing.assert_close(got, want)
+
+
+class _Slices(HyLoRADALinearMixin):
+    """Just what hy_per_slice reads of a vLLM LoRA layer."""
+
+    def __init__(self, n_slices, output_sizes=None, dtype=torch.float32):
+        self.n_slices, self.tp_size = n_slices, 1
+        self.base_layer = SimpleNamespace(output_sizes=output_sizes)
+        self.lora_a_stacked = (torch.zeros(1, 1, R, D_IN, dtype=dtype),)
+
+
+def test_views_are_the_cached_tensors_per_slice():
+    """set_lora's inputs as vLLM lays them out per slice (layers.hy_per_slice): merged lists keep their tensors
+    (no copy: the grouped path reads the engine's cache), a one-tensor VariableSlice checkpoint shares A and
+    splits B by the output sizes, None stays None, and only a dtype mismatch makes a copy."""
+    a, bq, bv = rand(R, D_IN), rand(32, R), rand(16, R)
+    A, B = _Slices(3).hy_per_slice([a, None, a], [bq, None, bv])
+    assert A[0] is a and A[1] is None and B[1] is None and B[2] is bv
+    single = rand(48, R)
+    A, B = _Slices(1).hy_per_slice(a, single)
+    assert A == [a] and B[0] is single
+    A, B = _Slices(2, output_sizes=[32, 16]).hy_per_slice(a, single)
+    assert A[0] is a and A[1] is a and torch.equal(torch.cat(B), single) and B[1].data_ptr() == single[32:].data_ptr()
+    A, _ = _Slices(1, dtype=torch.bfloat16).hy_per_slice(a, single)
+    assert A[0].dtype == torch.bfloat16

@@ -23,18 +23,22 @@ def test_pick_and_switch():
     assert isinstance(st.path, lora_path.StaticPath) and st.path.name == "static"
 
 
+def test_only_the_stack_reading_paths_need_slot_copies():
+    assert [lora_path.needs_copies(p) for p in lora_path.PATHS] == [False, True, True]
+
+
 def test_implementations_call_their_kernel(monkeypatch):
     seen = {}
     monkeypatch.setattr(grouped_cpu, "grouped_lora_", lambda *a: seen.setdefault("grouped", a))
     monkeypatch.setattr(grouped_cpu, "vllm_lora_", lambda *a: seen.setdefault("vllm", a))
     st = HyState(2)
-    layer = SimpleNamespace(lora_a_stacked="A", lora_b_stacked="B", output_slices=(4,), hy_rows=(0,), hy_bt="Bt",
+    layer = SimpleNamespace(lora_a_stacked="A", lora_b_stacked="B", output_slices=(4,), hy_rows=(0,), hy_views="V",
                             punica_wrapper="pw")
     st.add_rows(1)
     st.begin_step(torch.arange(3), torch.tensor([0, 1, -1]))
     out, x = torch.zeros(3, 4), torch.ones(3, 2)
     lora_path.pick("grouped").add_lora_(layer, out, x, st)
     lora_path.pick("vllm").add_lora_(layer, out, x, st)
-    assert seen["grouped"] == (out, x, "A", "B", (4,), (0,), st, "Bt")
+    assert seen["grouped"] == (out, x, "V", (4,), (0,), st)              # the views, not vLLM's slot stacks
     pw, o, xx, a, b, slices, p_rows = seen["vllm"]
     assert (pw, o, xx, a, b, slices) == ("pw", out, x, "A", "B", (4,)) and torch.equal(p_rows[0], st.P[0])
