@@ -66,12 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="1,2,4,8,inf")
     p.add_argument("--sweep-requests", type=int, default=64)
     p.add_argument("--cpu-loras", type=int, default=64, help="CPU adapter cache in the scaling server")
+    p.add_argument("--scaling-slots", type=int, default=8, help="LoRA slots (--max-loras) of every scaling server: "
+                   "the most distinct adapters one batch can hold")
+    p.add_argument("--zipf", action="store_true", help="also sweep distinct adapters under Zipf alpha = 1 popularity")
+    p.add_argument("--weight-sets", type=int, default=0, help="build only this many distinct adapters and serve the "
+                   "--adapter-counts names over them in turn (0: one per name); each name is still its own adapter "
+                   "to the server (own id, load and cache entry), which is what the scaling measures")
     p.add_argument("--peft-threads", type=int, default=2, help="torch threads of the PEFT server (2 = this machine's "
                    "cores; under load from other processes 1 is far faster: OpenMP spin-waits collapse)")
     a = p.parse_args(argv)
     stop_servers_on_sigterm()
     a.adapter_counts = [int(x) for x in a.adapter_counts.split(",")]
-    a.rates = [float(x) for x in a.rates.split(",")]
+    a.rates = [float(x) for x in a.rates.split(",") if x]
     base, cache = build.resolve_base(a.base)
     out, work = Path(a.out), cache / "compare"
     out.mkdir(parents=True, exist_ok=True)
@@ -83,14 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown system(s) {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
     scaling = [] if a.no_scaling else [s for s in a.scaling_systems.split(",") if s]
     n_many = max(a.adapter_counts) if scaling else a.num_adapters
-    peft_paths = build.build_peft(base, max(n_many, a.num_adapters), cache)
+    n_built = max(n_many, a.num_adapters) if a.weight_sets <= 0 else max(a.weight_sets, a.num_adapters)
+    cycle = lambda paths: [paths[i % len(paths)] for i in range(max(n_many, a.num_adapters))]  # noqa: E731
+    peft_paths = cycle(build.build_peft(base, n_built, cache))
     name = lambda i: f"a{i}"  # noqa: E731  (one name per adapter index in every system)
     ad = {"peft": {name(i): p for i, p in enumerate(peft_paths[:a.num_adapters])},
           "peft_many": {name(i): p for i, p in enumerate(peft_paths[:n_many])}}
     if {"hylorada-lora"} & set(systems + inter) or a.paired_reps:
         ad["served"] = {name(i): p for i, p in enumerate(build.build_served_lora(base, peft_paths[:a.num_adapters], cache))}
     if {"hylorada"} & set(systems + scaling + inter) or a.paired_reps:
-        hyl = build.build_hylorada(base, n_many if "hylorada" in scaling else a.num_adapters, cache)
+        hyl = cycle(build.build_hylorada(base, min(n_built, n_many) if "hylorada" in scaling else a.num_adapters,
+                                         cache))
         ad["hylorada"] = {name(i): p for i, p in enumerate(hyl[:a.num_adapters])}
         ad["hylorada_many"] = {name(i): p for i, p in enumerate(hyl[:n_many])}
     results, failures = {}, {}
@@ -131,13 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         plot_cdfs({s: r["records"] for s, r in results.items()}, out / "compare_cdf.png",
                   title=f"{a.num_requests} requests x 48+48 tokens, concurrency 16, {a.num_adapters} adapters")
-    for knob, xlabel in (("num_adapters", "distinct adapters (8 slots)"), ("rate", "request rate (req/s; inf = 2x max)")):
-        if sweeps:
+    for knob, xlabel in (("num_adapters", f"distinct adapters, uniform ({a.scaling_slots} slots)"),
+                         ("num_adapters_zipf", f"distinct adapters, Zipf 1 ({a.scaling_slots} slots)"),
+                         ("rate", "request rate (req/s; inf = 2x max)")):
+        if sweeps and all(sw.get(knob) for sw in sweeps.values()):
             xs = [pt["x"] for pt in next(iter(sweeps.values()))[knob]]
             finite = [x for x in xs if x != "inf"] or [1]
             xs = [2 * max(finite) if x == "inf" else x for x in xs]
             plot_sweep(xs, {s: [pt["overall"] for pt in sw[knob]] for s, sw in sweeps.items()},
-                       out / f"scaling_{knob}.png", xlabel=xlabel, log_x=knob == "num_adapters")
+                       out / f"scaling_{knob}.png", xlabel=xlabel, log_x=knob.startswith("num_adapters"),
+                       cold=knob.startswith("num_adapters"))
     summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "base": str(base),
                "base_arg": a.base, "dtype": a.dtype,
                "started_unix": t_start, "elapsed_s": time.time() - t_start,

@@ -64,15 +64,22 @@ def scaling_table(cmp: dict, knob: str) -> str:
     sweeps = cmp.get("scaling") or {}
     if not sweeps:
         return ""
-    names = list(sweeps)
-    head = "| " + ("distinct adapters" if knob == "num_adapters" else "rate req/s") + " | " + " | ".join(
-        f"{n} tok/s | {n} p99 e2e ms" for n in names) + " |"
-    rows = [head, "|---|" + "---:|---:|" * len(names)]
+    names = [n for n in sweeps if sweeps[n].get(knob)]
+    if not names:
+        return ""
+    cold = knob.startswith("num_adapters")
+    label = {"num_adapters": "distinct adapters (uniform)", "num_adapters_zipf": "distinct adapters (Zipf 1)"}
+    head = "| " + label.get(knob, "rate req/s") + " | " + " | ".join(
+        f"{n} tok/s | {n} p99 e2e ms" + (f" | {n} cold / hot TTFT p99 ms" if cold else "") for n in names) + " |"
+    rows = [head, "|---|" + ("---:|---:|---:|" if cold else "---:|---:|") * len(names)]
     for i, pt in enumerate(sweeps[names[0]][knob]):
         cells = []
         for n in names:
             o = sweeps[n][knob][i]["overall"]
             cells += [f"{o['output_tok_per_s']:.1f}", _ms(o["e2e_s"]["p99"])]
+            if cold:
+                cells.append(f"{_ms(o['ttft_cold_s']['p99'])} / {_ms(o['ttft_hot_s']['p99'])}" if "ttft_cold_s" in o
+                             else "")
         rows.append(f"| {pt['x']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         t = interleaved_table(cmp)
         if t:
             print(t + "\n")
-        for knob in ("num_adapters", "rate"):
+        for knob in ("num_adapters", "num_adapters_zipf", "rate"):
             t = scaling_table(cmp, knob)
             if t:
                 print(t + "\n")

@@ -57,29 +57,38 @@ def run_system(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> d
 
 
 def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> dict:
-    """One server holding every adapter; sweeps distinct adapters (uniform popularity) and Poisson request rate."""
+    """One server holding every adapter (`a.scaling_slots` LoRA slots, `a.cpu_loras` cached); sweeps distinct
+    adapters under uniform popularity ("num_adapters") and, with `a.zipf`, under Zipf α = 1 over the same names
+    ("num_adapters_zipf"), then Poisson request rate over SLOTS adapters ("rate"; skipped when `a.rates` is empty).
+    Every point's overall block carries TTFT of cold and hot requests apart (bench.load.metrics.cold_and_hot)."""
     many = {"hylorada": ad["hylorada_many"], "vllm-lora": ad["peft_many"]}[system]
-    spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", SLOTS, a.cpu_loras,
-                    dtype=a.dtype)
+    spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", a.scaling_slots,
+                    a.cpu_loras, dtype=a.dtype)
     names = list(many)
     small = dict(prompt_len=(32, 32), output_len=(32, 32), num_requests=a.sweep_requests, max_concurrency=16,
                  seed=a.seed, warmup=4, out_dir=str(out / "scaling"), max_total_s=600, request_timeout_s=300)
-    sweeps = {"num_adapters": [], "rate": []}
+    sweeps = {"num_adapters": [], "rate": []} | ({"num_adapters_zipf": []} if a.zipf else {})
     print(f"== scaling {system}: {spec.shell()[:300]} ...", flush=True)
     with running(spec, a.port, work / "logs" / f"scaling-{system}.log") as (url, startup):
-        for n in a.adapter_counts:
-            cfg = BenchConfig(url=url, adapters=tuple(names[:n]), alpha=0.0, rate=math.inf,
-                              label=f"{system}_n{n}", **small)
-            res = run_bench(cfg, plot=False)
-            print(f"[{cfg.label}] {headline(res)}", flush=True)
-            sweeps["num_adapters"].append({"x": n, "overall": res["overall"]})
+        for knob, alpha, tag in (("num_adapters", 0.0, "n"), ("num_adapters_zipf", 1.0, "zipf_n")):
+            if knob not in sweeps:
+                continue
+            for n in a.adapter_counts:
+                cfg = BenchConfig(url=url, adapters=tuple(names[:n]), alpha=alpha, rate=math.inf,
+                                  label=f"{system}_{tag}{n}", **small)
+                res = run_bench(cfg, plot=False)
+                o = res["overall"]
+                print(f"[{cfg.label}] {headline(res)}  cold TTFT p99 {1000 * o['ttft_cold_s']['p99']:.0f} ms "
+                      f"({o['ttft_cold_s']['n']} cold)", flush=True)
+                sweeps[knob].append({"x": n, "overall": o})
         for r in a.rates:
             cfg = BenchConfig(url=url, adapters=tuple(names[:SLOTS]), alpha=1.0, rate=r, label=f"{system}_rate{r:g}",
                               **small)
             res = run_bench(cfg, plot=False)
             print(f"[{cfg.label}] {headline(res)}", flush=True)
             sweeps["rate"].append({"x": "inf" if math.isinf(r) else r, "overall": res["overall"]})
-    return {"system": system, "command": spec.shell(), "startup_s": startup, **sweeps}
+    return {"system": system, "command": spec.shell(), "startup_s": startup, "slots": a.scaling_slots,
+            "cpu_loras": a.cpu_loras, **sweeps}
 
 
 def run_paired(base: Path, ad: dict, out: Path, work: Path, a) -> dict:

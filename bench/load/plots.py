@@ -40,11 +40,13 @@ def plot_cdfs(runs: dict[str, list[dict]], path: str | Path, title: str = "") ->
 
 
 def plot_sweep(xs: list[float], series: dict[str, list[dict]], path: str | Path, xlabel: str, title: str = "",
-               log_x: bool = False) -> Path:
-    """Two panels against x: output tok/s, and p99 end-to-end latency. series maps a label to one summary per x
+               log_x: bool = False, cold: bool = False) -> Path:
+    """Panels against x: output tok/s, p99 end-to-end latency and, with `cold`, p99 TTFT of cold requests (each
+    adapter's first, bench.load.metrics.cold_and_hot) beside hot ones. series maps a label to one summary per x
     (the 'overall' block of bench.load.metrics.summarize)."""
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3 if cold else 2, figsize=(16 if cold else 11, 4.2))
+    a1, a2 = axes[0], axes[1]
     for label, blocks in series.items():
         pts = [(x, b) for x, b in zip(xs, blocks) if b is not None]
         if not pts:
@@ -52,7 +54,15 @@ def plot_sweep(xs: list[float], series: dict[str, list[dict]], path: str | Path,
         x = [p[0] for p in pts]
         a1.plot(x, [p[1]["output_tok_per_s"] for p in pts], marker="o", label=label)
         a2.plot(x, [1000 * p[1]["e2e_s"]["p99"] for p in pts], marker="o", label=label)
-    for ax, yl in ((a1, "output tokens/s"), (a2, "p99 end-to-end latency (ms)")):
+        if cold:
+            line, = axes[2].plot(x, [1000 * p[1]["ttft_cold_s"]["p99"] for p in pts], marker="o", label=f"{label} cold")
+            axes[2].plot(x, [1000 * p[1]["ttft_hot_s"]["p99"] for p in pts], marker="x", ls="--",
+                         color=line.get_color(), label=f"{label} hot")
+    panels = [(a1, "output tokens/s"), (a2, "p99 end-to-end latency (ms)")]
+    if cold:
+        panels.append((axes[2], "p99 TTFT (ms): cold / hot requests"))
+        axes[2].legend(fontsize=8)
+    for ax, yl in panels:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)

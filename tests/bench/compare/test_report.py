@@ -1,6 +1,6 @@
 """bench.compare.report: the markdown tables come from comparison.json as written by bench.compare (no engines)."""
 from bench.compare.ratios import interleaved_ratios
-from bench.compare.report import interleaved_table, main
+from bench.compare.report import interleaved_table, main, scaling_table
 
 
 def _o(tok, ttft):
@@ -18,3 +18,18 @@ def test_interleaved_table_lists_rounds_medians_and_verdicts(tmp_path, capsys):
     (tmp_path / "comparison.json").write_text(__import__("json").dumps(
         {"systems": {}, "ratios": [], "paired": None, "scaling": {}, "interleaved": it}))
     assert main([str(tmp_path)]) == 0 and "| vllm-lora | 240.0 | 250.0 | 245.0 | 1550 |" in capsys.readouterr().out
+
+
+def test_scaling_table_shows_cold_and_hot_ttft_per_sweep():
+    def pt(x, tok, cold, hot):
+        return {"x": x, "overall": {"output_tok_per_s": tok, "e2e_s": {"p99": 1.0},
+                                    "ttft_cold_s": {"p99": cold}, "ttft_hot_s": {"p99": hot}}}
+    cmp = {"scaling": {"hylorada": {"num_adapters": [pt(8, 600.0, 0.4, 0.1)], "num_adapters_zipf": [pt(8, 650.0, 0.3, 0.1)],
+                                    "rate": []},
+                       "vllm-lora": {"num_adapters": [pt(8, 300.0, 0.9, 0.2)], "rate": []}}}
+    t = scaling_table(cmp, "num_adapters")
+    assert t.splitlines()[0].startswith("| distinct adapters (uniform) | hylorada tok/s")
+    assert "| 8 | 600.0 | 1000 | 400 / 100 | 300.0 | 1000 | 900 / 200 |" in t
+    zipf = scaling_table(cmp, "num_adapters_zipf")                      # a sweep only one system ran
+    assert "vllm-lora" not in zipf and "| 8 | 650.0 | 1000 | 300 / 100 |" in zipf
+    assert scaling_table(cmp, "rate") == ""

@@ -49,3 +49,14 @@ def test_summary_overall_and_per_adapter():
     assert s["per_adapter"]["a"]["output_tokens"] == 22 and s["per_adapter"]["b"]["errors"] == 1
     assert s["per_adapter"]["a"]["output_tok_per_s"] == pytest.approx(5.5)
     assert s["error_samples"] == ["HTTP 500"]
+
+
+def test_cold_requests_are_each_adapters_first_by_send_time():
+    recs = [RequestRecord(i, a, 8, 8, send_s=t, ttft_s=f, e2e_s=f + 1, output_tokens=8)
+            for i, (a, t, f) in enumerate([("a", 0.2, 0.5), ("b", 0.1, 2.0), ("a", 0.0, 0.9), ("b", 0.3, 0.1),
+                                           ("a", 0.4, 0.2)])]
+    o = summarize(recs, wall_s=3.0)["overall"]
+    # cold: a's first by send time is index 2 (0.0 s, TTFT 0.9), b's is index 1 (0.1 s, 2.0) — not the list order
+    assert o["ttft_cold_s"]["n"] == 2 and o["ttft_cold_s"]["p99"] == pytest.approx(0.9 + 0.99 * 1.1)
+    assert o["ttft_hot_s"]["n"] == 3 and o["ttft_hot_s"]["mean"] == pytest.approx((0.5 + 0.1 + 0.2) / 3)
+    assert o["ttft_cold_s"]["mean"] == pytest.approx((0.9 + 2.0) / 2)
