@@ -11,6 +11,7 @@ engine, publish.check stubbed where only the scheduling is under test):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -180,18 +181,29 @@ def asgi_client(store, sw, wait_s: float):
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"), models
 
 
+@contextlib.asynccontextmanager
+async def validating(store, sw, wait_s: float, finish: bool = True):
+    """The first pass's jobs running in the background while an ASGI client (asgi_client) asks; at the end the
+    jobs are awaited (finish) or cancelled."""
+    task = asyncio.create_task(sw.run_jobs(await sw.plan()))
+    client, models = asgi_client(store, sw, wait_s=wait_s)
+    try:
+        async with client:
+            yield client, models
+    finally:
+        if not finish:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=not finish)
+
+
 def test_a_request_for_a_pending_folder_waits_for_it_and_others_do_not(tmp_path, monkeypatch):
     store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 12, 0.05, 1)
 
     async def go():
-        jobs = await sw.plan()
-        task = asyncio.create_task(sw.run_jobs(jobs))
-        client, _ = asgi_client(store, sw, wait_s=30.0)
-        async with client:
+        async with validating(store, sw, wait_s=30.0) as (client, _):
             other = await client.post("/v1/completions", json={"model": "unknown", "prompt": "x"})
             last = await client.post("/v1/completions", json={"model": names[-1], "prompt": "x"})
             left = sw.backlog
-        await task
         return other, last, left
 
     other, last, left = asyncio.run(go())
@@ -205,17 +217,12 @@ def test_the_wait_is_bounded_and_a_tenant_outside_the_scope_never_waits(tmp_path
     store, sw, engine, root, names, peak = backlog(tmp_path, monkeypatch, 4, 0.5, 1)
 
     async def go():
-        jobs = await sw.plan()
-        task = asyncio.create_task(sw.run_jobs(jobs))
-        client, models = asgi_client(store, sw, wait_s=0.05)
-        async with client:
+        async with validating(store, sw, wait_s=0.05, finish=False) as (client, models):
             busy = await client.post("/v1/completions", json={"model": names[-1], "prompt": "x"})
             models._tenant.set(SimpleNamespace(allows=lambda name: False))
             t0 = time.monotonic()
             outside = await client.post("/v1/completions", json={"model": names[-2], "prompt": "x"})
             took = time.monotonic() - t0
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         return busy, outside, took
 
     busy, outside, took = asyncio.run(go())
