@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -36,10 +37,20 @@ def test_engine_death_makes_server_unhealthy_and_exit_nonzero(demo_files):
         for pid in cores:
             os.kill(pid, signal.SIGKILL)
         health, answers = [], []             # /health codes; completion codes (a hung request fails the test)
+        done = threading.Event()
+
+        def watch_health():                  # its own thread, every 50 ms: the 503 window before the watchdog
+            while not done.is_set() and srv.proc.poll() is None:    # exits is short; a completion in flight on
+                try:                                                # the same loop used to step over it
+                    health.append(httpx.get(srv.url + "/health", timeout=5).status_code)
+                except httpx.HTTPError:
+                    pass                                            # going away (a hang would show in answers)
+                time.sleep(0.05)
+        watcher = threading.Thread(target=watch_health, daemon=True)
+        watcher.start()
         t0 = time.time()
         while time.time() - t0 < 60 and srv.proc.poll() is None:
             try:
-                health.append(httpx.get(srv.url + "/health", timeout=5).status_code)
                 r = httpx.post(srv.url + "/v1/completions", timeout=20, headers={"Authorization": f"Bearer {API_KEY}"},
                                json={"model": "demo-lora", "prompt": "x", "max_tokens": 2})
                 answers.append(r.status_code)
@@ -48,6 +59,8 @@ def test_engine_death_makes_server_unhealthy_and_exit_nonzero(demo_files):
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 pass                                                   # the server is going away: not a hang
             time.sleep(0.1)
+        done.set()
+        watcher.join(timeout=10)
         code = srv.proc.wait(timeout=60)
         assert 503 in health and 200 not in health[health.index(503):], health   # unhealthy until the watchdog stops it
         assert answers and all(c >= 500 for c in answers), answers  # answered, and never a 200 from a dead engine
