@@ -192,9 +192,10 @@ class SmallPlan:
     each token against its own adapter only. A padding row is added when every padded position is taken
     and some token is outside the small groups."""
 
-    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, pad: Tensor):
+    def __init__(self, slots: Tensor, idx: Tensor, P: Tensor, inv: Tensor, G: int, Tmax: int, pad: Tensor,
+                 slot_list: list[int]):
         self.slots, self.idx, self.P, self.inv, self.pad = slots, idx, P, inv, pad
-        self.slot_list = slots.tolist()
+        self.slot_list = slot_list
         self.G, self.Tmax = G, Tmax
 
     @classmethod
@@ -218,7 +219,7 @@ class SmallPlan:
         valid[at] = 1
         inv = torch.full((T,), int((valid == 0).nonzero()[0]) if n < T else 0, dtype=torch.long, device=dev)
         inv[tok] = at
-        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, (valid == 0).view(G, Tmax, 1))
+        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, (valid == 0).view(G, Tmax, 1), sorted(small))
 
 
 def _segment(idx: Tensor, s: int) -> slice | Tensor:
