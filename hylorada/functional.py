@@ -147,6 +147,15 @@ def merge_weight(W: Tensor, A: Tensor, B_folded: Tensor, c: Tensor | None) -> Te
 
 # --- attention-score and memory extensions --------------------------------------------
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm as Llama defines it (transformers' LlamaRMSNorm): w * (x / sqrt(mean(x^2) + eps)), the statistics in
+    float32, the normalised x cast back to x's dtype before the weight. x [..., d], weight [d] or [..., d]
+    (a weight per token: a trained norm of each token's adapter)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
 def daa_scores(scores: Tensor, q_pos: Tensor, k_pos: Tensor, head_scale: Tensor, bucket_bias: Tensor,
                max_position: int = 32768) -> Tensor:
     """PositionalDAA: scores'[b,h,i,j] = head_scale[h] * scores[b,h,i,j] + bucket_bias[h, bucket(q_i - k_j)].

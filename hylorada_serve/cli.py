@@ -37,7 +37,10 @@ any other option is passed to vLLM's engine and server unchanged, e.g. --dtype f
       --gpu-memory-utilization. A fixed size, not a share of memory: on the CPU backend a share is of the NUMA
       node's RAM, which can be half the machine's, and a share below the worker's own use stops the engine.
     --shutdown-timeout {D['shutdown_timeout'].default} (seconds running requests get to finish on SIGINT/SIGTERM).
-    --hf-overrides with the RoPE scaling most start-up adapters in DIR/ ask for (adapters that differ are refused).
+    --hf-overrides {{"max_position_embeddings": N}} when adapters need a longer context than the base: N is your
+      --max-model-len, else the longest context a start-up adapter in DIR/ asks for (its RoPE scaling, e.g.
+      linear x4), at most 8x the base's and what the KV cache holds. Adapters with different RoPE scalings are served
+      side by side, each token rotated by its adapter's setting; one needing more than N positions is refused.
 
 environment: HYLORADA_API_KEY, HYLORADA_ADMIN_KEY, HYLORADA_METRICS_KEY (defaults of --api-key / --admin-key /
   --metrics-key; prefer them to flags, which other local users can see).

@@ -30,6 +30,16 @@ def flag_given(args: tuple[str, ...] | list[str], *flags: str) -> bool:
     return any(a.startswith("--") and a.split("=", 1)[0].replace("_", "-") in flags for a in args)
 
 
+def flag_value(args: tuple[str, ...] | list[str], flag: str) -> str | None:
+    """The value the last `--flag v` / `--flag=v` in `args` gives (spelt with `_` or `-`), or None."""
+    found = None
+    for i, a in enumerate(args):
+        name, eq, v = a.partition("=")
+        if a.startswith("--") and name.replace("_", "-") == flag:
+            found = v if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return found
+
+
 DEMO_BASES = ("smollm2-135m-instruct", "tiny")
 
 

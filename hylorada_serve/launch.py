@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import KV_SIZING_FLAGS, ServeConfig, flag_given
+from .config import KV_SIZING_FLAGS, ServeConfig, flag_given, flag_value
 
 log = logging.getLogger("hylorada_serve")
 
@@ -52,7 +52,7 @@ def set_process_env(config: ServeConfig | None = None) -> None:
 
 def engine_argv(config: ServeConfig, rope: list[str] = ()) -> list[str]:
     """vLLM's command line: our options, our defaults for what `config.vllm_args` leaves unset (KV cache size,
-    shutdown timeout, the `rope` overrides), then the pass-through options."""
+    shutdown timeout, the `rope` overrides: context_overrides), then the pass-through options."""
     rest = list(config.vllm_args)
     argv = ["--model", str(config.base), "--served-model-name", config.served_name, "--host", config.host,
             "--port", str(config.port), "--enable-lora", "--max-loras", str(config.max_loras),
@@ -73,24 +73,67 @@ def vllm_args(config: ServeConfig):
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    rope = [] if flag_given(config.vllm_args, "--hf-overrides") else rope_overrides(config)
+    rope = [] if flag_given(config.vllm_args, "--hf-overrides") else context_overrides(config)
     args = make_arg_parser(FlexibleArgumentParser(prog="hylorada-serve")).parse_args(engine_argv(config, rope))
     validate_parsed_serve_args(args)
     return args
 
 
-def rope_overrides(config: ServeConfig) -> list[str]:
-    """--hf-overrides giving the engine the RoPE scaling most start-up adapters were trained with (if any)."""
-    from .publish import engine_rope
+MAX_AUTO_CONTEXT_FACTOR = 8      # start-up adapters may make the engine hold at most this many times the base's length
 
-    meta, n = engine_rope(Path(config.adapters))
-    if meta is None:
-        return []
+
+def context_overrides(config: ServeConfig) -> list[str]:
+    """--hf-overrides {"max_position_embeddings": N} for an engine that must hold more positions than the base:
+    every adapter's RoPE table has N rows (hylorada_patches.rope) and vLLM's own max_model_len follows N.
+
+    N is --max-model-len when the user gives one longer than the base; otherwise the longest context the
+    start-up adapters in DIR/ ask for (publish.longest_context), bounded so that no adapter file can stop the
+    engine from starting: at most MAX_AUTO_CONTEXT_FACTOR x the base's length and no more tokens than the KV cache
+    holds (float32 estimate). Adapters that need more than N are refused with the reason, when they load."""
     from transformers import AutoConfig
 
-    from hylorada.method.rope import hf_overrides
-    print(f"engine RoPE scaling: {meta} (asked for by {n} adapter(s); adapters that differ are refused)", flush=True)
-    return ["--hf-overrides", json.dumps(hf_overrides(meta, AutoConfig.from_pretrained(config.base)))]
+    from .publish import longest_context
+
+    try:
+        base_cfg = AutoConfig.from_pretrained(config.base)
+    except (OSError, ValueError):                 # no readable base: vLLM reports that itself, with its own words
+        return []
+    base_len = int(base_cfg.max_position_embeddings)
+    asked = flag_value(config.vllm_args, "--max-model-len")
+    if asked is not None:
+        n = _positions(asked, base_len)
+        reason = "--max-model-len"
+    else:
+        longest, count = longest_context(Path(config.adapters), base_cfg)
+        bound = MAX_AUTO_CONTEXT_FACTOR * base_len
+        if not flag_given(config.vllm_args, *KV_SIZING_FLAGS):
+            bound = min(bound, config.kv_cache_memory_bytes // kv_bytes_per_token(base_cfg))
+        n = max(base_len, min(longest, bound))
+        reason = (f"the longest of {count} start-up adapter(s) asking for more than the base"
+                  + (f", bounded from {longest}" if n < longest else ""))
+    if n <= base_len:
+        return []
+    print(f"engine context: {n} positions ({reason}; the base's own: {base_len}); adapters needing more are "
+          "refused", flush=True)
+    return ["--hf-overrides", json.dumps({"max_position_embeddings": n})]
+
+
+def _positions(value: str, base_len: int) -> int:
+    """--max-model-len's value as vLLM reads it (an integer, or with k/K/m/M), or the base's length when unreadable
+    (vLLM then reports the bad value itself)."""
+    v = value.strip().lower()
+    try:
+        mult = {"k": 1000, "m": 1_000_000}.get(v[-1:], 1)
+        return int(float(v[:-1] if mult > 1 else v) * mult)
+    except ValueError:
+        return base_len
+
+
+def kv_bytes_per_token(hf_config) -> int:
+    """KV-cache bytes one token takes on this base in float32 (every layer's keys and values)."""
+    heads = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    return max(1, 2 * 4 * int(hf_config.num_hidden_layers) * int(heads) * int(head_dim))
 
 
 async def serve(args, config: ServeConfig, keys=None) -> int:

@@ -137,18 +137,17 @@ def base_norms(base_dir: str) -> dict[str, float] | None:
         return None
 
 
-def engine_rope(adapters_dir: Path) -> tuple[dict | None, int]:
-    """The RoPE setting for the engine (DESIGN.md §4): the `rope_scaling` most adapters in DIR/ ask for at
-    start-up (no scaling wins ties), and how many ask for it. Adapters that differ are refused at load.
-    A folder whose hylorada.json cannot be read or parsed has no vote (it is refused at load with the reason):
-    no adapter content can stop start-up."""
-    import json
-    from collections import Counter
-
+def longest_context(adapters_dir: Path, base_config) -> tuple[int, int]:
+    """(the most positions any start-up adapter in DIR/ is meant for on this base — hylorada.method.rope.
+    served_context, the base's own length when none asks for more —, how many ask for more than the base).
+    A folder whose hylorada.json cannot be read or parsed counts for nothing (it is refused at load with the
+    reason): no adapter content can stop start-up; launch.py bounds what the answer may make the engine hold."""
     from hylorada.format.load import read_json
     from hylorada.format.meta import ServedMeta
+    from hylorada.method.rope import served_context
 
-    votes: Counter = Counter()
+    base_len = int(base_config.max_position_embeddings)
+    longest, longer = base_len, 0
     try:
         folders = sorted(p for p in adapters_dir.iterdir() if NAME_RE.fullmatch(p.name) and p.is_dir())
     except OSError:
@@ -156,13 +155,11 @@ def engine_rope(adapters_dir: Path) -> tuple[dict | None, int]:
     for d in folders:
         try:
             rs = ServedMeta.parse(read_json(d / META), d / META).rope_scaling if (d / META).is_file() else None
+            n = served_context(rs, base_config)
         except Exception:                    # noqa: BLE001 - refused later, with the reason, like any bad adapter
             continue
-        votes[json.dumps(rs, sort_keys=True)] += 1
-    if not votes:
-        return None, 0
-    best, n = max(votes.items(), key=lambda kv: (kv[1], kv[0] == "null"))
-    return json.loads(best), n
+        longest, longer = max(longest, n), longer + (n > base_len)
+    return longest, longer
 
 
 def discard(path: str | Path) -> None:

@@ -10,7 +10,9 @@
       wrapper's `token_lora_indices` (set by set_active_loras earlier in the same step), and begins the step
       (groups and p(pos) for every layer, the variant requests). This covers prefill, chunked prefill, decode
       and mixed steps alike: the runner flattens them all into one token list;
-      a forward hook ends the step (nothing outlives the forward); landmark hooks on the MLP blocks (landmarks.py).
+      a forward hook ends the step (nothing outlives the forward); landmark hooks on the MLP blocks (landmarks.py);
+    the RoPE tables (rope.RopeTables) on the model's rotary embeddings, each token's rotary positions
+    offset into its adapter's table once per step; and the trained-norm tables (norms.NormTables) on its RMSNorms.
   - `LoRAModelManager.activate_adapter`: when vLLM moves an adapter into a slot (and has called every layer's
     set_lora / reset_lora for it), the adapter's HyLoRADA parts (the ServedAdapter loading.py attached as
     `lora_model.hylorada`) go into the same slot — slot-level (position bias, bucket config, rank, landmarks,
@@ -36,6 +38,8 @@ def build_state(manager):
     from .attn_state import AttnState, server_default
     from .layers import HyLoRADALinearMixin
     from .lora_path import default_path
+    from .norms import NormTables
+    from .rope import RopeTables
     from .state import EngineState, HyState
     if manager.lora_config.fully_sharded_loras:
         raise RuntimeError("hylorada_patches: fully_sharded_loras is not supported by the HyLoRADA layers; "
@@ -43,7 +47,9 @@ def build_state(manager):
     lora = HyState(manager.lora_slots, path=default_path(current_platform.is_cpu()), device=manager.device,
                    max_tokens=manager.max_num_batched_tokens)
     attn = AttnState(manager.lora_slots, server_default()) if variants_supported() else None
-    state = manager.hylorada = EngineState(lora, attn)
+    rope = RopeTables.attach(manager.model, manager.lora_slots, manager.model.config)
+    norms = NormTables.attach(manager.model, manager.lora_slots)
+    state = manager.hylorada = EngineState(lora, attn, rope, norms)
     wrappers = list(manager.punica_wrapper_mapping.values())
     for pw in wrappers:
         pw.hylorada = lora

@@ -4,9 +4,10 @@ adapter to vLLM — hylorada.json and hylorada_dynamic.safetensors are read with
 
 Order: `hylorada.format.layout.load_served(dir, base_config=<the engine's HF config>, max_rank=max_lora_rank)`
 validates names, shapes, shape hash and rank against the base, plus `check_servable` (parts these
-patches cannot apply, RoPE vs the engine) — all BEFORE vLLM loads anything or touches a slot. Then
+patches cannot apply, a RoPE setting this engine cannot serve) — all BEFORE vLLM loads anything or touches a slot. Then
 vLLM's own loader runs and the validated adapter (side-file tensors only) is attached to the
-LoRAModel as `.hylorada` for engine.py (written into its slot on activation). A plain PEFT folder loads as kind "lora" (c = 1, p = 1).
+LoRAModel as `.hylorada` for engine.py (written into its slot on activation); its RoPE table (rope.RopeTables) is
+built at that point too, so activation never fails. A plain PEFT folder loads as kind "lora" (c = 1, p = 1).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def check_servable(served, hf_config) -> None:
     """
     from hylorada.format.layout import META, AdapterError
     from . import attention
-    from .rope import check_engine_rope
+    from .rope import check_rope
     mode = served.meta.attention.mode
     if attention.variants_supported():
         attention.check_attention(served, hf_config)
@@ -33,7 +34,7 @@ def check_servable(served, hf_config) -> None:
     elif mode != "full":
         raise AdapterError(served.path / META, f"attention mode {mode!r} is served only by the CPU attention patch "
                            "on this vLLM (full attention here)", "attention")
-    check_engine_rope(served, hf_config)
+    check_rope(served, hf_config)
 
 
 def load_hylorada(path: str, hf_config, max_rank: int | None):
@@ -50,6 +51,10 @@ def load_adapter(orig, self, lora_request):
     from .residency import count_load
     path = get_adapter_absolute_path(lora_request.lora_path)
     served = load_hylorada(path, self._adapter_manager.model.config, self.lora_config.max_lora_rank)
+    state = getattr(self._adapter_manager, "hylorada", None)
+    if state is not None:
+        state.rope.register(served)                    # a new setting's table now, or AdapterError before any load
+        state.norms.check(served)
     lora = orig(self, lora_request)
     count_load(lora_request.lora_int_id)
     lora.hylorada = served

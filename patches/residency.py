@@ -8,9 +8,13 @@ and the per-adapter load count that `loading.load_adapter` feeds.
      "loads": {lora_int_id: n, ...},        # times the worker read it from disk (_load_adapter); every load after
                                             #   the first is a cache miss after an eviction
      "capacity": {"slots": max_loras, "host": max_cpu_loras,
-                  "slot_bytes": n}}         # bytes of the per-slot weight copies the layers hold: vLLM's slot
+                  "slot_bytes": n,          # bytes of the per-slot weight copies the layers hold: vLLM's slot
                                             #   stacks, kept only while the LoRA path reads them (layers.py); on the
                                             #   grouped path 1-slot placeholders, whatever max_loras is
+                  "rope_tables": k, "rope_bytes": n,    # RoPE settings served (the base's included) and the bytes
+                                            #   of their tables beyond the base's (rope.RopeTables; per engine)
+                  "norm_bytes": n}}         # per-slot trained-norm tables (norms.NormTables; 0 until an adapter
+                                            #   with trained norms enters a slot)
 
 An adapter the server serves that is in neither is on disk only (its validated private copy): the next request for
 it loads it again. The load counts are kept for the newest MAX_TRACKED ids (uids only grow: older ones were freed).
@@ -58,7 +62,14 @@ def hylorada_lora_residency(self) -> dict:
     host = {int(i): lora_bytes(m) for i, m in manager.list_adapters().items()}
     return {"slots": [int(i) for i in manager.lora_index_to_id if i is not None], "host": host,
             "loads": dict(_LOADS), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity),
-                                                "slot_bytes": slot_bytes(manager)}}
+                                                "slot_bytes": slot_bytes(manager), **rope_capacity(manager)}}
+
+
+def rope_capacity(manager) -> dict:
+    state = getattr(manager, "hylorada", None)
+    rope, norms = getattr(state, "rope", None), getattr(state, "norms", None)
+    return {"rope_tables": len(rope.keys) if rope is not None else 1, "rope_bytes": rope.bytes if rope is not None else 0,
+            "norm_bytes": norms.bytes if norms is not None else 0}
 
 
 def slot_bytes(manager) -> int:

@@ -139,10 +139,13 @@ class HyState:
 
 
 class EngineState:
-    """One engine's HyLoRADA state: `lora` (HyState) and `attn` (AttnState; None where the attention variants are
-    not served, attention.variants_supported), fed by engine.py in this order:
+    """One engine's HyLoRADA state: `lora` (HyState), `attn` (AttnState; None where the attention variants are
+    not served, attention.variants_supported), `rope` (rope.RopeTables: each slot's RoPE table and the step's
+    rotary positions) and `norms` (norms.NormTables: trained RMSNorm weights per slot; both None in tests without
+    a model), fed by engine.py in this order:
 
-        set_slot(index, served, rank)       an adapter entered slot `index` (after vLLM's activate_adapter)
+        set_slot(index, served, rank)       an adapter entered slot `index` (after vLLM's activate_adapter): its
+                                            tables, attention mode and RoPE table
         set_requests(lora_ids, prompt_lens, index_to_id)
                                             the coming step's requests, in attention-metadata order (the model
                                             runner's set_active_loras, just before the forward)
@@ -151,14 +154,18 @@ class EngineState:
 
     A forward without `set_requests` before it (vLLM's dummy and profile runs) plans no attention variant."""
 
-    def __init__(self, lora: HyState, attn=None):
-        self.lora, self.attn = lora, attn
+    def __init__(self, lora: HyState, attn=None, rope=None, norms=None):
+        self.lora, self.attn, self.rope, self.norms = lora, attn, rope, norms
         self._requests: tuple | None = None
 
     def set_slot(self, index: int, served, rank: int) -> None:
         self.lora.set_slot(index, served, rank)
         if self.attn is not None:
             self.attn.set_slot(index, served)
+        if self.rope is not None:
+            self.rope.set_slot(index, served)
+        if self.norms is not None:
+            self.norms.set_slot(index, served)
 
     def set_requests(self, lora_ids, prompt_lens, index_to_id: list) -> None:
         self._requests = (lora_ids, prompt_lens, index_to_id)
@@ -168,11 +175,19 @@ class EngineState:
         if self.attn is not None and requests is not None:
             self.attn.begin_step(*requests)
         self.lora.begin_step(positions, token_slots)
+        if self.rope is not None:
+            self.rope.begin_step(positions, self.lora.slot_all)
+        if self.norms is not None:
+            self.norms.begin_step(self.lora.slot_all)
 
     def end_step(self) -> None:
         self.lora.end_step()
         if self.attn is not None:
             self.attn.end_step()
+        if self.rope is not None:
+            self.rope.end_step()
+        if self.norms is not None:
+            self.norms.end_step()
 
 
 class SmallPlan:

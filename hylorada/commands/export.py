@@ -7,8 +7,10 @@ Per adapted linear (checkpoint keys model.layers.{i}.{module}.hylorada.*), funct
     w_pos = position_scale []            position_bias = position_bias.bias [nb]
 
 DAA (model.layers.{i}.self_attn.daa.*) and landmarks (model.layers.{i}.mlp.landmark.*) are copied
-under layers.{i}.daa.* / layers.{i}.landmark.*. Trained embeddings or norms are full base tensors a
-LoRA cannot carry: export refuses them and points at `hylorada merge`.
+under layers.{i}.daa.* / layers.{i}.landmark.*; trained RMSNorm weights (model.layers.{i}.*_layernorm.weight,
+model.norm.weight) under layers.{i}.*_layernorm.weight / norm.weight, with "norms": true in hylorada.json (the
+server applies them to the adapter's tokens). Trained embeddings are full base tensors a LoRA cannot carry:
+export refuses them and points at `hylorada merge`.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ import torch
 from hylorada import functional as F
 from hylorada.commands.errors import report_written
 from hylorada.format.base import base_config, base_shape_hash, read_base_tensors, served_base
-from hylorada.format.layout import AdapterError
+from hylorada.format.layout import NORM_KEY, AdapterError
 from hylorada.format.write import write_served
 
 ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
 DAA_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.daa\.(head_scale|bucket_bias)$")
 LANDMARK_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.landmark\.(keys|values|gate)$")
+NORM_STATE_KEY = re.compile(r"^model\.(layers\.\d+\.(?:input_layernorm|post_attention_layernorm)\.weight|norm\.weight)$")
 PARTS = ("lora_A", "lora_B", "magnitude", "magnitude_init", "magnitude_gate", "residual_weight", "position_scale")
 
 def served_meta(config, hf_config) -> dict:
@@ -48,7 +51,8 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
     """Native state dict -> (lora {(i, module): (A, B')}, c {(i, module): c}, dynamic {name: tensor}).
 
     All folding in float32 with functional.fold_to_served; W is read from the base's safetensors.
-    Full base tensors (trained embeddings / norms) are refused, or collected into `full_tensors` (merge).
+    Trained norms go into `dynamic` (served per adapter). Other full base tensors (trained embeddings) are
+    refused, or, like the norms, collected into `full_tensors` (merge).
     """
     per: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     dynamic: dict[str, torch.Tensor] = {}
@@ -64,12 +68,14 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
             dynamic[f"layers.{m.group(1)}.daa.{m.group(2)}"] = t
         elif (m := LANDMARK_KEY.match(k)):
             dynamic[f"layers.{m.group(1)}.landmark.{m.group(2)}"] = t
+        elif (m := NORM_STATE_KEY.match(k)) and full_tensors is None:
+            dynamic[m.group(1)] = t
         else:
             foreign.append(k)
     if foreign and full_tensors is not None:
         full_tensors.update({k: state[k] for k in foreign})
     elif foreign:
-        raise AdapterError(source, "a full base tensor (trained embeddings or norms) cannot be carried by a LoRA "
+        raise AdapterError(source, "a full base tensor (trained embeddings) cannot be carried by a LoRA "
                            "adapter; use `hylorada merge` to write a standalone model instead "
                            f"({len(foreign)} such tensors)", foreign[0])
     W = read_base_tensors(base_dir, [f"model.layers.{i}.{mod}.weight" for i, mod in per])
@@ -112,7 +118,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
         raise AdapterError(ckpt / BASE_FILE, f"checkpoint made for another base: shape_hash {ident['shape_hash']} != "
                            f"{base_dir}'s {base_shape_hash(hf)}", "shape_hash")
     lora, c, dynamic = fold_checkpoint(state, config, base_dir, source=str(ckpt / STATE_FILE), full_tensors=full_tensors)
-    meta = served_meta(config, hf) | {"base": served_base(hf, ident.get("base_model_name_or_path") or base_dir)}
+    meta = served_meta(config, hf) | {"base": served_base(hf, ident.get("base_model_name_or_path") or base_dir),
+                                      "norms": any(NORM_KEY.match(k) for k in dynamic)}
     return write_served(out_dir, lora=lora, c=c, extra_dynamic=dynamic, meta=meta,
                         base_name=str(ident.get("base_model_name_or_path") or base_dir), base_cfg=hf, max_rank=max_rank)
 

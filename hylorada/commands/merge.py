@@ -21,7 +21,7 @@ from hylorada import functional as F
 from hylorada.commands.errors import report_written
 from hylorada.format.atomic import atomic_dir
 from hylorada.format.base import base_config
-from hylorada.format.layout import AdapterError
+from hylorada.format.layout import NORM_KEY, AdapterError
 from hylorada.format.adapter import ServedAdapter
 from hylorada.format.load import load_served
 
@@ -82,6 +82,7 @@ def _merge_served(adapter_dir: Path, base_dir, out_dir, full: dict[str, torch.Te
             W = F.merge_weight(lin.weight.float(), A.float(), Bf.float(), None if c is None else c.float())
             lin.weight.copy_(W.to(lin.weight.dtype))
         own = model.state_dict()
+        full = {f"model.{k}": t for k, t in ad.dynamic.items() if NORM_KEY.match(k)} | full   # served trained norms
         for k, t in full.items():                  # trained embeddings / norms from a native checkpoint
             if k not in own or own[k].shape != t.shape:
                 raise AdapterError(blame, "does not fit the base model", k)

@@ -48,6 +48,11 @@ class ServedAdapter:
         k = self.dynamic.get(f"layers.{i}.landmark.keys")
         return None if k is None else (k, self.dynamic[f"layers.{i}.landmark.values"], self.dynamic[f"layers.{i}.landmark.gate"])
 
+    def norm(self, name: str) -> Tensor | None:
+        """The trained weight of RMSNorm `name` ('layers.{i}.input_layernorm', '...post_attention_layernorm',
+        'norm'), or None where the adapter keeps the base's."""
+        return self.dynamic.get(f"{name}.weight")
+
     def daa(self, i: int) -> tuple[Tensor, Tensor] | None:
         h = self.dynamic.get(f"layers.{i}.daa.head_scale")
         return None if h is None else (h, self.dynamic[f"layers.{i}.daa.bucket_bias"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .adapter import ServedAdapter
 from .base import base_linear_shapes, base_shape_hash
-from .layout import ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, LORA_KEY, META, AdapterError, lora_key
+from .layout import ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, LORA_KEY, META, NORM_KEY, AdapterError, lora_key
 
 
 def check_consistency(ad: ServedAdapter) -> None:
@@ -35,6 +35,12 @@ def check_consistency(ad: ServedAdapter) -> None:
                 raise AdapterError(df, "present but hylorada.json has position_bias null", k)
             if list(t.shape) != [pb.num_buckets]:
                 raise AdapterError(df, f"shape {list(t.shape)} != [num_buckets={pb.num_buckets}]", k)
+            continue
+        if NORM_KEY.match(k):
+            if not meta.norms:
+                raise AdapterError(df, "a trained norm weight but hylorada.json has norms false", k)
+            if t.dim() != 1:
+                raise AdapterError(df, f"a norm weight must be 1-D [hidden] (got shape {list(t.shape)})", k)
             continue
         if not m:
             raise AdapterError(df, "unknown tensor name", k)
@@ -71,6 +77,8 @@ def check_consistency(ad: ServedAdapter) -> None:
                 raise AdapterError(df, "missing (position_bias needs one w_pos per adapted module)", f"layers.{i}.{mod}.w_pos")
     if lm and not any(k.endswith("landmark.keys") for k in ad.dynamic):
         raise AdapterError(df, "missing (hylorada.json enables landmarks)", "layers.{i}.landmark.keys")
+    if meta.norms and not any(NORM_KEY.match(k) for k in ad.dynamic):
+        raise AdapterError(df, "missing (hylorada.json says norms: true)", "layers.{i}.input_layernorm.weight")
     if daa and not any(k.endswith("daa.head_scale") for k in ad.dynamic):
         raise AdapterError(df, "missing (hylorada.json enables daa)", "layers.{i}.daa.head_scale")
 
@@ -100,6 +108,8 @@ def check_against_base(ad: ServedAdapter, base_config) -> None:
             raise AdapterError(df, f"layer index beyond the base's {n_layers} layers", k)
         if ".landmark." in k and t.dim() == 2 and t.shape[1] != hidden:
             raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([K, {hidden}])", k)
+        if NORM_KEY.match(k) and list(t.shape) != [hidden]:
+            raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([{hidden}])", k)
         if k.endswith("daa.head_scale") and t.shape[0] != heads:
             raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([{heads}] heads)", k)
 
@@ -108,7 +118,7 @@ def check_against_base(ad: ServedAdapter, base_config) -> None:
 # scale no training produces, only ever overflows the served math (inf, then NaN) — refuse it by name.
 MAX_DELTA_RATIO = 100.0           # ||B'A||_F / ||W||_F per adapted linear
 MAX_ABS = {"c": 1e3, "head_scale": 1e3, "bucket_bias": 1e4, "keys": 1e4, "values": 1e4, "gate": 1e4,
-           "w_pos": 1e4, "position_bias": 1e4}
+           "w_pos": 1e4, "position_bias": 1e4, "weight": 1e3}
 MAX_ABS_LORA = 1e4                # |A|, |B'| elementwise when the base's norms are not at hand
 
 

@@ -3,7 +3,9 @@
     my-adapter/adapter_config.json          PEFT LoRA config, lora_alpha == r, use_rslora false (scale 1)
     my-adapter/adapter_model.safetensors    base_model.model.<module>.lora_A.weight [r, in], .lora_B.weight [out, r] = B'
     my-adapter/hylorada.json                format_version, kind, base identity, dynamic parts (meta.ServedMeta)
-    my-adapter/hylorada_dynamic.safetensors c, w_pos, position_bias, daa.*, landmark.*
+    my-adapter/hylorada_dynamic.safetensors c, w_pos, position_bias, daa.*, landmark.*, trained RMSNorm weights
+                                            (layers.{i}.input_layernorm.weight, ...post_attention_layernorm.weight,
+                                            norm.weight: full [hidden] vectors replacing the base's for its tokens)
 
 Per layer the served math is y = c * (W x + p(pos) * B' A x) + b (functional.served_linear).
 """
@@ -21,7 +23,10 @@ DYNAMIC = "hylorada_dynamic.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 PEFT_PREFIX = "base_model.model.model."
 LORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_([AB])\.weight$")
-DYN_KEY = re.compile(r"^layers\.(\d+)\.(?:([\w.]+_proj)\.(c|w_pos)|daa\.(head_scale|bucket_bias)|landmark\.(keys|values|gate))$")
+DYN_KEY = re.compile(r"^layers\.(\d+)\.(?:([\w.]+_proj)\.(c|w_pos)|daa\.(head_scale|bucket_bias)|landmark\.(keys|values|gate)"
+                     r"|(input_layernorm|post_attention_layernorm)\.weight)$")
+FINAL_NORM = "norm.weight"          # the decoder's last RMSNorm (model.norm)
+NORM_KEY = re.compile(r"^(?:layers\.\d+\.(?:input_layernorm|post_attention_layernorm)\.weight|norm\.weight)$")
 SHORT_TO_MODULE = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
                    "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
                    "down_proj": "mlp.down_proj"}

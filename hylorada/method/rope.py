@@ -5,22 +5,29 @@ transformers 5.x computes RoPE frequencies when the rotary embedding is construc
 So the one way in is: load the base config, `apply_rope_scaling(hf_config, cfg)`, then build the model.
 The frequencies themselves are transformers' own (ROPE_INIT_FUNCTIONS); nothing here recomputes them.
 
-Three forms of one setting:
+Forms of one setting:
     meta       hylorada.json "rope_scaling": {"rope_type", "factor", "original_max_position_embeddings"} | None
     rope_parameters(meta, hf_config)   the complete `config.rope_parameters` dict (rope_theta included)
-    hf_overrides(meta, hf_config)      what the server passes to vLLM: {"rope_parameters": ..., "max_position_embeddings": n}
+    hf_overrides(meta, hf_config)      the same as a config update: {"rope_parameters": ..., "max_position_embeddings": n}
+    rope_table(meta, hf_config, rows)  [rows, rotary_dim] cos/sin table, the layout of vLLM's rotary cache: what the
+                                       server serves each adapter's tokens with (hylorada_patches.rope)
 
 Lengths: linear and YaRN set max_position_embeddings = original * factor. transformers' dynamic NTK
 uses max_position_embeddings AS the original length (it rescales the base once a sequence grows past
 it), so dynamic sets max_position_embeddings = original.
 
-Known divergence: transformers' dynamic NTK recomputes the base from each forward's length (no change up to
-the original length), while vLLM's DynamicNTKScalingRotaryEmbedding fixes the base at length original*factor
-(read in vllm 0.32's rotary_embedding code, not measured here). linear and YaRN are static in both.
+Dynamic NTK is not a table: transformers recomputes the base from each forward's length (no change up to the
+original length), and a KV cache holds keys rotated at whatever base their forward had. Served, its table is the
+unscaled one (`rope_table`): exact up to the original length; past it, transformers would rescale and the server
+does not (docs/serving.md). linear and YaRN are static: one table each, exact at every position.
 """
 from __future__ import annotations
 
 import copy
+import importlib
+
+import torch
+from torch import Tensor
 
 from hylorada.config import HyLoRADAConfig
 
@@ -97,3 +104,48 @@ def load_scaled_config(base_dir, cfg: HyLoRADAConfig | dict | None):
     hf_config = AutoConfig.from_pretrained(base_dir)
     apply_rope_scaling(hf_config, cfg)
     return hf_config
+
+
+def served_context(meta: dict | None, hf_config) -> int:
+    """The longest sequence an adapter with `meta` is meant for on this base: original * factor for linear and YaRN;
+    the base's own length for no scaling and for dynamic NTK (served unscaled, see the module docstring)."""
+    if meta is None or meta["rope_type"] == "dynamic":
+        return int(hf_config.max_position_embeddings)
+    return scaled_max_position(meta, hf_config)
+
+
+def rotary_class(hf_config):
+    """transformers' rotary-embedding class of this base's architecture (Llama's when the model type has none)."""
+    kind = str(getattr(hf_config, "model_type", "llama"))
+    for mt in (kind, "llama"):
+        try:
+            mod = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
+        except ImportError:
+            continue
+        found = [v for k, v in vars(mod).items() if k.endswith("RotaryEmbedding") and isinstance(v, type)
+                 and "Vision" not in k]
+        if found:
+            return found[0]
+    raise ValueError(f"no transformers rotary embedding for model type {kind!r}")
+
+
+def scaled_rotary(meta: dict | None, hf_config):
+    """transformers' rotary embedding for `meta` on this base, built from the config apply_rope_scaling writes —
+    the very module a model trained or referenced with this setting uses. Dynamic NTK is built unscaled."""
+    cfg = copy.deepcopy(hf_config)
+    if meta is not None and meta["rope_type"] != "dynamic":
+        apply_rope_scaling(cfg, meta)
+    return rotary_class(cfg)(config=cfg)
+
+
+@torch.no_grad()
+def rope_table(meta: dict | None, hf_config, rows: int) -> Tensor:
+    """cos/sin for positions t = 0..rows-1, float32 [rows, rotary_dim]: row t = [cos(t·f)·a | sin(t·f)·a], f the
+    rotary_dim/2 inverse frequencies and a the attention factor (YaRN's mscale; 1 otherwise) — vLLM's rotary cache
+    layout (first half cos, second half sin), computed by transformers' own rotary for this setting
+    (`scaled_rotary`), so each row equals what the reference applies at that position."""
+    rot = scaled_rotary(meta, hf_config)
+    pos = torch.arange(rows).unsqueeze(0)
+    cos, sin = rot(torch.zeros(1, dtype=torch.float32), pos)          # [1, rows, rotary_dim] each, halves repeated
+    half = cos.shape[-1] // 2
+    return torch.cat((cos[0, :, :half], sin[0, :, :half]), dim=-1).float()

@@ -1,6 +1,6 @@
 """The served-form reference: the slow, obviously-correct twin every serving path is tested against.
 
-    ref = ServedReference(base_dir, dtype=torch.float32, rope_scaling=None)
+    ref = ServedReference(base_dir, dtype=torch.float32)
     ref.logits(input_ids [B, T], adapters: list[ServedAdapter | None], attention_mask=None) -> [B, T, V]
     ref.greedy(prompts, adapters, max_new_tokens, top_logprobs=5) -> [(token ids, [{id: logprob}] per step)]
 
@@ -12,7 +12,10 @@ replaced by a `_ServedLinear` that loops over the batch rows:
 with p_b(pos) = position_scale(position_bias_b, w_pos_b, bucket(pos)) and pos the position_ids
 RoPE uses (cumsum(mask) - 1: left padding puts 0 at the first real token). Landmarks add
 landmark_readout(h, K, V, gate) to each MLP's output, h = the MLP's input, per row. DAA and the
-sink / s2 attention modes switch the attention to reference_attn's per-row eager loop.
+sink / s2 attention modes switch the attention to reference_attn's per-row eager loop. RoPE per row: a row whose
+adapter has `rope_scaling` gets cos/sin from transformers' rotary for that setting
+(hylorada.method.rope.scaled_rotary; dynamic NTK unscaled, as served), other rows the base's. Trained norms per
+row: each RMSNorm's output for a row whose adapter carries that norm's weight is functional.rms_norm with it.
 """
 from __future__ import annotations
 
@@ -24,9 +27,7 @@ from torch import Tensor, nn
 
 from hylorada import functional as F
 from hylorada.reference import attention as reference_attn
-from hylorada.method.positions import PositionContext, track_positions
-from hylorada.format.meta import rope_setting
-from hylorada.format.layout import AdapterError
+from hylorada.method.positions import PositionContext, find_rotary_embedding, track_positions
 from hylorada.format.adapter import ServedAdapter
 
 
@@ -80,16 +81,35 @@ def _mode(ad: ServedAdapter) -> str:
 class ServedReference:
     """A base model (loaded once) run with any batch of served adapters, one (or none) per sequence."""
 
-    def __init__(self, base_dir: str | Path, dtype: torch.dtype = torch.float32, rope_scaling: dict | None = None):
-        from transformers import AutoConfig, AutoModelForCausalLM
-        cfg = AutoConfig.from_pretrained(str(base_dir))
-        if rope_scaling:
-            from hylorada.method.rope import apply_rope_scaling  # the one place RoPE scaling is written into a config
-            apply_rope_scaling(cfg, rope_scaling)
-        self.rope_scaling = rope_setting(rope_scaling)
-        self.model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=cfg, dtype=dtype).eval()
+    def __init__(self, base_dir: str | Path, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM
+        self.model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype).eval()
         self.dtype = dtype
         self.decoder_layers = self.model.model.layers
+        self._rotaries: dict[str, nn.Module] = {}            # RoPE setting -> transformers rotary for it
+
+    def _rotary(self, meta: dict) -> nn.Module:
+        import json
+        from hylorada.method.rope import scaled_rotary
+        key = json.dumps(meta, sort_keys=True)
+        if key not in self._rotaries:
+            self._rotaries[key] = scaled_rotary(meta, self.model.config)
+        return self._rotaries[key]
+
+    def _rope_hook(self, adapters: list[ServedAdapter | None]):
+        """Forward hook on the base's rotary: rows whose adapter scales RoPE get that setting's cos/sin."""
+        rows = [(b, self._rotary(ad.meta.rope_scaling)) for b, ad in enumerate(adapters)
+                if ad is not None and ad.meta.rope_scaling is not None]
+
+        def hook(_module, args, kwargs, out):
+            x = kwargs.get("x", args[0] if args else None)
+            pos = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+            cos, sin = (t.expand(len(adapters), *t.shape[1:]).clone() for t in out)
+            for b, rot in rows:
+                cb, sb = rot(x, pos[b if pos.shape[0] > 1 else 0][None])
+                cos[b], sin[b] = cb[0], sb[0]
+            return cos, sin
+        return hook if rows else None
 
     # --- one batched forward --------------------------------------------------------------
     @contextlib.contextmanager
@@ -105,6 +125,12 @@ class ServedReference:
                 orig = getattr(parent, leaf)
                 setattr(parent, leaf, _ServedLinear(orig, i, mod, batch))
                 swapped.append((parent, leaf, orig))
+            rope = self._rope_hook(adapters)
+            if rope is not None:
+                hooks.append(find_rotary_embedding(self.model).register_forward_hook(rope, with_kwargs=True))
+            for name, norm in self._norms():
+                if any(ad is not None and ad.norm(name) is not None for ad in adapters):
+                    hooks.append(norm.register_forward_hook(self._norm_hook(name, batch)))
             for i, layer in enumerate(self.decoder_layers):
                 if any(ad is not None and ad.landmark(i) is not None for ad in adapters):
                     hooks.append(layer.mlp.register_forward_hook(self._landmark_hook(i, batch)))
@@ -124,6 +150,22 @@ class ServedReference:
             for h in hooks:
                 h.remove()
 
+    def _norms(self):
+        """(side-file name, module) of every RMSNorm a served adapter may carry a trained weight for."""
+        for i, layer in enumerate(self.decoder_layers):
+            yield f"layers.{i}.input_layernorm", layer.input_layernorm
+            yield f"layers.{i}.post_attention_layernorm", layer.post_attention_layernorm
+        yield "norm", self.model.model.norm
+
+    @staticmethod
+    def _norm_hook(name: str, batch: _Batch):
+        def hook(norm, args, out):                                 # args[0], out: [B, T, hidden]
+            rows = [F.rms_norm(args[0][b], w.to(out.dtype), norm.variance_epsilon)
+                    if ad is not None and (w := ad.norm(name)) is not None else out[b]
+                    for b, ad in enumerate(batch.adapters)]
+            return torch.stack(rows)
+        return hook
+
     @staticmethod
     def _landmark_hook(i: int, batch: _Batch):
         def hook(_mlp, args, out):                                 # args[0], out: [B, T, hidden]
@@ -133,20 +175,11 @@ class ServedReference:
             return out + torch.stack(add)
         return hook
 
-    def _check(self, adapters: list[ServedAdapter | None]) -> None:
-        for ad in adapters:
-            if ad is None:
-                continue
-            if ad.meta.rope_scaling != self.rope_scaling:
-                raise AdapterError(ad.path / "hylorada.json", f"rope_scaling {ad.meta.rope_scaling!r} differs from "
-                                   f"this reference's {self.rope_scaling!r}", "rope_scaling")
-
     @torch.no_grad()
     def logits(self, input_ids: Tensor, adapters: list[ServedAdapter | None], attention_mask: Tensor | None = None) -> Tensor:
         """input_ids [B, T] -> logits [B, T, V] (float32). adapters[b] drives row b (None: the base)."""
         if len(adapters) != input_ids.shape[0]:
             raise ValueError(f"{len(adapters)} adapters for a batch of {input_ids.shape[0]}")
-        self._check(adapters)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)

@@ -149,7 +149,7 @@ def export_adapter(native: Path, out: Path, base, log=print) -> dict:
         target = out / f"adapter-{native.parent.name}"
     try:
         path = export_fn(native, target, base_dir=base)
-    except Exception as e:                               # e.g. trained embeddings/norms cannot be served as LoRA
+    except Exception as e:                               # e.g. trained embeddings cannot be served as LoRA
         note = f"export refused ({e}); the native checkpoint is at {native}"
         log(note)
         return {"export_note": note}

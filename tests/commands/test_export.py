@@ -81,10 +81,11 @@ def test_exported_lora_part_loads_in_peft(tiny_base, tmp_path):
 
 
 def test_trained_embeddings_are_refused_with_a_pointer_to_merge(tiny_base, tmp_path):
-    model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(train_norms=True))
+    """Trained norms are served (their own tests); trained embeddings still are not: refused, pointing at merge."""
+    model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(train_norms=True, train_embeddings=True))
     model.save(tmp_path / "ckpt")
-    assert any("norm" in k for k in model.adapter_state_dict()), "train_norms must make the norms adapter state"
-    with pytest.raises(AdapterError, match=r"hylorada_state\.safetensors: tensor '.*norm.*': .*hylorada merge"):
+    assert any("embed" in k for k in model.adapter_state_dict()), "train_embeddings must make them adapter state"
+    with pytest.raises(AdapterError, match=r"hylorada_state\.safetensors: tensor '(.*embed.*|lm_head.weight)': .*trained embeddings.*hylorada merge"):
         export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
     assert not (tmp_path / "served").exists() and not list(tmp_path.glob(".served*"))
 

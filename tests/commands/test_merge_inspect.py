@@ -87,3 +87,28 @@ def test_merge_native_checkpoint_with_trained_embeddings_and_norms(tiny_base, tm
     out = merge(tmp_path / "ckpt", tiny_base, tmp_path / "merged")
     with torch.no_grad():
         torch.testing.assert_close(_merged_logits(out), model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_served_trained_norms_export_and_merge(tiny_base, reference, tmp_path):
+    """Trained norms alone (no embeddings) export into the side file; the served form merges into a model whose norms
+    are the trained ones, equal to the served reference and to the training model."""
+    from hylorada import HyLoRADAConfig, HyLoRADAModel
+    from hylorada.commands.export import export
+    from tests.helpers import randomize_adapter
+    cfg = HyLoRADAConfig(position_bias_enabled=False, train_norms=True, target_modules=("v_proj",))
+    model = HyLoRADAModel.from_pretrained(tiny_base, cfg).eval()
+    randomize_adapter(model, seed=10)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for n, p in model.adapter_state_dict().items():
+            if "norm" in n:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    model.save(tmp_path / "ckpt")
+    served = export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
+    ad = load_served(served)
+    assert ad.meta.norms and ad.meta.dynamic_parts == ["norms"] and ad.norm("layers.0.input_layernorm") is not None
+    out = merge(served, tiny_base, tmp_path / "merged")
+    with torch.no_grad():
+        want = model(input_ids=IDS).logits
+        torch.testing.assert_close(reference.logits(IDS, [ad, ad]), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_merged_logits(out), want, rtol=1e-5, atol=1e-5)

@@ -201,3 +201,28 @@ def test_cli_bad_base_and_bad_config(tiny_base, peft_factory, tmp_path, capsys):
     (tmp_path / "ckpt" / "hylorada_config.json").write_text('{"lora_rank": -1}')
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
     assert "hylorada_config.json: invalid HyLoRADAConfig" in capsys.readouterr().out and _clean(tmp_path)
+
+
+def test_trained_norms_are_checked_like_every_side_tensor(served, base_cfg):
+    """A norm weight needs "norms": true; it must be [hidden] for the base and within the bound; "norms": true with
+    no norm tensor is refused too. A good one loads and is what ServedAdapter.norm returns."""
+    N = "layers.1.post_attention_layernorm.weight"
+    meta = json.loads((served / "hylorada.json").read_text())
+    _edit(served / "hylorada_dynamic.safetensors", lambda t: t.__setitem__(N, torch.full((128,), 1.5)))
+    _refused(served, "hylorada_dynamic.safetensors", N, "hylorada.json has norms false")
+    (served / "hylorada.json").write_text(json.dumps(meta | {"norms": True}))
+    assert torch.equal(load_served(served, base_config=base_cfg).norm("layers.1.post_attention_layernorm"),
+                       torch.full((128,), 1.5))
+    assert load_served(served).meta.dynamic_parts == ["norms"]
+    _edit(served / "hylorada_dynamic.safetensors", lambda t: t.__setitem__(N, torch.ones(129)))
+    _refused(served, "hylorada_dynamic.safetensors", N, "does not fit the base ([128])", base_config=base_cfg)
+    _edit(served / "hylorada_dynamic.safetensors", lambda t: t.__setitem__(N, torch.ones(2, 64)))
+    _refused(served, "hylorada_dynamic.safetensors", N, "must be 1-D")
+    _edit(served / "hylorada_dynamic.safetensors", lambda t: t.__setitem__(N, torch.full((128,), 5e3)))
+    with pytest.raises(AdapterError, match="above the bound 1000 for weight"):
+        load_served(served, base_config=base_cfg)
+    _edit(served / "hylorada_dynamic.safetensors", lambda t: t.pop(N))
+    _refused(served, "hylorada_dynamic.safetensors", "layers.{i}.input_layernorm.weight", "says norms: true")
+    (served / "hylorada.json").write_text(json.dumps(meta | {"norms": "yes"}))
+    with pytest.raises(AdapterError, match="norms must be true or false"):
+        load_served(served)

@@ -1,15 +1,11 @@
-"""apply(): the version gate and idempotency; the one import name; the RoPE helpers (engine override, refusal). No engine."""
+"""apply(): the version gate and idempotency; the one import name. No engine."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from hylorada.format.layout import AdapterError
-from hylorada.format.adapter import ServedAdapter
-from hylorada.format.meta import ServedMeta, rope_setting
 from hylorada_patches import apply as A
-from hylorada_patches.rope import check_engine_rope, common_rope_scaling, engine_hf_overrides
 
 
 def test_version_gate():
@@ -62,33 +58,3 @@ def test_the_folder_imports_under_one_name_only(monkeypatch):
     with pytest.raises(ImportError, match="import hylorada_patches"):
         importlib.import_module("patches")
     assert "patches" not in sys.modules
-
-
-def ad(name, rope):
-    return ServedAdapter(path=Path(f"/x/{name}"), meta=ServedMeta(kind="hylorada", rope_scaling=rope_setting(rope)), peft_config={}, lora={})
-
-
-class Cfg:
-    def __init__(self, rope):
-        self.rope_parameters = rope
-        self.max_position_embeddings = 4096
-
-
-LIN = {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 4096}
-
-
-def test_engine_rope_override_and_refusals():
-    base = Cfg({"rope_type": "default", "rope_theta": 500000.0})
-    assert engine_hf_overrides([ad("a", None), None], base) == {}
-    over = engine_hf_overrides([ad("a", LIN), ad("b", dict(LIN, factor=4))], base)
-    assert over == {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 500000.0},
-                    "max_position_embeddings": 16384}
-    with pytest.raises(AdapterError, match="rope_scaling.*differs"):
-        common_rope_scaling([ad("a", LIN), ad("b", None)])
-    engine = Cfg(over["rope_parameters"])
-    check_engine_rope(ad("a", LIN), engine)
-    with pytest.raises(AdapterError, match="differs from the running engine"):
-        check_engine_rope(ad("b", None), engine)
-    with pytest.raises(AdapterError, match="differs from the running engine"):
-        check_engine_rope(ad("c", LIN), base)
-    check_engine_rope(ad("d", None), base)

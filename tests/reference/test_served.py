@@ -57,3 +57,29 @@ def test_export_cli(tiny_base, tmp_path, capsys):
     assert "position bias (64 buckets" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nope"), str(tmp_path / "s2")]) == 1
     assert "missing" in capsys.readouterr().out and not (tmp_path / "s2").exists()
+
+
+def test_each_row_gets_its_adapters_rope(tiny_base, peft_factory, reference, tmp_path):
+    """A batch of [plain, linear x4, YaRN x4, dynamic x2] rows on one reference equals, row by row, the model built
+    with that row's scaling written into its config (what training uses: hylorada.method.rope.apply_rope_scaling);
+    the scaled rows differ from the plain one (the hook reached the rotary), dynamic equals plain (served unscaled)."""
+    import dataclasses
+    from transformers import AutoModelForCausalLM
+    from hylorada.method.rope import load_scaled_config
+    ad = load_served(convert_peft(peft_factory("p", use_dora=True)[0], tmp_path / "served", tiny_base))
+    lin = {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 16}
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    dyn = {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 16}
+    rows = [ad] + [dataclasses.replace(ad, meta=ad.meta.replace(rope_scaling=r)) for r in (lin, yarn, dyn)]
+    ids = torch.cat([IDS[:1]] * 4)
+    got = reference.logits(ids, rows)
+    for b, meta in ((1, lin), (2, yarn)):
+        scaled = AutoModelForCausalLM.from_pretrained(tiny_base, config=load_scaled_config(tiny_base, meta),
+                                                      dtype=torch.float32).eval()
+        want = ServedReference.__new__(ServedReference)
+        want.model, want.dtype, want.decoder_layers, want._rotaries = scaled, torch.float32, scaled.model.layers, {}
+        plain = dataclasses.replace(ad, meta=ad.meta.replace(rope_scaling=None))
+        torch.testing.assert_close(got[b], want.logits(ids[:1], [plain])[0], rtol=1e-5, atol=1e-5)
+        assert (got[b] - got[0]).abs().max() > 1e-2
+    torch.testing.assert_close(got[3], got[0], rtol=0, atol=0)
+    torch.testing.assert_close(reference.logits(ids[:1], [ad])[0], got[0], rtol=1e-6, atol=1e-6)

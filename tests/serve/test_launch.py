@@ -46,3 +46,40 @@ def test_vllm_parses_them(tmp_path):
     assert args.served_model_name == ["base"] and args.shutdown_timeout == 10
     shared = vllm_args(config(tmp_path, "--gpu-memory-utilization", "0.5"))
     assert shared.kv_cache_memory_bytes is None and shared.gpu_memory_utilization == 0.5
+
+
+def test_engine_context_follows_the_adapters_within_bounds(tmp_path, tiny_base, capsys):
+    """context_overrides: no override while nothing needs more than the base's 4096 positions; the longest start-up
+    adapter's context (linear x4 -> 16384) otherwise, at most 8x the base and what the KV cache holds; the user's
+    --max-model-len above the base wins; the user's own --hf-overrides leaves everything to them."""
+    import json
+
+    from hylorada_serve.launch import MAX_AUTO_CONTEXT_FACTOR, context_overrides, kv_bytes_per_token
+    from transformers import AutoConfig
+
+    def cfg(*vllm, **kw):
+        return ServeConfig(base=str(tiny_base), adapters=str(adapters), vllm_args=vllm, **kw)
+
+    def n_of(argv):
+        return json.loads(value(argv, "--hf-overrides"))["max_position_embeddings"] if argv else None
+
+    adapters = tmp_path / "dir"
+    adapters.mkdir()
+    assert context_overrides(cfg()) == []
+    for name, factor in (("x4", 4.0), ("x64", 64.0)):
+        (adapters / name).mkdir()
+        (adapters / name / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada",
+            "rope_scaling": {"rope_type": "linear", "factor": factor, "original_max_position_embeddings": 4096}}))
+    assert n_of(context_overrides(cfg())) == MAX_AUTO_CONTEXT_FACTOR * 4096              # x64 asks 262144
+    assert "bounded from 262144" in capsys.readouterr().out
+    (adapters / "x64" / "hylorada.json").unlink()
+    assert n_of(context_overrides(cfg())) == 16384
+    per_token = kv_bytes_per_token(AutoConfig.from_pretrained(tiny_base))
+    assert n_of(context_overrides(cfg(kv_cache_memory_bytes=per_token * 10000))) == 10000   # what the KV cache holds
+    assert n_of(context_overrides(cfg("--kv-cache-memory-bytes", "1000"))) == 16384        # the user's sizing: theirs
+    assert n_of(context_overrides(cfg("--max-model-len", "6000"))) == 6000
+    assert n_of(context_overrides(cfg("--max-model-len=32k"))) == 32000
+    assert context_overrides(cfg("--max-model-len", "2048")) == []
+    args = vllm_args(ServeConfig(base=str(tiny_base), adapters=str(adapters), vllm_args=("--dtype", "float32")))
+    over = json.loads(args.hf_overrides) if isinstance(args.hf_overrides, str) else args.hf_overrides
+    assert over == {"max_position_embeddings": 16384}                                   # reaches vLLM's own parser

@@ -211,14 +211,22 @@ def test_pickle_only_and_outside_symlink_are_refused(tmp_path):
     assert not (tmp_path / "pub-b").exists()
 
 
-def test_engine_rope_is_the_most_common_setting(tmp_path):
+def test_longest_context_of_the_start_up_adapters(tmp_path):
     import json
+    from types import SimpleNamespace
+    base = SimpleNamespace(max_position_embeddings=4096)
     lin = {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 4096}
-    for name, rs in (("a", lin), ("b", lin), ("c", None), ("d", {"rope_type": "default"})):
+    yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1000}
+    dyn = {"rope_type": "dynamic", "factor": 8.0, "original_max_position_embeddings": 4096}
+    for name, rs in (("c", None), ("d", {"rope_type": "default"}), ("y", yarn), ("n", dyn)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": rs}))
     (tmp_path / "plain").mkdir()                       # a PEFT folder: no hylorada.json, no scaling
-    assert publish.engine_rope(tmp_path) == (None, 3)  # 3 without scaling vs 2 linear
-    (tmp_path / "plain").rmdir()
-    (tmp_path / "c" / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": lin}))
-    assert publish.engine_rope(tmp_path) == (lin, 3)
+    assert publish.longest_context(tmp_path, base) == (4096, 0)     # YaRN x2 of 1000 < 4096; dynamic: unscaled
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": lin}))
+    assert publish.longest_context(tmp_path, base) == (16384, 1)
+    (tmp_path / ".hidden-b").mkdir()                   # not an adapter name: no say
+    (tmp_path / ".hidden-b" / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada",
+                                                                      "rope_scaling": dict(lin, factor=16.0)}))
+    assert publish.longest_context(tmp_path, base) == (16384, 1)

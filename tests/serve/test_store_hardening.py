@@ -2,7 +2,7 @@
 any exception while validating one folder refuses it with the reason and frees its copy; scans are iterative and
 bounded (depth, entries, real bytes) and run off the event loop; the lock is not held while copying; only the
 format's files are copied, and sparse or oversized ones are refused first; names end at \\Z; adapter content
-cannot stop start-up (engine_rope); with the base folder, absurd LoRA deltas are refused against its norms."""
+cannot stop start-up (longest_context); with the base folder, absurd LoRA deltas are refused against its norms."""
 from __future__ import annotations
 
 import asyncio
@@ -210,8 +210,8 @@ def test_a_trailing_newline_is_not_part_of_a_name(tmp_path, demo):
 
 
 def test_adapter_content_cannot_stop_start_up(tmp_path, demo):
-    """Four bogus RoPE folders do not outvote two good ones; a 100,000-deep hylorada.json and a 1,100-deep folder
-    do not crash engine_rope or the first scan."""
+    """Four bogus RoPE folders count for nothing beside two good ones; a 100,000-deep hylorada.json and a 1,100-deep
+    folder do not crash longest_context or the first scan."""
     _, built = demo
     lin = {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 4096}
     good = built / "demo-lora"
@@ -223,7 +223,8 @@ def test_adapter_content_cannot_stop_start_up(tmp_path, demo):
     bad.newline_name(good, tmp_path / "g3")                 # refused by name: no vote either
     try:
         bad.deep_nesting(good, tmp_path / "deep")
-        assert publish.engine_rope(tmp_path) == (lin, 2)
+        from types import SimpleNamespace
+        assert publish.longest_context(tmp_path, SimpleNamespace(max_position_embeddings=4096)) == (16384, 2)
         store = AdapterStore(tmp_path, stable_seconds=0.0)
         to_load, _ = store.scan()
         assert "deep" not in to_load and store.entries["deep"].status == "refused"
