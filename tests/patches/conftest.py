@@ -95,13 +95,18 @@ def peft_dirs(zoo):
     return {"lora": zoo["lora"], "rslora": zoo["rslora"], "dora": str(Path(zoo["dora"]).parent / "dora-peft")}
 
 
+def load_all(paths: dict, base_dir) -> dict:
+    """name -> ServedAdapter of every folder in `paths`, validated against the base (what the reference runs)."""
+    from hylorada.format.load import load_served
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(base_dir)
+    return {k: load_served(v, base_config=cfg) for k, v in paths.items()}
+
+
 @pytest.fixture(scope="session")
 def served(zoo, tiny_base):
     """name -> ServedAdapter (what the reference runs)."""
-    from hylorada.format.load import load_served
-    from transformers import AutoConfig
-    cfg = AutoConfig.from_pretrained(tiny_base)
-    return {k: load_served(v, base_config=cfg) for k, v in zoo.items()}
+    return load_all(zoo, tiny_base)
 
 
 @pytest.fixture(scope="session")

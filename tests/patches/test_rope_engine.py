@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.helpers import assert_same_generation, engine_outputs
-from tests.patches.conftest import make_engine, make_hylorada
+from tests.patches.conftest import load_all, make_engine, make_hylorada
 
 pytestmark = pytest.mark.vllm
 ORIG, ENGINE_LEN, NEW = 128, 512, 6
@@ -56,11 +56,7 @@ def adapters(short_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(adapters, short_base):
-    from transformers import AutoConfig
-
-    from hylorada.format.load import load_served
-    cfg = AutoConfig.from_pretrained(short_base)
-    return {k: load_served(v, base_config=cfg) for k, v in adapters.items()}
+    return load_all(adapters, short_base)
 
 
 @pytest.fixture(scope="module")

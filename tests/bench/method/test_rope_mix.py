@@ -6,14 +6,20 @@ import json
 from bench.method.rope_mix import SETTINGS, rope_copies
 
 
-def test_copies_differ_only_in_their_rope_setting(tmp_path):
-    src = []
+def sources(root, write) -> list:
+    """One folder per setting with an unscaled hylorada.json; write(folder, i) adds its tensors."""
+    out = []
     for i in range(len(SETTINGS)):
-        d = tmp_path / "src" / f"a{i}"
+        d = root / "src" / f"a{i}"
         d.mkdir(parents=True)
         (d / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": None}))
-        (d / "adapter_model.safetensors").write_bytes(bytes([i]) * 16)
-        src.append(d)
+        write(d, i)
+        out.append(d)
+    return out
+
+
+def test_copies_differ_only_in_their_rope_setting(tmp_path):
+    src = sources(tmp_path, lambda d, i: (d / "adapter_model.safetensors").write_bytes(bytes([i]) * 16))
     mixed, unscaled = rope_copies(src, tmp_path / "out", orig=4096)
     got = [json.loads((m / "hylorada.json").read_text())["rope_scaling"] for m in mixed]
     assert got[0] is None and got[1] == {"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": 4096}
@@ -28,13 +34,7 @@ def test_copies_differ_only_in_their_rope_setting(tmp_path):
 def test_the_last_mixed_copy_carries_trained_norms(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
-    src = []
-    for i in range(len(SETTINGS)):
-        d = tmp_path / "src" / f"a{i}"
-        d.mkdir(parents=True)
-        (d / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada", "rope_scaling": None}))
-        save_file({"position_bias": torch.zeros(4)}, str(d / "hylorada_dynamic.safetensors"))
-        src.append(d)
+    src = sources(tmp_path, lambda d, i: save_file({"position_bias": torch.zeros(4)}, str(d / "hylorada_dynamic.safetensors")))
     norms = {"norm.weight": torch.ones(8)}
     mixed, unscaled = rope_copies(src, tmp_path / "out", orig=4096, norms=norms)
     last = load_file(str(mixed[-1] / "hylorada_dynamic.safetensors"))

@@ -54,10 +54,8 @@ def attn_zoo(tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def attn_served(attn_zoo, tiny_base):
-    from hylorada.format.load import load_served
-    from transformers import AutoConfig
-    cfg = AutoConfig.from_pretrained(tiny_base)
-    return {k: load_served(v, base_config=cfg) for k, v in attn_zoo.items()}
+    from tests.patches.conftest import load_all
+    return load_all(attn_zoo, tiny_base)
 
 
 @pytest.fixture(scope="session")

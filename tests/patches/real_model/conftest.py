@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.patches.conftest import make_hylorada, make_peft
+from tests.patches.conftest import load_all, make_hylorada, make_peft
 
 BASE = "smollm2-135m-instruct"
 B_SCALE = 0.01
@@ -48,11 +48,7 @@ def real_zoo(real_base, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_served(real_zoo, real_base):
-    from transformers import AutoConfig
-
-    from hylorada.format.load import load_served
-    cfg = AutoConfig.from_pretrained(real_base)
-    return {k: load_served(v, base_config=cfg) for k, v in real_zoo.items()}
+    return load_all(real_zoo, real_base)
 
 
 @pytest.fixture(scope="session")
