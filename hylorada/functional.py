@@ -80,11 +80,27 @@ def lora_delta(x: Tensor, A: Tensor, B: Tensor, scaling: float, p: Tensor | None
     return (h @ B.t()) * scaling         # [..., d_out]
 
 
-def weight_norm(W: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
-    """n = ||W + s B A|| over d_in for each output row (as PEFT does for nn.Linear), detached.
+def weight_norm(W: Tensor, A: Tensor, B: Tensor, scaling: float, w_norm: Tensor | None = None) -> Tensor:
+    """n = ||W + s B A|| over d_in for each output row (PEFT's DoRA norm), detached, without forming W + s B A:
 
-    W: [d_out, d_in] -> n: [d_out]. Detached per DoRA §4.3 (and PEFT), so gradients match PEFT.
-    """
+        n_i^2 = ||W_i||^2 + 2 s sum_k B_ik (W A^T)_ik + s^2 sum_kl B_ik (A A^T)_kl B_il
+
+    W: [d_out, d_in], A: [r, d_in], B: [d_out, r] -> n: [d_out]. One [d_out, d_in] x [d_in, r] product (W read once)
+    and [r, r]-sized ones, where the direct form (weight_norm_direct, the slow twin) writes and reads three
+    [d_out, d_in] temporaries. w_norm: ||W_i|| [d_out] when known (W is frozen: HyLoRADAUnified.magnitude_init),
+    else computed here. Statistics in float32; with B = 0 the result is w_norm exactly (sqrt(x^2) = x in binary
+    floating point). Detached per DoRA §4.3 (and PEFT), so gradients match PEFT."""
+    with torch.no_grad():
+        f32 = torch.float32
+        A32, B32 = A.to(f32), B.to(f32)
+        w2 = (torch.linalg.norm(W.to(f32), dim=1) if w_norm is None else w_norm.to(f32)).square()
+        cross = (B32 * (W @ A.t().to(W.dtype)).to(f32)).sum(1)                   # [d_out]
+        quad = ((B32 @ (A32 @ A32.t())) * B32).sum(1)                            # ||(B A)_i||^2
+        return (w2 + (2 * scaling) * cross + (scaling * scaling) * quad).clamp_min(0).sqrt().to(W.dtype)
+
+
+def weight_norm_direct(W: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+    """The slow twin of weight_norm: ||W + s B A|| per row with W + s B A formed (as PEFT computes it)."""
     with torch.no_grad():
         merged = W + scaling * (B @ A).to(W.dtype)
         return torch.linalg.norm(merged, dim=1).to(W.dtype)
@@ -120,12 +136,14 @@ def served_linear(x: Tensor, W: Tensor, b: Tensor | None, A: Tensor, B_folded: T
 
 def hylorada_linear(x: Tensor, W: Tensor, b: Tensor | None, A: Tensor, B: Tensor, scaling: float,
                     m: Tensor, m_init: Tensor, gate_logit: Tensor, residual_logit: Tensor,
-                    p: Tensor | None = None, lora_x: Tensor | None = None) -> Tensor:
+                    p: Tensor | None = None, lora_x: Tensor | None = None, w_norm: Tensor | None = None) -> Tensor:
     """Training form: y = c * (W x + s * p * B A x') + b with c from the gated DoRA blend.
 
-    lora_x: the LoRA branch's input (x after dropout); defaults to x.
+    lora_x: the LoRA branch's input (x after dropout); defaults to x. w_norm: ||W_i|| [d_out] of the frozen W
+    (weight_norm's shortcut; the layer keeps it as magnitude_init), else computed per call.
     """
-    c = blend_scale(effective_magnitude(m, m_init, gate_logit), weight_norm(W, A, B, scaling), residual_logit)
+    c = blend_scale(effective_magnitude(m, m_init, gate_logit), weight_norm(W, A, B, scaling, w_norm=w_norm),
+                    residual_logit)
     y = F.linear(x, W) + lora_delta(x if lora_x is None else lora_x, A, B, scaling, p)
     y = y * c.to(y.dtype)
     return y if b is None else y + b

@@ -61,6 +61,25 @@ def test_fresh_layer_scale_is_exactly_one():
     assert torch.equal(c, torch.ones(8))
 
 
+def test_weight_norm_without_forming_w_plus_sba_equals_the_direct_one():
+    """The fast norm (one W A^T product, [r, r] terms) == the slow twin that forms W + s B A (PEFT's), float32 and
+    bfloat16 weights, given ||W|| or not; B = 0 gives ||W|| bit for bit; a fresh layer's c stays exactly 1 with the
+    layer's magnitude_init as w_norm."""
+    g = torch.Generator().manual_seed(3)
+    for d_out, d_in, r, s in ((64, 48, 8, 0.5), (576, 576, 16, 4.0), (1536, 576, 32, 2.0)):
+        W = torch.randn(d_out, d_in, generator=g) * 0.05
+        A, B = torch.randn(r, d_in, generator=g) / d_in ** 0.5, torch.randn(d_out, r, generator=g) * 0.02
+        want = F.weight_norm_direct(W.double(), A.double(), B.double(), s)
+        for w_norm in (None, torch.linalg.norm(W, dim=1)):
+            torch.testing.assert_close(F.weight_norm(W, A, B, s, w_norm=w_norm).double(), want, rtol=2e-6, atol=1e-7)
+        torch.testing.assert_close(F.weight_norm_direct(W, A, B, s).double(), want, rtol=2e-6, atol=1e-7)
+        bf = F.weight_norm(W.bfloat16(), A.bfloat16(), B.bfloat16(), s)
+        torch.testing.assert_close(bf.double(), want, rtol=1e-2, atol=1e-3)
+        n = torch.linalg.norm(W, dim=1)
+        assert torch.equal(F.weight_norm(W, A, torch.zeros_like(B), s), n)
+        assert torch.equal(F.weight_norm(W, A, torch.zeros_like(B), s, w_norm=n), n)
+
+
 def test_daa_scores_identity_and_reference():
     g = torch.Generator().manual_seed(1)
     s = torch.randn(2, 3, 5, 7, generator=g)

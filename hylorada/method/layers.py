@@ -55,7 +55,8 @@ class HyLoRADAUnified(nn.Module):
     def forward(self, x: Tensor, W: Tensor, b: Tensor | None, p: Tensor | None) -> Tensor:
         """x: [..., d_in], p: per-token position scale broadcastable to x[..., 0] or None."""
         return F.hylorada_linear(x, W, b, self.lora_A, self.lora_B, self.scaling, self.magnitude, self.magnitude_init,
-                                 self.magnitude_gate, self.residual_weight, p, lora_x=self.dropout(x))
+                                 self.magnitude_gate, self.residual_weight, p, lora_x=self.dropout(x),
+                                 w_norm=self.magnitude_init)             # = ||W|| per row, W frozen
 
     def position_scale_for(self, bias: PositionBias, buckets: Tensor) -> Tensor:
         return F.position_scale(bias.bias, self.position_scale, buckets)
