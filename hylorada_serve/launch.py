@@ -119,14 +119,14 @@ def context_overrides(config: ServeConfig) -> list[str]:
 
 
 def _positions(value: str, base_len: int) -> int:
-    """--max-model-len's value as vLLM reads it (an integer, or with k/K/m/M), or the base's length when unreadable
-    (vLLM then reports the bad value itself)."""
-    v = value.strip().lower()
+    """--max-model-len's value read by vLLM's own parser ('32k' = 32000, '32K' = 32768); the base's length for
+    'auto' / -1, or for a value vLLM will refuse itself, with its own message."""
+    from vllm.utils.argparse_utils import human_readable_int_or_auto
     try:
-        mult = {"k": 1000, "m": 1_000_000}.get(v[-1:], 1)
-        return int(float(v[:-1] if mult > 1 else v) * mult)
-    except ValueError:
+        n = human_readable_int_or_auto(value)
+    except (ValueError, TypeError):
         return base_len
+    return base_len if n < 0 else n
 
 
 def kv_bytes_per_token(hf_config) -> int:

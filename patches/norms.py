@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hylorada.functional import rms_norm
+
 from .wrap import wrap
 
 
@@ -90,7 +92,6 @@ class NormTables:
 
 def norm_forward(orig, self, x, residual=None, *args, **kwargs):
     """vLLM's RMSNorm, then the rows of adapters with a trained weight for this norm normalised with it."""
-    from hylorada.functional import rms_norm
     tables, name = self.__dict__.get("hylorada_norm", (None, None))
     rows = None if tables is None else tables.rows
     if rows is None:

@@ -62,10 +62,11 @@ def hylorada_lora_residency(self) -> dict:
     host = {int(i): lora_bytes(m) for i, m in manager.list_adapters().items()}
     return {"slots": [int(i) for i in manager.lora_index_to_id if i is not None], "host": host,
             "loads": dict(_LOADS), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity),
-                                                "slot_bytes": slot_bytes(manager), **rope_capacity(manager)}}
+                                                "slot_bytes": slot_bytes(manager), **dynamic_capacity(manager)}}
 
 
-def rope_capacity(manager) -> dict:
+def dynamic_capacity(manager) -> dict:
+    """The engine-wide RoPE tables and per-slot trained-norm tables (rope.py, norms.py) in numbers and bytes."""
     state = getattr(manager, "hylorada", None)
     rope, norms = getattr(state, "rope", None), getattr(state, "norms", None)
     return {"rope_tables": len(rope.keys) if rope is not None else 1, "rope_bytes": rope.bytes if rope is not None else 0,

@@ -118,7 +118,7 @@ class RopeTables:
     def set_slot(self, index: int, served) -> None:
         """The table of the adapter now in slot `index` (registered at load; 0 for a plain or absent adapter)."""
         self.slot_table[index] = 0 if served is None else self.register(served)
-        self.offsets = self.slot_table * self.rows
+        self.offsets[index] = self.slot_table[index] * self.rows
 
     def begin_step(self, positions: Tensor, slot_all: Tensor | None) -> None:
         """slot_all [T] slot per token (base -> S), or None when the step has no adapter tokens."""

@@ -23,9 +23,7 @@ DYNAMIC = "hylorada_dynamic.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 PEFT_PREFIX = "base_model.model.model."
 LORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_([AB])\.weight$")
-DYN_KEY = re.compile(r"^layers\.(\d+)\.(?:([\w.]+_proj)\.(c|w_pos)|daa\.(head_scale|bucket_bias)|landmark\.(keys|values|gate)"
-                     r"|(input_layernorm|post_attention_layernorm)\.weight)$")
-FINAL_NORM = "norm.weight"          # the decoder's last RMSNorm (model.norm)
+DYN_KEY = re.compile(r"^layers\.(\d+)\.(?:([\w.]+_proj)\.(c|w_pos)|daa\.(head_scale|bucket_bias)|landmark\.(keys|values|gate))$")
 NORM_KEY = re.compile(r"^(?:layers\.\d+\.(?:input_layernorm|post_attention_layernorm)\.weight|norm\.weight)$")
 SHORT_TO_MODULE = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
                    "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",

@@ -241,15 +241,3 @@ def rope_setting(d) -> dict | None:
     if err.items:
         raise ValueError("; ".join(err.items))
     return out
-
-
-def rope_key(d) -> dict | None:
-    """The part of a RoPE setting two engines must agree on: rope_type, factor, and for YaRN the original
-    length. Accepts hylorada.json's rope_scaling or a transformers `rope_parameters` (rope_theta etc. ignored)."""
-    try:
-        rs = rope_setting(d)
-    except ValueError:                     # a base's own scheme (e.g. llama3): comparable, never equal to ours
-        return {"rope_type": str(d.get("rope_type")), "unsupported": True}
-    if rs is not None and rs["rope_type"] != "yarn":
-        rs.pop("original_max_position_embeddings", None)
-    return rs

@@ -79,6 +79,8 @@ def test_engine_context_follows_the_adapters_within_bounds(tmp_path, tiny_base, 
     assert n_of(context_overrides(cfg("--kv-cache-memory-bytes", "1000"))) == 16384        # the user's sizing: theirs
     assert n_of(context_overrides(cfg("--max-model-len", "6000"))) == 6000
     assert n_of(context_overrides(cfg("--max-model-len=32k"))) == 32000
+    assert n_of(context_overrides(cfg("--max-model-len", "32K"))) == 32768              # vLLM's binary suffix
+    assert context_overrides(cfg("--max-model-len", "auto")) == []
     assert context_overrides(cfg("--max-model-len", "2048")) == []
     args = vllm_args(ServeConfig(base=str(tiny_base), adapters=str(adapters), vllm_args=("--dtype", "float32")))
     over = json.loads(args.hf_overrides) if isinstance(args.hf_overrides, str) else args.hf_overrides
