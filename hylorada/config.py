@@ -51,7 +51,7 @@ class HyLoRADAConfig:
     s2_sink_tokens: int = 0            # first N tokens visible to every group (and the sink mode)
     attention_mode: str = "full"       # served attention: full | sink (sinks + window) | s2
     sink_window: int = 1024            # W recent tokens kept by the `sink` mode
-    train_embeddings: bool = False     # LongLoRA: unfreeze input/output embeddings
+    train_embeddings: bool = False     # LongLoRA: unfreeze the input embeddings (tied bases: shared with lm_head)
     train_norms: bool = False          # LongLoRA: unfreeze RMSNorm weights
     # --- RoPE scaling (written into the base config before construction) -------
     rope_scaling_type: str | None = None   # None | linear | dynamic | yarn

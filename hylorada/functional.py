@@ -174,6 +174,25 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * h.to(x.dtype)
 
 
+def changed_rows(trained: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows of a trained embedding table that differ from the base's: (ids [k] int64, increasing; rows [k, d]).
+    trained, base [V, d]. AdamW without weight decay leaves a row no token of the data touched exactly as it was,
+    so k is at most the number of distinct token ids trained on."""
+    ids = (trained != base).any(dim=1).nonzero().squeeze(1)
+    return ids, trained[ids]
+
+
+def embedding_lookup(tokens: Tensor, ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Which tokens an adapter's trained embedding rows replace, and with what: (where [n] bool, rows [n_hit, d]).
+    tokens [n] int; ids [k] strictly increasing int64; rows [k, d]. A token t with t == ids[j] takes rows[j]; every
+    other token keeps the base's row (the served form stores only the rows training changed)."""
+    if ids.numel() == 0:
+        return torch.zeros_like(tokens, dtype=torch.bool), rows[:0]
+    j = torch.searchsorted(ids, tokens.to(ids.dtype)).clamp_max(ids.numel() - 1)
+    where = ids[j] == tokens
+    return where, rows[j[where]]
+
+
 def daa_scores(scores: Tensor, q_pos: Tensor, k_pos: Tensor, head_scale: Tensor, bucket_bias: Tensor,
                max_position: int = 32768) -> Tensor:
     """PositionalDAA: scores'[b,h,i,j] = head_scale[h] * scores[b,h,i,j] + bucket_bias[h, bucket(q_i - k_j)].

@@ -99,3 +99,23 @@ def test_landmark_readout_closed_gate_is_zero():
     h = torch.randn(3, 4, 8)
     out = F.landmark_readout(h, torch.randn(5, 8), torch.randn(5, 8), torch.tensor(0.0))
     assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_embedding_lookup_equals_a_token_by_token_loop():
+    """functional.embedding_lookup (searchsorted) picks exactly the rows a dict lookup per token picks: hits at the
+    first and last id, misses between, above and below them, an empty table; changed_rows finds just the moved rows."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(300, 8, generator=g)
+    trained = base.clone()
+    moved = [0, 5, 6, 150, 299]
+    trained[moved] += torch.randn(len(moved), 8, generator=g)
+    ids, rows = F.changed_rows(trained, base)
+    assert ids.tolist() == moved and ids.dtype == torch.int64 and torch.equal(rows, trained[moved])
+    tokens = torch.cat([torch.tensor([0, 299, 4, 7, 151, 298, 5]), torch.randint(0, 300, (200,), generator=g)])
+    where, got = F.embedding_lookup(tokens, ids, rows)
+    table = dict(zip(ids.tolist(), rows))
+    want = [table[t] for t in tokens.tolist() if t in table]
+    assert where.tolist() == [t in table for t in tokens.tolist()]
+    assert torch.equal(got, torch.stack(want))
+    where, got = F.embedding_lookup(tokens, ids[:0], rows[:0])
+    assert not where.any() and got.shape == (0, 8)

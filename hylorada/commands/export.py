@@ -9,8 +9,11 @@ Per adapted linear (checkpoint keys model.layers.{i}.{module}.hylorada.*), funct
 DAA (model.layers.{i}.self_attn.daa.*) and landmarks (model.layers.{i}.mlp.landmark.*) are copied
 under layers.{i}.daa.* / layers.{i}.landmark.*; trained RMSNorm weights (model.layers.{i}.*_layernorm.weight,
 model.norm.weight) under layers.{i}.*_layernorm.weight / norm.weight, with "norms": true in hylorada.json (the
-server applies them to the adapter's tokens). Trained embeddings are full base tensors a LoRA cannot carry:
-export refuses them and points at `hylorada merge`.
+server applies them to the adapter's tokens). Trained input embeddings (model.embed_tokens.weight) become the rows
+that differ from the base's, embed_tokens.ids [k] / embed_tokens.rows [k, hidden] (functional.changed_rows), with
+"embeddings": true. A base that ties input and output embeddings (SmolLM2) would change its output projection with
+them, and a trained output projection (lm_head.weight, older checkpoints) is a full [vocab, hidden] matrix: neither is
+served per adapter, so export refuses them and points at `hylorada merge`.
 """
 from __future__ import annotations
 
@@ -22,13 +25,14 @@ import torch
 from hylorada import functional as F
 from hylorada.commands.errors import report_written
 from hylorada.format.base import base_config, base_shape_hash, read_base_tensors, served_base
-from hylorada.format.layout import NORM_KEY, AdapterError
+from hylorada.format.layout import EMBED_IDS, EMBED_ROWS, NORM_KEY, AdapterError
 from hylorada.format.write import write_served
 
 ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
 DAA_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.daa\.(head_scale|bucket_bias)$")
 LANDMARK_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.landmark\.(keys|values|gate)$")
 NORM_STATE_KEY = re.compile(r"^model\.(layers\.\d+\.(?:input_layernorm|post_attention_layernorm)\.weight|norm\.weight)$")
+EMBED_STATE_KEY = "model.embed_tokens.weight"
 PARTS = ("lora_A", "lora_B", "magnitude", "magnitude_init", "magnitude_gate", "residual_weight", "position_scale")
 
 def served_meta(config, hf_config) -> dict:
@@ -51,8 +55,9 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
     """Native state dict -> (lora {(i, module): (A, B')}, c {(i, module): c}, dynamic {name: tensor}).
 
     All folding in float32 with functional.fold_to_served; W is read from the base's safetensors.
-    Trained norms go into `dynamic` (served per adapter). Other full base tensors (trained embeddings) are
-    refused, or, like the norms, collected into `full_tensors` (merge).
+    Trained norms and input-embedding rows go into `dynamic` (served per adapter). Other full base tensors (the
+    output projection; embeddings of a tied base) are refused — or, with the norms and embeddings, collected
+    whole into `full_tensors` (merge).
     """
     per: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     dynamic: dict[str, torch.Tensor] = {}
@@ -70,14 +75,24 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
             dynamic[f"layers.{m.group(1)}.landmark.{m.group(2)}"] = t
         elif (m := NORM_STATE_KEY.match(k)) and full_tensors is None:
             dynamic[m.group(1)] = t
+        elif k == EMBED_STATE_KEY and full_tensors is None and not base_config(base_dir).tie_word_embeddings:
+            base = read_base_tensors(base_dir, [k])[k].to(t.dtype)
+            if base.shape != t.shape:
+                raise AdapterError(source, f"shape {list(t.shape)} != the base's {list(base.shape)}", k)
+            ids, rows = F.changed_rows(t, base)
+            if ids.numel():
+                dynamic[EMBED_IDS], dynamic[EMBED_ROWS] = ids, rows
         else:
             foreign.append(k)
     if foreign and full_tensors is not None:
         full_tensors.update({k: state[k] for k in foreign})
     elif foreign:
-        raise AdapterError(source, "a full base tensor (trained embeddings) cannot be carried by a LoRA "
-                           "adapter; use `hylorada merge` to write a standalone model instead "
-                           f"({len(foreign)} such tensors)", foreign[0])
+        tied = EMBED_STATE_KEY in foreign and base_config(base_dir).tie_word_embeddings
+        why = ("trained embeddings of a base that ties them to its output projection (tie_word_embeddings) change "
+               "that projection too, which is not served per adapter" if tied else
+               "a full base tensor (a trained output projection) cannot be carried by a served adapter")
+        raise AdapterError(source, f"{why}; use `hylorada merge` to write a standalone model instead "
+                           f"({len(foreign)} such tensors)", EMBED_STATE_KEY if tied else foreign[0])
     W = read_base_tensors(base_dir, [f"model.layers.{i}.{mod}.weight" for i, mod in per])
     f32 = torch.float32
     lora, c = {}, {}
@@ -93,13 +108,13 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
         lora[(i, mod)] = (A, Bf)
         if config.position_bias_enabled:
             dynamic[f"layers.{i}.{mod}.w_pos"] = p["position_scale"].to(f32).reshape(())
-    return lora, c, {k: v.to(f32) for k, v in dynamic.items()}
+    return lora, c, {k: v if k == EMBED_IDS else v.to(f32) for k, v in dynamic.items()}
 
 def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | None = None,
            max_rank: int | None = None, full_tensors: dict | None = None) -> Path:
     """Write the served form of a native checkpoint to out_dir (atomically, validated against the base).
 
-    full_tensors: for `merge` only — receives trained embeddings/norms instead of refusing them.
+    full_tensors: for `merge` only — receives trained embeddings/norms whole instead of serving or refusing them.
     """
     from hylorada.format.checkpoint import BASE_FILE, STATE_FILE, read_checkpoint
     ckpt = Path(checkpoint)
@@ -119,7 +134,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, base_dir: str | Path | N
                            f"{base_dir}'s {base_shape_hash(hf)}", "shape_hash")
     lora, c, dynamic = fold_checkpoint(state, config, base_dir, source=str(ckpt / STATE_FILE), full_tensors=full_tensors)
     meta = served_meta(config, hf) | {"base": served_base(hf, ident.get("base_model_name_or_path") or base_dir),
-                                      "norms": any(NORM_KEY.match(k) for k in dynamic)}
+                                      "norms": any(NORM_KEY.match(k) for k in dynamic),
+                                      "embeddings": EMBED_IDS in dynamic}
     return write_served(out_dir, lora=lora, c=c, extra_dynamic=dynamic, meta=meta,
                         base_name=str(ident.get("base_model_name_or_path") or base_dir), base_cfg=hf, max_rank=max_rank)
 

@@ -7,7 +7,8 @@ Per adapted linear (functional.merge_weight, computed in float32, stored in the 
 Only static adapters merge. A position bias whose vector is all zeros is p == 1 exactly and merges;
 any other position bias, DAA, landmarks or a non-full attention mode act per token or on attention
 scores and are refused (the static part could merge, the per-token part stays a LoRA). The adapter's
-RoPE scaling, if any, is written into the merged model's config.
+RoPE scaling, if any, is written into the merged model's config; trained norms and input-embedding rows replace
+the base's.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ def _merge_served(adapter_dir: Path, base_dir, out_dir, full: dict[str, torch.Te
             if k not in own or own[k].shape != t.shape:
                 raise AdapterError(blame, "does not fit the base model", k)
             own[k].copy_(t.to(own[k].dtype))
+        if (emb := ad.embedding_rows) is not None:  # served trained embedding rows (an untied base: checked on load)
+            table = model.get_input_embeddings().weight
+            table[emb[0]] = emb[1].to(table.dtype)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         for f in Path(base_dir).iterdir():        # tokenizer, chat template, ... (never the weights)

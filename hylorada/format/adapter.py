@@ -1,7 +1,8 @@
 """`ServedAdapter`: one validated served adapter in memory (format.load builds it; nothing else should).
 
 Shapes: A [r, d_in], B' [d_out, r], c [d_out], w_pos [], position_bias [nb],
-daa head_scale [H], bucket_bias [H, nb], landmark keys/values [K, hidden], gate [].
+daa head_scale [H], bucket_bias [H, nb], landmark keys/values [K, hidden], gate [],
+trained norm weights [hidden], trained embedding rows: ids [k] int64 (increasing), rows [k, hidden].
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .layout import LORA_KEY, lora_key, module_name
+from .layout import EMBED_IDS, EMBED_ROWS, LORA_KEY, lora_key, module_name
 from .meta import ServedMeta
 
 
@@ -52,6 +53,12 @@ class ServedAdapter:
         """The trained weight of RMSNorm `name` ('layers.{i}.input_layernorm', '...post_attention_layernorm',
         'norm'), or None where the adapter keeps the base's."""
         return self.dynamic.get(f"{name}.weight")
+
+    @property
+    def embedding_rows(self) -> tuple[Tensor, Tensor] | None:
+        """(ids [k] int64 increasing, rows [k, hidden]): the input-embedding rows training changed, or None."""
+        ids = self.dynamic.get(EMBED_IDS)
+        return None if ids is None else (ids, self.dynamic[EMBED_ROWS])
 
     def daa(self, i: int) -> tuple[Tensor, Tensor] | None:
         h = self.dynamic.get(f"layers.{i}.daa.head_scale")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .adapter import ServedAdapter
 from .base import base_linear_shapes, base_shape_hash
-from .layout import ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, LORA_KEY, META, NORM_KEY, AdapterError, lora_key
+from .layout import (ADAPTER_WEIGHTS, DYN_KEY, DYNAMIC, EMBED_IDS, EMBED_ROWS, LORA_KEY, META, NORM_KEY, AdapterError,
+                     lora_key)
 
 
 def check_consistency(ad: ServedAdapter) -> None:
@@ -35,6 +36,10 @@ def check_consistency(ad: ServedAdapter) -> None:
                 raise AdapterError(df, "present but hylorada.json has position_bias null", k)
             if list(t.shape) != [pb.num_buckets]:
                 raise AdapterError(df, f"shape {list(t.shape)} != [num_buckets={pb.num_buckets}]", k)
+            continue
+        if k in (EMBED_IDS, EMBED_ROWS):
+            if not meta.embeddings:
+                raise AdapterError(df, "trained embedding rows but hylorada.json has embeddings false", k)
             continue
         if NORM_KEY.match(k):
             if not meta.norms:
@@ -81,6 +86,23 @@ def check_consistency(ad: ServedAdapter) -> None:
         raise AdapterError(df, "missing (hylorada.json says norms: true)", "layers.{i}.input_layernorm.weight")
     if daa and not any(k.endswith("daa.head_scale") for k in ad.dynamic):
         raise AdapterError(df, "missing (hylorada.json enables daa)", "layers.{i}.daa.head_scale")
+    if meta.embeddings:
+        check_embedding_rows(ad)
+
+
+def check_embedding_rows(ad: ServedAdapter) -> None:
+    """embed_tokens.ids [k] int64 strictly increasing and >= 0, embed_tokens.rows [k, hidden], k >= 1."""
+    df = ad.path / DYNAMIC
+    for k in (EMBED_IDS, EMBED_ROWS):
+        if k not in ad.dynamic:
+            raise AdapterError(df, "missing (hylorada.json says embeddings: true)", k)
+    ids, rows = ad.dynamic[EMBED_IDS], ad.dynamic[EMBED_ROWS]
+    if ids.dim() != 1 or ids.numel() == 0:
+        raise AdapterError(df, f"must be a non-empty 1-D list of token ids (got shape {list(ids.shape)})", EMBED_IDS)
+    if bool((ids < 0).any()) or (ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all())):
+        raise AdapterError(df, "token ids must be >= 0 and strictly increasing (one row per token, sorted)", EMBED_IDS)
+    if rows.dim() != 2 or rows.shape[0] != ids.numel():
+        raise AdapterError(df, f"shape {list(rows.shape)} != [k={ids.numel()} ids, hidden]", EMBED_ROWS)
 
 
 def check_against_base(ad: ServedAdapter, base_config) -> None:
@@ -112,13 +134,24 @@ def check_against_base(ad: ServedAdapter, base_config) -> None:
             raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([{hidden}])", k)
         if k.endswith("daa.head_scale") and t.shape[0] != heads:
             raise AdapterError(df, f"shape {list(t.shape)} does not fit the base ([{heads}] heads)", k)
+    if (emb := ad.embedding_rows) is not None:
+        ids, rows = emb
+        if getattr(base_config, "tie_word_embeddings", False):
+            raise AdapterError(df, "this base ties its input and output embeddings (tie_word_embeddings), so trained "
+                               "embedding rows change its output projection too, which is not served per adapter; "
+                               "use `hylorada merge` to write a standalone model", EMBED_ROWS)
+        if int(ids[-1]) >= base_config.vocab_size:
+            raise AdapterError(df, f"token id {int(ids[-1])} is beyond the base's vocabulary of "
+                               f"{base_config.vocab_size}", EMBED_IDS)
+        if rows.shape[1] != hidden:
+            raise AdapterError(df, f"shape {list(rows.shape)} does not fit the base ([k, {hidden}])", EMBED_ROWS)
 
 
 # Bounds on values that are finite but absurd: a LoRA delta a hundred times the weight it adapts, or a
 # scale no training produces, only ever overflows the served math (inf, then NaN) — refuse it by name.
 MAX_DELTA_RATIO = 100.0           # ||B'A||_F / ||W||_F per adapted linear
 MAX_ABS = {"c": 1e3, "head_scale": 1e3, "bucket_bias": 1e4, "keys": 1e4, "values": 1e4, "gate": 1e4,
-           "w_pos": 1e4, "position_bias": 1e4, "weight": 1e3}
+           "w_pos": 1e4, "position_bias": 1e4, "weight": 1e3, "rows": 1e3}
 MAX_ABS_LORA = 1e4                # |A|, |B'| elementwise when the base's norms are not at hand
 
 

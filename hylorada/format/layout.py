@@ -5,7 +5,9 @@
     my-adapter/hylorada.json                format_version, kind, base identity, dynamic parts (meta.ServedMeta)
     my-adapter/hylorada_dynamic.safetensors c, w_pos, position_bias, daa.*, landmark.*, trained RMSNorm weights
                                             (layers.{i}.input_layernorm.weight, ...post_attention_layernorm.weight,
-                                            norm.weight: full [hidden] vectors replacing the base's for its tokens)
+                                            norm.weight: full [hidden] vectors replacing the base's for its tokens),
+                                            trained input-embedding rows (embed_tokens.ids [k] int64, increasing;
+                                            embed_tokens.rows [k, hidden]: only the rows training changed)
 
 Per layer the served math is y = c * (W x + p(pos) * B' A x) + b (functional.served_linear).
 """
@@ -25,6 +27,8 @@ PEFT_PREFIX = "base_model.model.model."
 LORA_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_([AB])\.weight$")
 DYN_KEY = re.compile(r"^layers\.(\d+)\.(?:([\w.]+_proj)\.(c|w_pos)|daa\.(head_scale|bucket_bias)|landmark\.(keys|values|gate))$")
 NORM_KEY = re.compile(r"^(?:layers\.\d+\.(?:input_layernorm|post_attention_layernorm)\.weight|norm\.weight)$")
+EMBED_IDS, EMBED_ROWS = "embed_tokens.ids", "embed_tokens.rows"
+INDEX_TENSORS = (EMBED_IDS,)      # the only integer tensors a served adapter may hold (row indices, never weights)
 SHORT_TO_MODULE = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
                    "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
                    "down_proj": "mlp.down_proj"}

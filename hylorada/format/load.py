@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .adapter import ServedAdapter
 from .checks import check_against_base, check_consistency, check_magnitudes
-from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, META, PICKLE_SUFFIXES, AdapterError, lora_key
+from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, INDEX_TENSORS, META, PICKLE_SUFFIXES, AdapterError, lora_key
 from .meta import ServedMeta
 from .peft import check_peft_config, peft_scaling
 
@@ -22,6 +22,7 @@ MAX_JSON_BYTES = 1 << 20          # adapter_config.json / hylorada.json: a few K
 MAX_HEADER_BYTES = 8 << 20        # a safetensors header: ~100 bytes a tensor; 8 MiB is ~80k tensors
 MAX_TENSORS = 65536
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+INDEX_DTYPE = "I64"               # embed_tokens.ids (layout.INDEX_TENSORS) only
 
 
 def read_json(path: Path) -> dict:
@@ -63,7 +64,8 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
 
 def check_header(path: Path) -> None:
     """Read only the safetensors header (8-byte length + JSON) and refuse, before any tensor is read, a header
-    that is too large, holds too many tensors, or holds tensors that are not floating point (int/bool weights)."""
+    that is too large, holds too many tensors, or holds tensors that are not floating point (int/bool weights; the
+    side file's embedding row indices, layout.INDEX_TENSORS, are int64 and nothing else)."""
     try:
         with open(path, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -81,7 +83,10 @@ def check_header(path: Path) -> None:
         raise AdapterError(path, f"{len(entries)} tensors (at most {MAX_TENSORS})")
     for k, v in entries.items():
         dtype = v.get("dtype") if isinstance(v, dict) else None
-        if dtype not in FLOAT_DTYPES:
+        if k in INDEX_TENSORS and path.name == DYNAMIC:
+            if dtype != INDEX_DTYPE:
+                raise AdapterError(path, f"dtype {dtype!r}: embedding row indices must be int64 ({INDEX_DTYPE!r})", k)
+        elif dtype not in FLOAT_DTYPES:
             raise AdapterError(path, f"dtype {dtype!r}: adapter weights must be floating point ({sorted(FLOAT_DTYPES)})", k)
 
 

@@ -7,7 +7,8 @@
      "landmarks": {"num_landmarks"} | null,
      "rope_scaling": {"rope_type": linear|dynamic|yarn, "factor", "original_max_position_embeddings"} | null,
      "attention": {"mode": full|sink|s2, "sink_tokens", "window", "s2_group_size_ratio"},
-     "has_scale": bool, "norms": bool, "source": {...} | null}      # norms: trained RMSNorm weights in the side file
+     "has_scale": bool, "norms": bool, "embeddings": bool,          # norms: trained RMSNorm weights in the side file;
+     "source": {...} | null}                                        # embeddings: trained input-embedding rows there
 
 Every field is type- and range-checked by `ServedMeta.parse`, which raises one AdapterError listing every
 bad field (bools are not integers here, "8" is not 8). A RoPE setting of type "default" means no scaling
@@ -179,6 +180,7 @@ class ServedMeta:
     attention: Attention = field(default_factory=Attention)
     has_scale: bool = False
     norms: bool = False
+    embeddings: bool = False
     source: dict | None = None
 
     @classmethod
@@ -201,6 +203,8 @@ class ServedMeta:
         err.need(isinstance(has_scale, bool), f"has_scale must be true or false (got {has_scale!r})")
         norms = d.get("norms", False)
         err.need(isinstance(norms, bool), f"norms must be true or false (got {norms!r})")
+        embeddings = d.get("embeddings", False)
+        err.need(isinstance(embeddings, bool), f"embeddings must be true or false (got {embeddings!r})")
         source = d.get("source")
         err.need(source is None or isinstance(source, dict), "source must be an object or null")
         meta = cls(
@@ -210,7 +214,8 @@ class ServedMeta:
             landmarks=Landmarks.parse(err, _obj(err, d, "landmarks", ("num_landmarks",))),
             rope_scaling=normalise_rope(err, d.get("rope_scaling")),
             attention=Attention.parse(err, _obj(err, d, "attention", ("mode", "sink_tokens", "window", "s2_group_size_ratio"))),
-            has_scale=bool(has_scale), norms=bool(norms), source=source)
+            has_scale=bool(has_scale), norms=bool(norms),
+            embeddings=bool(embeddings), source=source)
         err.raise_if(file)
         return meta
 
@@ -227,11 +232,13 @@ class ServedMeta:
         """Names of the per-token/attention parts present (they cannot merge into W)."""
         parts = [k for k in ("position_bias", "daa", "landmarks") if getattr(self, k) is not None]
         parts += ["norms"] if self.norms else []
+        parts += ["embeddings"] if self.embeddings else []
         return parts + ([f"attention={self.attention.mode}"] if self.attention.mode != "full" else [])
 
     @property
     def needs_dynamic_file(self) -> bool:
-        return bool(self.position_bias or self.daa or self.landmarks or self.has_scale or self.norms)
+        return bool(self.position_bias or self.daa or self.landmarks or self.has_scale or self.norms
+                    or self.embeddings)
 
 
 def rope_setting(d) -> dict | None:

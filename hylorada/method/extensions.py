@@ -6,7 +6,7 @@
   - LandmarkLoRA as `mlp.landmark` + a forward hook         (cfg.landmark_enabled)
   - AttentionSpec as `self_attn.hylorada_attention`, and the `hylorada` attention function selected
     when DAA, S² or the sink mode needs it                   (attention.py)
-  - embeddings / norms unfrozen                             (cfg.train_embeddings / cfg.train_norms)
+  - input embeddings / norms unfrozen                      (cfg.train_embeddings / cfg.train_norms)
 
 RoPE scaling is not here: it must be in the config before the model is built (rope.py).
 Call after freezing the base (this unfreezes only what the config asks for).
@@ -62,11 +62,11 @@ def install_extensions(model: nn.Module, cfg: HyLoRADAConfig | None = None, cont
 
 
 def unfreeze_long_context(hf_model: nn.Module, cfg: HyLoRADAConfig) -> list[str]:
-    """LongLoRA: make input/output embeddings and/or every norm weight trainable. Returns their names."""
+    """LongLoRA: make the input embeddings (its "embed"; on a base that ties them, the output projection is the
+    same tensor) and/or every norm weight trainable. Returns their names."""
     names = []
     if cfg.train_embeddings:
-        mods = [hf_model.get_input_embeddings(), hf_model.get_output_embeddings()]
-        ids = {id(p) for m in mods if m is not None for p in m.parameters()}
+        ids = {id(p) for p in hf_model.get_input_embeddings().parameters()}
         for name, p in hf_model.named_parameters():
             if id(p) in ids:
                 p.requires_grad_(True)

@@ -16,6 +16,8 @@ sink / s2 attention modes switch the attention to reference_attn's per-row eager
 adapter has `rope_scaling` gets cos/sin from transformers' rotary for that setting
 (hylorada.method.rope.scaled_rotary; dynamic NTK unscaled, as served), other rows the base's. Trained norms per
 row: each RMSNorm's output for a row whose adapter carries that norm's weight is functional.rms_norm with it.
+Trained embedding rows per row: a token whose id is among its adapter's embed_tokens.ids takes that row (a plain
+loop over the tokens: the slow twin of functional.embedding_lookup, which the served path uses).
 """
 from __future__ import annotations
 
@@ -128,6 +130,8 @@ class ServedReference:
             rope = self._rope_hook(adapters)
             if rope is not None:
                 hooks.append(find_rotary_embedding(self.model).register_forward_hook(rope, with_kwargs=True))
+            if any(ad is not None and ad.embedding_rows is not None for ad in adapters):
+                hooks.append(self.model.get_input_embeddings().register_forward_hook(self._embed_hook(batch)))
             for name, norm in self._norms():
                 if any(ad is not None and ad.norm(name) is not None for ad in adapters):
                     hooks.append(norm.register_forward_hook(self._norm_hook(name, batch)))
@@ -164,6 +168,21 @@ class ServedReference:
                     if ad is not None and (w := ad.norm(name)) is not None else out[b]
                     for b, ad in enumerate(batch.adapters)]
             return torch.stack(rows)
+        return hook
+
+    @staticmethod
+    def _embed_hook(batch: _Batch):
+        def hook(_embedding, args, out):                           # args[0] input_ids [B, T], out [B, T, hidden]
+            out = out.clone()
+            for b, ad in enumerate(batch.adapters):
+                if ad is None or ad.embedding_rows is None:
+                    continue
+                ids, rows = ad.embedding_rows
+                where = {int(t): j for j, t in enumerate(ids.tolist())}
+                for t, tok in enumerate(args[0][b].tolist()):
+                    if tok in where:
+                        out[b, t] = rows[where[tok]].to(out.dtype)
+            return out
         return hook
 
     @staticmethod

@@ -80,13 +80,70 @@ def test_exported_lora_part_loads_in_peft(tiny_base, tmp_path):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_trained_embeddings_are_refused_with_a_pointer_to_merge(tiny_base, tmp_path):
-    """Trained norms are served (their own tests); trained embeddings still are not: refused, pointing at merge."""
-    model = HyLoRADAModel.from_pretrained(tiny_base, HyLoRADAConfig(train_norms=True, train_embeddings=True))
+CHANGED = [3, 17, 200, 511]                   # the token ids whose embedding rows "training" moved
+
+
+def with_trained_embeddings(tiny_base, **kw) -> HyLoRADAModel:
+    """A HyLoRADA model whose input embedding rows CHANGED differ from the base's (and norms, when asked)."""
+    model = trained(tiny_base, seed=3, train_embeddings=True, **kw)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        table = model.base.get_input_embeddings().weight
+        table[CHANGED] += 0.3 * torch.randn(len(CHANGED), table.shape[1], generator=g)
+        for n, p in model.adapter_state_dict().items():
+            if "norm" in n:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_trained_embeddings_export_as_the_changed_rows_and_equal_the_training_model(tiny_base, reference, tmp_path):
+    """train_embeddings trains the input embeddings only (LongLoRA's "embed"); export keeps just the rows that differ
+    from the base's, and the served form (reference) equals the training model, beside a base row."""
+    model = with_trained_embeddings(tiny_base, train_norms=True)
+    state = model.adapter_state_dict()
+    assert "base.model.embed_tokens.weight" in state or any(k.endswith("embed_tokens.weight") for k in state)
+    assert not any("lm_head" in k for k in state), "the output projection stays frozen on an untied base"
     model.save(tmp_path / "ckpt")
-    assert any("embed" in k for k in model.adapter_state_dict()), "train_embeddings must make them adapter state"
-    with pytest.raises(AdapterError, match=r"hylorada_state\.safetensors: tensor '(.*embed.*|lm_head.weight)': .*trained embeddings.*hylorada merge"):
-        export(tmp_path / "ckpt", tmp_path / "served", tiny_base)
+    ad = load_served(export(tmp_path / "ckpt", tmp_path / "served", tiny_base), base_config=reference.model.config)
+    ids, rows = ad.embedding_rows
+    assert ids.tolist() == CHANGED and ids.dtype == torch.int64 and list(rows.shape) == [len(CHANGED), 128]
+    assert ad.meta.embeddings and ad.meta.dynamic_parts == ["position_bias", "norms", "embeddings"]
+    tokens = IDS.clone()
+    tokens[:, ::7] = torch.tensor(CHANGED).repeat(IDS.shape[1])[: tokens[:, ::7].shape[1]]
+    with torch.no_grad():
+        want = model(input_ids=tokens).logits
+    got = reference.logits(tokens, [ad, None])
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], base_logits(tiny_base, tokens)[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reference.logits(tokens[:1], [ad])[0], got[0], rtol=1e-6, atol=1e-6)   # alone too
+
+
+def tied_copy(tiny_base, out):
+    """The tiny base with tie_word_embeddings (SmolLM2's layout: lm_head is embed_tokens)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.from_pretrained(tiny_base)
+    cfg.tie_word_embeddings = True
+    AutoModelForCausalLM.from_pretrained(tiny_base, config=cfg).save_pretrained(out)
+    return out
+
+
+def test_tied_embeddings_and_a_trained_output_projection_are_refused_with_a_pointer_to_merge(tiny_base, tmp_path):
+    """On a tied base (SmolLM2) trained embeddings move the output projection too: refused, pointing at merge; so is
+    an older checkpoint's trained lm_head.weight on an untied one. Nothing is published either way."""
+    tied = tied_copy(tiny_base, tmp_path / "tied")
+    model = HyLoRADAModel.from_pretrained(tied, HyLoRADAConfig(train_norms=True, train_embeddings=True))
+    model.save(tmp_path / "ckpt")
+    with pytest.raises(AdapterError, match=r"tensor 'model.embed_tokens.weight': .*ties them to its output "
+                       r"projection.*hylorada merge"):
+        export(tmp_path / "ckpt", tmp_path / "served", tied)
+    from safetensors.torch import load_file, save_file
+    model = with_trained_embeddings(tiny_base)
+    model.save(tmp_path / "old")
+    state = load_file(tmp_path / "old" / "hylorada_state.safetensors")
+    state["lm_head.weight"] = torch.randn(512, 128)
+    save_file(state, tmp_path / "old" / "hylorada_state.safetensors")
+    with pytest.raises(AdapterError, match=r"tensor 'lm_head.weight': .*trained output projection.*hylorada merge"):
+        export(tmp_path / "old", tmp_path / "served", tiny_base)
     assert not (tmp_path / "served").exists() and not list(tmp_path.glob(".served*"))
 
 

@@ -112,3 +112,21 @@ def test_served_trained_norms_export_and_merge(tiny_base, reference, tmp_path):
         want = model(input_ids=IDS).logits
         torch.testing.assert_close(reference.logits(IDS, [ad, ad]), want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(_merged_logits(out), want, rtol=1e-5, atol=1e-5)
+
+
+def test_served_trained_embeddings_merge_into_the_rows_they_changed(tiny_base, reference, tmp_path):
+    """A served adapter with trained embedding rows (and norms) merges into a model whose input embedding table is
+    the base's with those rows replaced: equal to the served reference and to the training model."""
+    from hylorada.commands.export import export
+    from tests.commands.test_export import CHANGED, with_trained_embeddings
+    model = with_trained_embeddings(tiny_base, train_norms=True, position_bias_enabled=False).eval()
+    model.save(tmp_path / "ckpt")
+    ad = load_served(export(tmp_path / "ckpt", tmp_path / "served", tiny_base))
+    assert ad.embedding_rows[0].tolist() == CHANGED
+    out = merge(tmp_path / "served", tiny_base, tmp_path / "merged")
+    tokens = IDS.clone()
+    tokens[:, :4] = torch.tensor(CHANGED)
+    with torch.no_grad():
+        want = model(input_ids=tokens).logits
+        torch.testing.assert_close(reference.logits(tokens, [ad, ad]), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_merged_logits(out, tokens), want, rtol=1e-5, atol=1e-5)

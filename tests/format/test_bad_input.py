@@ -226,3 +226,49 @@ def test_trained_norms_are_checked_like_every_side_tensor(served, base_cfg):
     (served / "hylorada.json").write_text(json.dumps(meta | {"norms": "yes"}))
     with pytest.raises(AdapterError, match="norms must be true or false"):
         load_served(served)
+
+
+def test_trained_embedding_rows_are_checked_like_every_side_tensor(served, base_cfg):
+    """embed_tokens.ids / .rows need "embeddings": true; ids int64 (the one integer tensor a file may hold), >= 0,
+    strictly increasing, inside the base's vocabulary; rows [k, hidden] and within the bound; a tied base refuses
+    them with a pointer to merge. A good pair loads and is what ServedAdapter.embedding_rows returns."""
+    I, R, dyn = "embed_tokens.ids", "embed_tokens.rows", served / "hylorada_dynamic.safetensors"
+    meta = json.loads((served / "hylorada.json").read_text())
+
+    def rows(ids, d=128, dtype=torch.int64, value=0.5):
+        def put(t):
+            t[I] = torch.tensor(ids, dtype=dtype)
+            t[R] = torch.full((len(ids), d), value)
+        _edit(dyn, put)
+    rows([2, 9, 40])
+    _refused(served, "hylorada_dynamic.safetensors", I, "hylorada.json has embeddings false")
+    (served / "hylorada.json").write_text(json.dumps(meta | {"embeddings": True}))
+    ad = load_served(served, base_config=base_cfg)
+    assert ad.embedding_rows[0].tolist() == [2, 9, 40] and torch.equal(ad.embedding_rows[1], torch.full((3, 128), 0.5))
+    assert ad.meta.dynamic_parts == ["embeddings"]
+    rows([2, 9, 40], dtype=torch.int32)
+    _refused(served, "hylorada_dynamic.safetensors", I, "must be int64")
+    rows([9, 2, 40])
+    _refused(served, "hylorada_dynamic.safetensors", I, "strictly increasing")
+    rows([2, 2, 40])
+    _refused(served, "hylorada_dynamic.safetensors", I, "strictly increasing")
+    rows([-1, 2])
+    _refused(served, "hylorada_dynamic.safetensors", I, ">= 0")
+    rows([2, 512])
+    _refused(served, "hylorada_dynamic.safetensors", I, "beyond the base's vocabulary of 512", base_config=base_cfg)
+    rows([2, 9], d=64)
+    _refused(served, "hylorada_dynamic.safetensors", R, "does not fit the base ([k, 128])", base_config=base_cfg)
+    _edit(dyn, lambda t: t.__setitem__(R, torch.ones(3, 128)))
+    _refused(served, "hylorada_dynamic.safetensors", R, "!= [k=2 ids, hidden]")
+    rows([2, 9], value=5e3)
+    with pytest.raises(AdapterError, match="above the bound 1000 for rows"):
+        load_served(served)
+    rows([2, 9])
+    import copy
+    tied = copy.deepcopy(base_cfg)
+    tied.tie_word_embeddings = True
+    _refused(served, "hylorada_dynamic.safetensors", R, "ties its input and output embeddings", base_config=tied)
+    _edit(dyn, lambda t: t.pop(I))
+    _refused(served, "hylorada_dynamic.safetensors", I, "missing (hylorada.json says embeddings: true)")
+    _edit(dyn, lambda t: t.__setitem__(C0.replace(".c", ".ids"), torch.tensor([1])))
+    _refused(served, "hylorada_dynamic.safetensors", C0.replace(".c", ".ids"), "must be floating point")
