@@ -12,7 +12,8 @@
       and mixed steps alike: the runner flattens them all into one token list;
       a forward hook ends the step (nothing outlives the forward); landmark hooks on the MLP blocks (landmarks.py);
     the RoPE tables (rope.RopeTables) on the model's rotary embeddings, each token's rotary positions
-    offset into its adapter's table once per step; and the trained-norm tables (norms.NormTables) on its RMSNorms.
+    offset into its adapter's table once per step; the trained-norm tables (norms.NormTables) on its RMSNorms;
+    and the trained embedding rows (embeddings.EmbedTables) on its input embedding.
   - `LoRAModelManager.activate_adapter`: when vLLM moves an adapter into a slot (and has called every layer's
     set_lora / reset_lora for it), the adapter's HyLoRADA parts (the ServedAdapter loading.py attached as
     `lora_model.hylorada`) go into the same slot — slot-level (position bias, bucket config, rank, landmarks,
@@ -38,6 +39,7 @@ def build_state(manager):
     from .attn_state import AttnState, server_default
     from .layers import HyLoRADALinearMixin
     from .lora_path import default_path
+    from .embeddings import EmbedTables
     from .norms import NormTables
     from .rope import RopeTables
     from .state import EngineState, HyState
@@ -49,8 +51,11 @@ def build_state(manager):
     attn = AttnState(manager.lora_slots, server_default()) if variants_supported() else None
     rope = RopeTables.attach(manager.model, manager.lora_slots, manager.model.config)
     norms = NormTables.attach(manager.model, manager.lora_slots)
-    state = manager.hylorada = EngineState(lora, attn, rope, norms)
     wrappers = list(manager.punica_wrapper_mapping.values())
+    main = wrappers[0]
+    embeds = EmbedTables.attach(manager.model, manager.lora_slots,
+                                lambda: None if main.indices_len[0] is None else main.token_lora_indices)
+    state = manager.hylorada = EngineState(lora, attn, rope, norms, embeds)
     for pw in wrappers:
         pw.hylorada = lora
     for name, module in manager.modules.items():
@@ -62,7 +67,6 @@ def build_state(manager):
         for module in manager.model.modules():
             if isinstance(module, Attention) and getattr(module, "attn_type", AttentionType.DECODER) == AttentionType.DECODER:
                 module.hylorada_attn = attn
-    main = wrappers[0]
 
     def begin(_model, args, kwargs):
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)

@@ -55,6 +55,7 @@ def load_adapter(orig, self, lora_request):
     if state is not None:
         state.rope.register(served)                    # a new setting's table now, or AdapterError before any load
         state.norms.check(served)
+        state.embeds.check(served)
     lora = orig(self, lora_request)
     count_load(lora_request.lora_int_id)
     lora.hylorada = served

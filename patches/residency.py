@@ -13,8 +13,10 @@ and the per-adapter load count that `loading.load_adapter` feeds.
                                             #   grouped path 1-slot placeholders, whatever max_loras is
                   "rope_tables": k, "rope_bytes": n,    # RoPE settings served (the base's included) and the bytes
                                             #   of their tables beyond the base's (rope.RopeTables; per engine)
-                  "norm_bytes": n}}         # per-slot trained-norm tables (norms.NormTables; 0 until an adapter
+                  "norm_bytes": n,          # per-slot trained-norm tables (norms.NormTables; 0 until an adapter
                                             #   with trained norms enters a slot)
+                  "embed_bytes": n}}        # trained embedding rows of the adapters in slots (embeddings.EmbedTables:
+                                            #   views of the host copies when the engine's dtype is float32)
 
 An adapter the server serves that is in neither is on disk only (its validated private copy): the next request for
 it loads it again. The load counts are kept for the newest MAX_TRACKED ids (uids only grow: older ones were freed).
@@ -66,11 +68,12 @@ def hylorada_lora_residency(self) -> dict:
 
 
 def dynamic_capacity(manager) -> dict:
-    """The engine-wide RoPE tables and per-slot trained-norm tables (rope.py, norms.py) in numbers and bytes."""
+    """The engine-wide RoPE tables, per-slot trained-norm tables and embedding rows (rope.py, norms.py,
+    embeddings.py) in numbers and bytes."""
     state = getattr(manager, "hylorada", None)
-    rope, norms = getattr(state, "rope", None), getattr(state, "norms", None)
+    rope, norms, embeds = (getattr(state, k, None) for k in ("rope", "norms", "embeds"))
     return {"rope_tables": len(rope.keys) if rope is not None else 1, "rope_bytes": rope.bytes if rope is not None else 0,
-            "norm_bytes": norms.bytes if norms is not None else 0}
+            "norm_bytes": norms.bytes if norms is not None else 0, "embed_bytes": embeds.bytes if embeds is not None else 0}
 
 
 def slot_bytes(manager) -> int:

@@ -141,8 +141,9 @@ class HyState:
 class EngineState:
     """One engine's HyLoRADA state: `lora` (HyState), `attn` (AttnState; None where the attention variants are
     not served, attention.variants_supported), `rope` (rope.RopeTables: each slot's RoPE table and the step's
-    rotary positions) and `norms` (norms.NormTables: trained RMSNorm weights per slot; both None in tests without
-    a model), fed by engine.py in this order:
+    rotary positions), `norms` (norms.NormTables: trained RMSNorm weights per slot) and `embeds`
+    (embeddings.EmbedTables: trained embedding rows per slot; the last three None in tests without a model), fed by
+    engine.py in this order:
 
         set_slot(index, served, rank)       an adapter entered slot `index` (after vLLM's activate_adapter): its
                                             tables, attention mode and RoPE table
@@ -154,8 +155,8 @@ class EngineState:
 
     A forward without `set_requests` before it (vLLM's dummy and profile runs) plans no attention variant."""
 
-    def __init__(self, lora: HyState, attn=None, rope=None, norms=None):
-        self.lora, self.attn, self.rope, self.norms = lora, attn, rope, norms
+    def __init__(self, lora: HyState, attn=None, rope=None, norms=None, embeds=None):
+        self.lora, self.attn, self.rope, self.norms, self.embeds = lora, attn, rope, norms, embeds
         self._requests: tuple | None = None
 
     def set_slot(self, index: int, served, rank: int) -> None:
@@ -166,6 +167,8 @@ class EngineState:
             self.rope.set_slot(index, served)
         if self.norms is not None:
             self.norms.set_slot(index, served)
+        if self.embeds is not None:
+            self.embeds.set_slot(index, served)
 
     def set_requests(self, lora_ids, prompt_lens, index_to_id: list) -> None:
         self._requests = (lora_ids, prompt_lens, index_to_id)

@@ -61,6 +61,8 @@ def make_hylorada(base_dir, work, name: str, seed: int, b_scale: float = 0.15, *
                 p.add_(torch.randn(p.shape, generator=g) * (0.3 if n.endswith("head_scale") else 1.0))
             elif "norm" in n and ".hylorada." not in n:      # trained RMSNorm weights (train_norms)
                 p.mul_(1 + 0.3 * torch.randn(p.shape, generator=g))
+            elif n.endswith("embed_tokens.weight"):          # trained embedding rows (train_embeddings): a third
+                p[::3] += 0.3 * torch.randn(p[::3].shape, generator=g)
     model.save(work / f"{name}-ckpt")
     return export(work / f"{name}-ckpt", work / name, base_dir)
 

@@ -1,12 +1,14 @@
-"""RoPE and trained norms per adapter on the real engine (issue 21, items 1-2): one engine serves a plain HyLoRADA
-adapter, a linear x4 and a YaRN x4 adapter, one with trained RMSNorm weights (each exported by `hylorada export`
-from a seeded random model of that config), one trained for real by `hylorada train` with linear x4 RoPE and
-trainable norms (exported at the end of training), and the base, side by side in mixed batches, with prompts longer
-than the base's own context (128 positions; the engine holds 512).
+"""RoPE, trained norms and trained embeddings per adapter on the real engine (issue 21, items 1-3): one engine serves
+a plain HyLoRADA adapter, a linear x4 and a YaRN x4 adapter, one with trained RMSNorm weights, one with trained
+embedding rows (each exported by `hylorada export` from a seeded random model of that config), one trained for real
+by `hylorada train` with linear x4 RoPE, trainable norms and trainable embeddings (exported at the end of training),
+and the base, side by side in mixed batches, with prompts longer than the base's own context (128 positions; the
+engine holds 512).
 
 Served == ServedReference (identical greedy tokens, top-5 logprobs within 1e-3, float32), and each adapter's answers
-differ from the same adapter without its scaling / its norms (the tables reached vLLM's rotary and RMSNorm). An adapter meant for
-more positions than the engine holds is refused by the load-time check, on this engine's config.
+differ from the same adapter without its scaling / its norms / its embedding rows (the tables reached vLLM's rotary,
+RMSNorm and embedding). An adapter meant for more positions than the engine holds is refused by the load-time check,
+on this engine's config.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from tests.patches.conftest import load_all, make_engine, make_hylorada
 pytestmark = pytest.mark.vllm
 ORIG, ENGINE_LEN, NEW = 128, 512, 6
 ROPE = {"plain": {}, "linear": dict(rope_scaling_type="linear", rope_scaling_factor=4.0),
-        "yarn": dict(rope_scaling_type="yarn", rope_scaling_factor=4.0), "norms": dict(train_norms=True)}
-TRAINED = dict(lora_rank=8, train_norms=True, rope_scaling_type="linear", rope_scaling_factor=4.0)
+        "yarn": dict(rope_scaling_type="yarn", rope_scaling_factor=4.0), "norms": dict(train_norms=True), "embeds": dict(train_embeddings=True)}
+TRAINED = dict(lora_rank=8, train_norms=True, train_embeddings=True, rope_scaling_type="linear", rope_scaling_factor=4.0)
 NAMES = (*ROPE, "trained")
 
 
@@ -86,7 +88,7 @@ def test_mixed_rope_settings_in_one_batch(engine, adapters, served, short_base):
     assert served["yarn"].meta.rope_scaling["rope_type"] == "yarn"
     names = [None, *NAMES] * 2
     g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(3, 500, (150 + 29 * i,), generator=g).tolist() for i in range(len(names))]
+    prompts = [torch.randint(3, 500, (150 + 22 * i,), generator=g).tolist() for i in range(len(names))]
     assert min(map(len, prompts)) > ORIG and max(map(len, prompts)) + NEW <= ENGINE_LEN
     got = run(engine, prompts, [None if n is None else req(n, adapters[n]) for n in names])
     ref = ServedReference(short_base)
@@ -95,13 +97,20 @@ def test_mixed_rope_settings_in_one_batch(engine, adapters, served, short_base):
         assert_same_generation(got[i], want[i], f"request {i} ({n or 'base'}, {len(prompts[i])} tokens)")
     assert served["norms"].meta.norms and served["norms"].norm("norm") is not None
     assert served["trained"].meta.norms and served["trained"].meta.rope_scaling["factor"] == 4.0
-    for n in ("linear", "yarn", "norms", "trained"):   # not vacuous: without its part the same adapter differs
+    assert served["embeds"].embedding_rows[0].numel() == 171                      # every third of the 512 ids
+    assert 0 < served["trained"].embedding_rows[0].numel() < 512                  # the ids the training data holds
+    for n in ("linear", "yarn", "norms", "embeds", "trained"):   # not vacuous: without its part the adapter differs
         ad = served[n]
         without = {"rope": dataclasses.replace(ad, meta=ad.meta.replace(rope_scaling=None)),
                    "norms": dataclasses.replace(ad, meta=ad.meta.replace(norms=False),
-                                                dynamic={k: v for k, v in ad.dynamic.items() if "norm" not in k})}
+                                                dynamic={k: v for k, v in ad.dynamic.items() if "norm" not in k}),
+                   "embeddings": dataclasses.replace(ad, meta=ad.meta.replace(embeddings=False),
+                                                     dynamic={k: v for k, v in ad.dynamic.items() if "embed" not in k})}
         ids = torch.tensor([prompts[names.index(n)]])
-        for part in (["rope"] if ad.meta.rope_scaling else []) + (["norms"] if ad.meta.norms else []):
+        parts = [p for p, on in (("rope", ad.meta.rope_scaling), ("norms", ad.meta.norms),
+                                 ("embeddings", ad.meta.embeddings)) if on]
+        assert parts, n
+        for part in parts:
             assert (ref.logits(ids, [without[part]]) - ref.logits(ids, [ad]))[0, -1].abs().max() > 1e-2, (n, part)
 
 

@@ -167,8 +167,8 @@ def test_adapters_show_where_they_live(client, server):
     lora = rows["demo-lora"]
     cap = dict(body["engine_capacity"])
     slot_bytes = cap.pop("slot_bytes")
-    assert cap == {"slots": 4, "host": 8, "rope_tables": 1, "rope_bytes": 0, "norm_bytes": 0}, \
-        body["engine_capacity"]                                   # no RoPE scaling, no trained norms here
+    assert cap == {"slots": 4, "host": 8, "rope_tables": 1, "rope_bytes": 0, "norm_bytes": 0, "embed_bytes": 0}, \
+        body["engine_capacity"]                    # no RoPE scaling, no trained norms or embeddings here
     assert isinstance(slot_bytes, int) and slot_bytes > 0      # 1-slot placeholders (tests/patches/test_engine.py)
     assert lora["where"] in ("slot", "host") and lora["host_bytes"] == lora["size_bytes"], lora
     assert lora["engine_loads"] >= 1
