@@ -94,3 +94,46 @@ def test_prompt_logprobs_at_every_position(real_engine, real_zoo, real_served, r
         ref = [float(want[j - 1, p[j]]) for j in range(1, len(p))]
         err = [abs(a - b) for a, b in zip(got, ref)]
         assert max(err) < PL_TOL, f"{n or 'base'} prompt logprobs: max error {max(err):.2e} at position {err.index(max(err)) + 1} of {len(p)}"
+
+
+def test_rope_settings_and_trained_norms_side_by_side_on_the_real_model(real_engine, real_zoo, real_served,
+                                                                         real_reference, tokenizer):
+    """Issue 21 on SmolLM2: the base, a plain HyLoRADA adapter, a linear x4 adapter with trained norms and a YaRN x4
+    adapter in one mixed batch == the reference (prompts inside the 8,192 original positions: the tiny base's test,
+    tests/patches/test_rope_engine.py, covers prompts past the original context). Each part matters: without its
+    scaling / its norms the same adapter's logits differ."""
+    import dataclasses
+
+    from vllm import SamplingParams
+    lin, yarn = real_served["hy_lin"], real_served["hy_yarn"]
+    assert lin.meta.rope_scaling == {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 8192}
+    assert yarn.meta.rope_scaling["rope_type"] == "yarn" and lin.meta.norms
+    kinds = [None, "hy_pos", "hy_lin", "hy_yarn"]
+    names = kinds * 2
+    prompts = prompts_for(tokenizer, len(names))
+    reqs = [None if n is None else lora_req(n, 10 + kinds.index(n), real_zoo[n]) for n in names]
+    sp = SamplingParams(temperature=0, max_tokens=NEW, logprobs=5, ignore_eos=True)
+    got = engine_outputs(real_engine.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs,
+                                              use_tqdm=False))
+    want = real_reference.greedy(prompts, [None if n is None else real_served[n] for n in names], NEW)
+    for i, n in enumerate(names):
+        assert_same_generation(got[i], want[i], f"request {i} ({n or 'base'})", TOL)
+    ids = torch.tensor([prompts[2]])
+    for ad, without in ((lin, dataclasses.replace(lin, meta=lin.meta.replace(rope_scaling=None))),
+                        (yarn, dataclasses.replace(yarn, meta=yarn.meta.replace(rope_scaling=None))),
+                        (lin, dataclasses.replace(lin, meta=lin.meta.replace(norms=False),
+                                                  dynamic={k: v for k, v in lin.dynamic.items() if "norm" not in k}))):
+        assert (real_reference.logits(ids, [without]) - real_reference.logits(ids, [ad]))[0, -1].abs().max() > 1e-2
+
+
+def test_trained_embeddings_on_the_tied_real_model_are_refused_with_a_pointer_to_merge(real_base, tmp_path):
+    """SmolLM2 ties its input and output embeddings: a trained table is also the output projection, not served per
+    adapter — export refuses it and points at merge (the untied tiny base serves them: test_rope_engine.py)."""
+    from hylorada import HyLoRADAConfig, HyLoRADAModel
+    from hylorada.commands.export import export
+    from hylorada.format.layout import AdapterError
+    model = HyLoRADAModel.from_pretrained(real_base, HyLoRADAConfig(train_embeddings=True, target_modules=("v_proj",)))
+    assert model.base.config.tie_word_embeddings
+    model.save(tmp_path / "ckpt")
+    with pytest.raises(AdapterError, match="ties them to its output projection.*hylorada merge"):
+        export(tmp_path / "ckpt", tmp_path / "served", real_base)
