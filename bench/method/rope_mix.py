@@ -1,10 +1,11 @@
-"""The cost of RoPE and trained norms per adapter (issue 21): one engine, the same four HyLoRADA adapters and
-requests, served
+"""The cost of RoPE, trained norms and trained embeddings per adapter (issue 21): one engine, the same four HyLoRADA
+adapters and requests, served
 
     mixed      with four RoPE settings side by side: none, linear x2, YaRN x2, linear x4 — the last one also
-               with trained RMSNorm weights (every norm of the base x 1.05, in its side file)
-    unscaled   the same folders without rope_scaling and without the norms (every token on the base's table
-               and the base's norms)
+               with trained RMSNorm weights (every norm of the base x 1.05, in its side file), the YaRN one with
+               trained embedding rows (every 4th row of the base's table x 1.05: embed_tokens.ids / .rows)
+    unscaled   the same folders without rope_scaling, norms or embedding rows (every token on the base's table,
+               norms and embeddings)
 
     VLLM_HOST_IP=127.0.0.1 .venv/bin/python -m bench.method.rope_mix [--requests 32 --prompt 128 --new 32 --reps 3]
 
@@ -27,9 +28,11 @@ SETTINGS = (None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", 
 ENGINE_POSITIONS = 16384
 
 
-def rope_copies(src: list[Path], root: Path, orig: int, norms: dict | None = None) -> tuple[list[Path], list[Path]]:
+def rope_copies(src: list[Path], root: Path, orig: int, norms: dict | None = None,
+                embeds: dict | None = None) -> tuple[list[Path], list[Path]]:
     """(copies with SETTINGS[i] written into hylorada.json, copies with rope_scaling null), same weights; with
-    `norms` ({side-file name: tensor}), the last mixed copy also carries them as trained norms."""
+    `norms` ({side-file name: tensor}), the last mixed copy also carries them as trained norms; with `embeds`
+    (embed_tokens.ids / .rows), the last but one carries them as trained embedding rows."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -45,6 +48,10 @@ def rope_copies(src: list[Path], root: Path, orig: int, norms: dict | None = Non
                 side = dst / "hylorada_dynamic.safetensors"
                 save_file((load_file(str(side)) if side.exists() else {}) | norms, str(side))
                 meta["norms"] = True
+            if embeds and kind == "mixed" and i == len(SETTINGS) - 2:
+                side = dst / "hylorada_dynamic.safetensors"
+                save_file((load_file(str(side)) if side.exists() else {}) | embeds, str(side))
+                meta["embeddings"] = True
             (dst / "hylorada.json").write_text(json.dumps(meta))
             out.append(dst)
     return mixed, unscaled
@@ -57,6 +64,16 @@ def scaled_norms(base: Path, cfg, factor: float = 1.05) -> dict:
              for n in ("input_layernorm", "post_attention_layernorm")] + ["norm.weight"]
     got = read_base_tensors(base, [f"model.{n}" for n in names])
     return {n: (got[f"model.{n}"].float() * factor).contiguous() for n in names}
+
+
+def scaled_rows(base: Path, every: int = 4, factor: float = 1.05) -> dict:
+    """Every `every`-th row of the base's input embedding x factor, as a side file's trained embedding rows."""
+    import torch
+
+    from hylorada.format.base import read_base_tensors
+    table = read_base_tensors(base, ["model.embed_tokens.weight"])["model.embed_tokens.weight"].float()
+    ids = torch.arange(0, table.shape[0], every, dtype=torch.int64)
+    return {"embed_tokens.ids": ids, "embed_tokens.rows": (table[ids] * factor).contiguous()}
 
 
 def main(argv=None) -> int:
@@ -74,7 +91,7 @@ def main(argv=None) -> int:
     base = build_base()
     cfg = AutoConfig.from_pretrained(base)
     mixed, unscaled = rope_copies(build_hylorada(base, len(SETTINGS)), CACHE.resolve() / "rope-mix",
-                                  int(cfg.max_position_embeddings), scaled_norms(base, cfg))
+                                  int(cfg.max_position_embeddings), scaled_norms(base, cfg), scaled_rows(base))
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
     llm = LLM(model=str(base), enable_lora=True, max_loras=len(SETTINGS), max_cpu_loras=2 * len(SETTINGS),
@@ -103,13 +120,16 @@ def main(argv=None) -> int:
                "engine_positions": ENGINE_POSITIONS, "settings": [s or "none" for s in SETTINGS],
                "trained_norms": "the last adapter (x 1.05)",
                "norm_bytes_per_slot": sum(t.nelement() * 4 for t in scaled_norms(base, cfg).values()),
+               "trained_embeddings": "the YaRN adapter (every 4th row x 1.05)",
+               "embed_bytes_per_adapter": sum(t.nelement() * t.element_size() for t in scaled_rows(base).values()),
                "requests": a.requests, "prompt_mean": a.prompt, "new_tokens": a.new, "reps": a.reps,
                "results": results,
                "ratio_mixed_over_unscaled": round(results["mixed"]["tokens_per_s"] / results["unscaled"]["tokens_per_s"], 3),
                "parts_applied": applied, "table_bytes": table_bytes, "tables": len({json.dumps(s) for s in SETTINGS if s}),
-               "bytes_per_adapter": 0,
-               "note": "one table per distinct setting, shared by every adapter with it (rows x rotary_dim float32); "
-                       "an adapter adds no bytes of its own"}
+               "rope_bytes_per_adapter": 0,
+               "note": "one RoPE table per distinct setting, shared by every adapter with it (rows x rotary_dim "
+                       "float32): an adapter adds no RoPE bytes of its own; its norms and embedding rows live in its "
+                       "side file (host cache, the slot rows are views of them or [S+1, d] per norm)"}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -119,11 +119,20 @@ def test_trained_embeddings_export_as_the_changed_rows_and_equal_the_training_mo
 
 
 def tied_copy(tiny_base, out):
-    """The tiny base with tie_word_embeddings (SmolLM2's layout: lm_head is embed_tokens)."""
+    """The tiny base with tie_word_embeddings (SmolLM2's layout: lm_head is embed_tokens), and its tokenizer."""
+    import shutil
+
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = AutoConfig.from_pretrained(tiny_base)
     cfg.tie_word_embeddings = True
-    AutoModelForCausalLM.from_pretrained(tiny_base, config=cfg).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, config=cfg)
+    model.lm_head.weight = model.get_input_embeddings().weight      # the checkpoint's own lm_head would stay apart
+    model.save_pretrained(out)
+    for f in tiny_base.iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copy2(f, out / f.name)
+    again = AutoModelForCausalLM.from_pretrained(out)
+    assert again.lm_head.weight.data_ptr() == again.get_input_embeddings().weight.data_ptr()
     return out
 
 

@@ -42,3 +42,20 @@ def test_the_last_mixed_copy_carries_trained_norms(tmp_path):
     assert json.loads((mixed[-1] / "hylorada.json").read_text())["norms"] is True
     assert all(set(load_file(str(p / "hylorada_dynamic.safetensors"))) == {"position_bias"}
                for p in [*mixed[:-1], *unscaled])
+
+
+def test_the_yarn_copy_carries_trained_embedding_rows_and_scaled_rows_reads_the_base(tmp_path, tiny_base):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from bench.method.rope_mix import scaled_rows
+    src = sources(tmp_path, lambda d, i: save_file({"position_bias": torch.zeros(4)}, str(d / "hylorada_dynamic.safetensors")))
+    rows = scaled_rows(tiny_base)
+    assert rows["embed_tokens.ids"].tolist() == list(range(0, 512, 4)) and list(rows["embed_tokens.rows"].shape) == [128, 128]
+    mixed, unscaled = rope_copies(src, tmp_path / "out", orig=4096, embeds=rows)
+    assert SETTINGS[-2]["rope_type"] == "yarn"
+    got = load_file(str(mixed[-2] / "hylorada_dynamic.safetensors"))
+    assert set(got) == {"position_bias", "embed_tokens.ids", "embed_tokens.rows"}
+    assert json.loads((mixed[-2] / "hylorada.json").read_text())["embeddings"] is True
+    assert all(set(load_file(str(p / "hylorada_dynamic.safetensors"))) == {"position_bias"}
+               for p in [*mixed[:-2], mixed[-1], *unscaled])
