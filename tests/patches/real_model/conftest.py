@@ -11,7 +11,7 @@ fetched from PyPI once, then cached under .cache/bases/), and adapters on it bui
 
 Deltas are drawn at a realistic size (B ~ N(0, 0.01²) at rank 8: every adapter moves the logits by well over the
 tolerance, none turns the model into noise). Engine: max_loras 7 (all in one batch), 32,768 positions (hf_overrides:
-what the x4 adapters are meant for; the KV cache holds 512-token sequences), max_num_batched_tokens 64
+what the x4 adapters are meant for; sequences up to 8,448 tokens, past SmolLM2's own 8,192), max_num_batched_tokens 64
 (prompts of 40-120 tokens are prefilled in chunks beside other requests' decode steps), float32, GQA 9/3 heads,
 head_dim 64, 30 layers, tied embeddings — what the tiny test model does not have.
 """
@@ -26,6 +26,7 @@ BASE = "smollm2-135m-instruct"
 B_SCALE = 0.01
 MAX_LORAS, MAX_RANK = 7, 8
 POSITIONS = 32768                    # 4 x SmolLM2's 8,192
+LONGEST = 8448                       # a sequence past the original 8,192 positions (KV: 46 KiB a token in float32)
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +70,8 @@ def real_reference(real_base):
 def real_engine(real_base):
     from vllm import LLM
     llm = LLM(model=str(real_base), enable_lora=True, max_loras=MAX_LORAS, max_lora_rank=MAX_RANK,
-              max_cpu_loras=MAX_LORAS, dtype="float32", max_model_len=512, max_num_batched_tokens=64, max_num_seqs=16,
-              kv_cache_memory_bytes=256 << 20, enforce_eager=True, seed=0, enable_prefix_caching=False,
+              max_cpu_loras=MAX_LORAS, dtype="float32", max_model_len=LONGEST, max_num_batched_tokens=64,
+              max_num_seqs=16, kv_cache_memory_bytes=640 << 20, enforce_eager=True, seed=0, enable_prefix_caching=False,
               hf_overrides={"max_position_embeddings": POSITIONS})
     yield llm
     llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None

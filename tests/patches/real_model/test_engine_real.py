@@ -99,9 +99,8 @@ def test_prompt_logprobs_at_every_position(real_engine, real_zoo, real_served, r
 def test_rope_settings_and_trained_norms_side_by_side_on_the_real_model(real_engine, real_zoo, real_served,
                                                                          real_reference, tokenizer):
     """Issue 21 on SmolLM2: the base, a plain HyLoRADA adapter, a linear x4 adapter with trained norms and a YaRN x4
-    adapter in one mixed batch == the reference (prompts inside the 8,192 original positions: the tiny base's test,
-    tests/patches/test_rope_engine.py, covers prompts past the original context). Each part matters: without its
-    scaling / its norms the same adapter's logits differ."""
+    adapter in one mixed batch == the reference (short prompts; past the original context: the next test). Each part
+    matters: without its scaling / its norms the same adapter's logits differ."""
     import dataclasses
 
     from vllm import SamplingParams
@@ -137,3 +136,26 @@ def test_trained_embeddings_on_the_tied_real_model_are_refused_with_a_pointer_to
     model.save(tmp_path / "ckpt")
     with pytest.raises(AdapterError, match="ties them to its output projection.*hylorada merge"):
         export(tmp_path / "ckpt", tmp_path / "served", real_base)
+
+
+def test_prompts_past_the_original_context_on_the_real_model(real_engine, real_zoo, real_served, real_reference,
+                                                              tokenizer):
+    """The linear x4 adapter with trained norms on SmolLM2 with a prompt past its 8,192 original positions (8,300 tokens
+    of real text), beside the base on a short prompt, in one batch == the reference: the first token and its top-5
+    logprobs. (The same with the YaRN x4 adapter on an 8,350-token prompt too, and two tokens each, passed here once in
+    378 s — too long for every CI run; the tiny base's test covers both settings past its original context.)"""
+    from vllm import SamplingParams
+
+    from .conftest import LONGEST
+    ids = tokenizer(TEXT)["input_ids"]
+    text = ids * (8400 // len(ids) + 1)
+    prompts = [text[:8300], prompts_for(tokenizer, 1)[0]]
+    names = ["hy_lin", None]
+    assert len(prompts[0]) > 8192 and max(map(len, prompts)) + 1 <= LONGEST
+    reqs = [None if n is None else lora_req(n, 20 + i, real_zoo[n]) for i, n in enumerate(names)]
+    sp = SamplingParams(temperature=0, max_tokens=1, logprobs=5, ignore_eos=True)
+    got = engine_outputs(real_engine.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=reqs,
+                                              use_tqdm=False))
+    want = real_reference.greedy(prompts, [None if n is None else real_served[n] for n in names], 1)
+    for i, n in enumerate(names):
+        assert_same_generation(got[i], want[i], f"request {i} ({n or 'base'}, {len(prompts[i])} tokens)", TOL)
