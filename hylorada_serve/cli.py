@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also scan DIR/ as soon as it reports a change (inotify, through watchfiles; hot-swap p50 "
                    "158 -> 105 ms); the scan every --poll-interval stays the safety net for filesystems without "
                    "events (NFS). --no-watch-events: polling only (default: on)")
+    r = p.add_argument_group("replicas (Ray Serve; pip install 'hylorada[ray]'; docs/scale.md)")
+    r.add_argument("--replicas", type=int, help="run N replicas of this server on a Ray cluster behind one endpoint "
+                   "at --host/--port: each replica is a hylorada-serve with its own engine watching the same DIR/, "
+                   "and each request goes to a replica that already holds its adapter (Serve's model multiplexing); "
+                   "the OpenAI API, keys and admin routes are the same, /metrics merges the replicas' series "
+                   "(label replica), GET /v1/replicas lists them (default: 0, one server, no Ray)")
+    r.add_argument("--ray-address", help="the Ray cluster to join, e.g. ray://head:10001 or auto "
+                   "(default: start a local one)")
+    r.add_argument("--models-per-replica", type=int, help="adapters each replica holds for routing (Serve's LRU; "
+                   f"also each replica's --max-cpu-loras unless given; default {D['models_per_replica'].default})")
     return p
 
 
@@ -139,7 +149,11 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     config = parse_args(argv)
+    if config.replicas:
+        from .replicas.run import run as run_replicas
+        return run_replicas(config, argv)
     from .launch import run
     return run(config)
 

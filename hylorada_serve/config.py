@@ -83,6 +83,12 @@ class ServeConfig:
     validation_wait: float = 60.0           # a request for a folder still being validated waits this long for its
     #                                         verdict, then gets 503 + Retry-After
     load_parallel: int = 4                  # folders copied and validated at once
+    # past one machine (hylorada_serve/replicas/: Ray Serve; docs/scale.md)
+    replicas: int = 0                       # N >= 1: N hylorada-serve replicas on Ray Serve behind one endpoint at
+    #                                         --host/--port, requests routed to a replica that holds their adapter
+    ray_address: str | None = None          # the Ray cluster to join (None: start a local one)
+    models_per_replica: int = 8             # adapters each replica holds for affinity routing (Serve's multiplexing
+    #                                         LRU; also each replica's --max-cpu-loras unless given)
     # engine defaults (vLLM options hylorada-serve sets unless vllm_args gives its own)
     kv_cache_memory_bytes: int = 1 << 30    # KV cache size unless vllm_args names one of KV_SIZING_FLAGS. Fixed, not
     #                                         a share: on the CPU backend a share of NUMA node 0, which can report half
@@ -134,6 +140,15 @@ class ServeConfig:
             bad.append(f"--load-parallel: must be an integer in 1..64 (got {self.load_parallel!r})")
         if not isinstance(self.watch_events, bool):
             bad.append(f"watch_events: must be true or false (got {self.watch_events!r})")
+        if not _int(self.replicas) or not 0 <= self.replicas <= 64:
+            bad.append(f"--replicas: must be an integer in 0..64 (0: one server; got {self.replicas!r})")
+        elif self.replicas and self.demo:
+            bad.append("--replicas: not with --demo (run --demo once, then --replicas N with --base and --adapters "
+                       "of the folders it printed)")
+        if self.ray_address is not None and not self.replicas:
+            bad.append("--ray-address: only with --replicas N")
+        if not _int(self.models_per_replica) or self.models_per_replica < 1:
+            bad.append(f"--models-per-replica: must be an integer >= 1 (got {self.models_per_replica!r})")
         if not _int(self.kv_cache_memory_bytes) or self.kv_cache_memory_bytes < 1:
             bad.append(f"kv_cache_memory_bytes: must be a positive integer (got {self.kv_cache_memory_bytes!r})")
         if not _int(self.shutdown_timeout) or self.shutdown_timeout < 0:

@@ -54,3 +54,21 @@ def test_help_explains_every_option():
     for must in ("--kv-cache-memory-bytes 1073741824", "--gpu-memory-utilization", "--shutdown-timeout 10",
                  "HYLORADA_API_KEY", "--hf-overrides", "/v1/adapters"):
         assert must in text, must
+
+
+def test_replica_options_and_their_checks(capsys):
+    c = parse_args(["--base", "b", "--adapters", "d", "--replicas", "2", "--ray-address", "auto",
+                    "--models-per-replica", "4"])
+    assert (c.replicas, c.ray_address, c.models_per_replica, c.vllm_args) == (2, "auto", 4, ())
+    assert parse_args(["--base", "b", "--adapters", "d"]).replicas == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--demo", "--replicas", "2", "--models-per-replica", "0"])
+    err = capsys.readouterr().err
+    assert "--replicas: not with --demo" in err and "--models-per-replica: must be" in err
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "b", "--adapters", "d", "--ray-address", "auto", "--replicas", "65"])
+    assert "--replicas: must be an integer in 0..64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "b", "--adapters", "d", "--ray-address", "auto"])
+    assert "--ray-address: only with --replicas N" in capsys.readouterr().err
+    assert "--replicas" in build_parser().format_help()

@@ -1,0 +1,164 @@
+"""The one endpoint: a Ray Serve deployment behind Serve's HTTP proxy that sends each request to a replica.
+
+    POST with a JSON body naming an adapter in `model` -> Serve's multiplexed routing with that name as the model id
+        (a replica holding it, else the least loaded); the base model's name and every other request -> any replica
+    GET /metrics -> every replica's, merged with a replica label (merge.py)
+    POST /v1/adapters/{name}/load|reload|unload, /v1/load_lora_adapter, /v1/unload_lora_adapter -> every replica
+        (each applies it to its own store; the status is the worst)
+    GET /v1/replicas -> each replica's port, pid, requests, affinity loads, /v1/models (as the replica's own API
+        key sees it) and /v1/adapters (answered only when every replica's /v1/adapters accepted the caller's key:
+        the admin key)
+
+Auth, tenants, limits and validation stay the replicas' own: the caller's headers travel unchanged. A replica that
+cannot be reached before it answers (it died; Ray replaces it) is retried on another for up to retry_s, then 503
+with Retry-After; a stream cut after its first byte is not retried (the client retries; docs/scale.md).
+Every answer carries x-hylorada-replica (which replica), for adapter requests x-hylorada-affinity: hit | load,
+and x-hylorada-retries: N when it was sent N more times because a replica could not answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import ray
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .merge import combine, merge_metrics
+from .replica import ReplicaUnavailable
+
+BROADCAST_POST = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+ADMIN_ACTIONS = ("/load", "/reload", "/unload")
+RETRY_SLEEP_S = 0.5
+DROP_IN = {"host", "content-length", "connection", "transfer-encoding"}
+RETRYABLE = tuple(t for t in (ReplicaUnavailable, getattr(ray.exceptions, "RayActorError", None),
+                              getattr(ray.exceptions, "ActorUnavailableError", None)) if t is not None)
+
+
+def _retryable(e: BaseException) -> bool:
+    return isinstance(e, RETRYABLE) or "ReplicaUnavailable" in str(type(e)) + str(e)[:400]
+
+
+def broadcast_kind(method: str, path: str) -> str | None:
+    """Which requests go to every replica: 'metrics', 'replicas', 'admin', or None (routed to one)."""
+    if method == "GET" and path == "/metrics":
+        return "metrics"
+    if method == "GET" and path == "/v1/replicas":
+        return "replicas"
+    if method == "POST" and (path in BROADCAST_POST or (path.startswith("/v1/adapters/")
+                                                         and path.endswith(ADMIN_ACTIONS))):
+        return "admin"
+    return None
+
+
+def adapter_of(method: str, headers, body: bytes, base_name: str) -> str:
+    """The multiplexed model id: the JSON body's `model` when it names something other than the base; '' else."""
+    if method != "POST" or not body or "json" not in (headers.get("content-type") or "json"):
+        return ""
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return ""
+    return model if isinstance(model, str) and model and model != base_name else ""
+
+
+class Ingress:
+    def __init__(self, replicas, registry_name: str, namespace: str, base_name: str, max_body_bytes: int,
+                 retry_s: float = 60.0):
+        self.replicas = replicas
+        self.registry = ray.get_actor(registry_name, namespace=namespace)
+        self.base_name = base_name
+        self.max_body_bytes = max_body_bytes
+        self.retry_s = retry_s
+
+    async def __call__(self, request: Request) -> Response:
+        size = request.headers.get("content-length")
+        if self.max_body_bytes and size and size.isdigit() and int(size) > self.max_body_bytes:
+            return JSONResponse({"error": {"message": f"request body larger than {self.max_body_bytes} bytes",
+                                           "type": "BadRequestError", "code": 413}}, status_code=413)
+        body = await request.body()
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROP_IN]
+        method, path, query = request.method, request.url.path, request.url.query
+        kind = broadcast_kind(method, path)
+        if kind == "metrics":
+            return await self._metrics(headers)
+        if kind == "replicas":
+            return await self._replicas(headers)
+        if kind == "admin":
+            got = await self._all({"kind": "http", "method": method, "path": path, "headers": headers,
+                                   "body": body})
+            status, out = combine({t: (r["status"], r.get("body") or json.dumps(r.get("error", "")).encode())
+                                   for t, r in got.items()})
+            return JSONResponse(out, status_code=status)
+        return await self._routed(method, path, query, headers, body, adapter_of(method, request.headers, body,
+                                                                                   self.base_name))
+
+    async def _all(self, command: dict, timeout_s: float = 60.0) -> dict:
+        got = await self.registry.broadcast.remote(command, timeout_s)
+        return got or {"-": {"status": 503, "error": "no replica is registered yet"}}
+
+    async def _metrics(self, headers) -> Response:
+        got = await self._all({"kind": "http", "method": "GET", "path": "/metrics", "headers": headers})
+        bad = [r for r in got.values() if r["status"] != 200]
+        if bad:
+            worst = max(bad, key=lambda r: r["status"])
+            return Response(worst.get("body") or worst.get("error", "").encode(), status_code=worst["status"])
+        return Response(merge_metrics({t: r["body"].decode() for t, r in got.items()}),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def _replicas(self, headers) -> Response:
+        stats, adapters = await asyncio.gather(
+            self._all({"kind": "stats"}),
+            self._all({"kind": "http", "method": "GET", "path": "/v1/adapters", "headers": headers}))
+        if "-" in stats:
+            return JSONResponse({"error": {"message": "no replica is up yet", "type": "ServiceUnavailableError",
+                                           "code": 503}}, status_code=503, headers={"Retry-After": "5"})
+        refused = [r for r in adapters.values() if r["status"] in (401, 403)]
+        if refused:
+            return Response(refused[0].get("body") or b"", status_code=refused[0]["status"],
+                            media_type="application/json")
+        out = []
+        for tag in sorted(stats):
+            row = dict(stats[tag].get("body") or {"replica": tag, "error": stats[tag].get("error")})
+            r = adapters.get(tag, {"status": 504})
+            try:
+                row["adapters"] = json.loads(r["body"]) if r["status"] == 200 else {"status": r["status"]}
+            except (KeyError, ValueError):
+                row["adapters"] = {"status": r["status"]}
+            out.append(row)
+        return JSONResponse({"replicas": out})
+
+    async def _routed(self, method, path, query, headers, body, model: str) -> Response:
+        deadline = time.monotonic() + self.retry_s
+        last, retries = None, 0
+        while True:
+            gen = self.replicas.options(multiplexed_model_id=model, stream=True).forward.remote(
+                method, path, query, headers, body)
+            try:
+                first = await gen.__anext__()
+                break
+            except StopAsyncIteration:
+                return Response(status_code=502)
+            except Exception as e:                          # noqa: BLE001 — only the retryable kinds loop
+                if not _retryable(e):
+                    raise
+                last = e
+                if time.monotonic() > deadline:
+                    return JSONResponse({"error": {"message": f"no replica answered in {self.retry_s:g} s "
+                                                              f"(last: {str(last).splitlines()[0][:300]})",
+                                                   "type": "ServiceUnavailableError", "code": 503}},
+                                        status_code=503, headers={"Retry-After": "5"})
+                retries += 1
+                await asyncio.sleep(RETRY_SLEEP_S)
+        out_headers = dict(first["headers"])
+        out_headers["x-hylorada-replica"] = first["replica"]
+        if retries:
+            out_headers["x-hylorada-retries"] = str(retries)
+        if first["held"] is not None:
+            out_headers["x-hylorada-affinity"] = "hit" if first["held"] else "load"
+
+        async def rest():
+            async for chunk in gen:
+                yield chunk
+        return StreamingResponse(rest(), status_code=first["status"], headers=out_headers)
