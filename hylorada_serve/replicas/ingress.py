@@ -1,4 +1,4 @@
-"""The one endpoint: a Ray Serve deployment behind Serve's HTTP proxy that sends each request to a replica.
+"""What the one endpoint does with each request (front.py serves it over HTTP): send it to a replica.
 
     POST with a JSON body naming an adapter in `model` -> Serve's multiplexed routing with that name as the model id
         (a replica holding it, else the least loaded); the base model's name and every other request -> any replica
@@ -9,6 +9,10 @@
         key sees it) and /v1/adapters (answered only when every replica's /v1/adapters accepted the caller's key:
         the admin key)
 
+An adapter's first request is routed alone: requests for the same adapter that arrive while it is on its way wait
+for its answer (and PUSH_S more, while Serve's router learns where it went), so that a burst for a cold adapter
+loads it on one replica, not on several (Serve's routing table lags a load by 0.1 s or more).
+
 Auth, tenants, limits and validation stay the replicas' own: the caller's headers travel unchanged. A replica that
 cannot be reached before it answers (it died; Ray replaces it) is retried on another for up to retry_s, then 503
 with Retry-After; a stream cut after its first byte is not retried (the client retries; docs/scale.md).
@@ -18,6 +22,7 @@ and x-hylorada-retries: N when it was sent N more times because a replica could 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -31,6 +36,9 @@ from .replica import ReplicaUnavailable
 BROADCAST_POST = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 ADMIN_ACTIONS = ("/load", "/reload", "/unload")
 RETRY_SLEEP_S = 0.5
+COLD_WAIT_S = 10.0      # a request for an adapter whose first request is in flight waits at most this for it
+PUSH_S = 0.3            # then this long: Serve's replicas push the adapters they hold every 0.1 s
+KNOWN_MAX = 100_000
 DROP_IN = {"host", "content-length", "connection", "transfer-encoding"}
 RETRYABLE = tuple(t for t in (ReplicaUnavailable, getattr(ray.exceptions, "RayActorError", None),
                               getattr(ray.exceptions, "ActorUnavailableError", None)) if t is not None)
@@ -64,13 +72,15 @@ def adapter_of(method: str, headers, body: bytes, base_name: str) -> str:
 
 
 class Ingress:
-    def __init__(self, replicas, registry_name: str, namespace: str, base_name: str, max_body_bytes: int,
-                 retry_s: float = 60.0):
+    def __init__(self, replicas, registry, base_name: str, max_body_bytes: int, retry_s: float = 60.0):
+        """replicas: the Replica deployment's handle; registry: the Registry actor's handle (tests: fakes)."""
         self.replicas = replicas
-        self.registry = ray.get_actor(registry_name, namespace=namespace)
+        self.registry = registry
         self.base_name = base_name
         self.max_body_bytes = max_body_bytes
         self.retry_s = retry_s
+        self.known: dict[str, None] = {}        # adapters routed before (insertion-ordered, at most KNOWN_MAX)
+        self.cold: dict[str, asyncio.Event] = {}    # adapters whose first request is in flight
 
     async def __call__(self, request: Request) -> Response:
         size = request.headers.get("content-length")
@@ -130,6 +140,32 @@ class Ingress:
         return JSONResponse({"replicas": out})
 
     async def _routed(self, method, path, query, headers, body, model: str) -> Response:
+        leader = False
+        if model and model not in self.known:
+            first = self.cold.get(model)
+            if first is None:
+                self.cold[model] = first = asyncio.Event()
+                leader = True
+            else:                                # its first request is on its way to a replica: follow it there
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(first.wait(), COLD_WAIT_S)
+        try:
+            return await self._send(method, path, query, headers, body, model)
+        finally:
+            if leader:
+                self._learned(model)
+
+    def _learned(self, model: str) -> None:
+        """The first request for `model` got its replica's answer (or failed): Serve's router learns that the
+        replica holds it within PUSH_S; then the requests that waited go, and find it there."""
+        self.known[model] = None
+        while len(self.known) > KNOWN_MAX:
+            self.known.pop(next(iter(self.known)))
+        first = self.cold.pop(model, None)
+        if first is not None:
+            asyncio.get_running_loop().call_later(PUSH_S, first.set)
+
+    async def _send(self, method, path, query, headers, body, model: str) -> Response:
         deadline = time.monotonic() + self.retry_s
         last, retries = None, 0
         while True:

@@ -1,5 +1,6 @@
-"""`hylorada-serve --replicas N`: Ray up (a local cluster, or --ray-address), the registry actor, Serve's HTTP proxy
-at --host/--port, the Ingress and N Replica deployments; then wait for SIGINT/SIGTERM and take it all down.
+"""`hylorada-serve --replicas N`: Ray up (a local cluster, or --ray-address), the registry actor, N Replica
+deployments (Serve without its HTTP proxy), then the front (front.py: the Ingress at --host/--port) until
+SIGINT/SIGTERM, and it all taken down.
 
     run(config, argv) -> exit code. Each replica gets argv less the replica options (argv.replica_argv) and the keys
     of this process's environment (HYLORADA_*_KEY) through its own environment, never on a command line.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 
 from ..config import ServeConfig
@@ -32,21 +32,21 @@ def _need_ray():
         sys.exit("hylorada-serve: --replicas needs Ray Serve: pip install 'hylorada[ray]' (ray[serve]==2.60.0)")
 
 
-def build_app(config: ServeConfig, argv: list[str], env: dict, log_dir: str):
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def build_replicas(config: ServeConfig, argv: list[str], env: dict, log_dir: str):
     from ray import serve
 
-    from .ingress import Ingress
     from .replica import deployment_class
     replica = serve.deployment(
         deployment_class(config.models_per_replica), name="Replica", num_replicas=config.replicas,
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(64, 4 * config.max_loras),
         health_check_period_s=HEALTH_PERIOD_S, health_check_timeout_s=HEALTH_TIMEOUT_S,
         graceful_shutdown_timeout_s=config.shutdown_timeout + 20)
-    ingress = serve.deployment(Ingress, name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=1024)
     rargv = replica_argv(argv, max(config.models_per_replica, config.max_loras))
-    return ingress.bind(replica.bind(rargv, env, REGISTRY, NAMESPACE, START_TIMEOUT_S, log_dir), REGISTRY,
-                        NAMESPACE, config.served_name, config.max_body_bytes)
+    return replica.bind(rargv, env, REGISTRY, NAMESPACE, START_TIMEOUT_S, log_dir)
 
 
 def run(config: ServeConfig, argv: list[str]) -> int:
@@ -54,6 +54,8 @@ def run(config: ServeConfig, argv: list[str]) -> int:
     import ray
     from ray import serve
 
+    from .front import serve_front
+    from .ingress import Ingress
     from .registry import Registry
     env = {k: v for k, v in (("HYLORADA_API_KEY", config.api_key), ("HYLORADA_ADMIN_KEY", config.admin_key),
                              ("HYLORADA_METRICS_KEY", config.metrics_key)) if v}
@@ -61,25 +63,27 @@ def run(config: ServeConfig, argv: list[str]) -> int:
     log_dir = os.environ.get("HYLORADA_REPLICA_LOG_DIR", "")
     t0 = time.monotonic()
     local = config.ray_address is None
-    ray.init(address=config.ray_address or "local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", **({"object_store_memory": OBJECT_STORE_BYTES, "_node_ip_address": "127.0.0.1"} if local else {}))
+    own = {"object_store_memory": OBJECT_STORE_BYTES, "_node_ip_address": "127.0.0.1"} if local else {}
+    ray.init(address=config.ray_address or "local", namespace=NAMESPACE, include_dashboard=False,
+             log_to_driver=False, logging_level="WARNING", **own)
     registry = ray.remote(Registry).options(name=REGISTRY, namespace=NAMESPACE, get_if_exists=True,
                                             num_cpus=0, max_restarts=-1, max_concurrency=1000).remote()
     ray.get(registry.live.remote())
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(proxy_location="Disabled")
     print(f"hylorada-serve: starting {config.replicas} replica(s) on Ray "
           f"({config.ray_address or 'a local cluster'}); each replica's log: "
           f"{log_dir or '$TMPDIR/hylorada-replicas'}/replica-<tag>.log", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     code = 0
+    for sig in (signal.SIGINT, signal.SIGTERM):       # until the front's own handlers take over, and after
+        signal.signal(sig, _interrupt)
     try:
-        serve.run(build_app(config, argv, env, log_dir), name=APP, route_prefix="/", blocking=False)
+        handle = serve.run(build_replicas(config, argv, env, log_dir), name=APP, route_prefix=None, blocking=False)
+        ingress = Ingress(handle, registry, config.served_name, config.max_body_bytes)
         print(f"hylorada-serve: {config.replicas} replica(s) ready in {time.monotonic() - t0:.0f} s at "
               f"http://{config.host}:{config.port} (GET /v1/replicas lists them)", flush=True)
-        while not stop.wait(1.0):
-            pass
+        serve_front(ingress, config)
+    except KeyboardInterrupt:
+        pass
     except Exception as e:                                   # noqa: BLE001 — reported, then taken down
         print(f"hylorada-serve: replicas failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         code = 1
