@@ -9,6 +9,7 @@ serve loop, shutdown and the exit code.
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import logging
 import os
@@ -48,6 +49,40 @@ def set_process_env(config: ServeConfig | None = None) -> None:
     os.environ.update(engine_env(os.environ))
     if config is not None and config.max_cpu_lora_mb is not None:       # hylorada_patches/residency.py
         os.environ["HYLORADA_CPU_LORA_BYTES"] = str(int(config.max_cpu_lora_mb * (1 << 20)))
+    tp = None if config is None else (flag_value(config.vllm_args, "--tensor-parallel-size")
+                                      or flag_value(config.vllm_args, "-tp"))
+    if tp and tp.isdigit() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        binds = cpu_binds(sorted(os.sched_getaffinity(0)), int(tp), numa_nodes())
+        if binds:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binds
+
+
+def numa_nodes() -> int:
+    return max(1, len(glob.glob("/sys/devices/system/node/node[0-9]*")))
+
+
+def cpu_binds(cpus: list[int], workers: int, nodes: int) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for `workers` tensor-parallel CPU workers when there are fewer NUMA nodes than
+    workers (vLLM's own "auto" binds one node per worker and refuses to start otherwise): the allowed cores split
+    into `workers` contiguous groups, "0-7|8-15". None when vLLM's default works, or there are fewer cores than
+    workers (vLLM's error then says so)."""
+    if workers <= 1 or nodes >= workers or len(cpus) < workers:
+        return None
+    size, extra = divmod(len(cpus), workers)
+    groups, at = [], 0
+    for w in range(workers):
+        n = size + (w < extra)
+        groups.append(cpus[at:at + n])
+        at += n
+
+    def compact(g):
+        runs, start = [], g[0]
+        for a, b in zip(g, g[1:] + [None]):
+            if b != a + 1:
+                runs.append(f"{start}-{a}" if a != start else f"{a}")
+                start = b
+        return ",".join(runs)
+    return "|".join(compact(g) for g in groups)
 
 
 def engine_argv(config: ServeConfig, rope: list[str] = ()) -> list[str]:

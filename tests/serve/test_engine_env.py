@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hylorada_serve.launch import ONEDNN_CACHE, engine_env
+from hylorada_serve.launch import ONEDNN_CACHE, cpu_binds, engine_env
 
 from .conftest import session_pids
 
@@ -27,3 +27,12 @@ def test_engine_processes_inherit_the_cache_bound(server):
             seen[name] = env.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     assert any(n.startswith("VLLM::Worker") for n in seen), seen
     assert all(v == ONEDNN_CACHE for v in seen.values()), seen
+
+
+def test_tensor_parallel_workers_get_their_own_cores_when_numa_nodes_are_fewer():
+    assert cpu_binds([0, 1], 2, nodes=1) == "0|1"
+    assert cpu_binds(list(range(8)), 2, nodes=1) == "0-3|4-7"
+    assert cpu_binds([0, 1, 2, 4, 5, 6, 7], 2, nodes=1) == "0-2,4|5-7"
+    assert cpu_binds(list(range(8)), 2, nodes=2) is None       # vLLM's auto: one node per worker
+    assert cpu_binds([0], 2, nodes=1) is None                  # fewer cores than workers: vLLM's own error
+    assert cpu_binds(list(range(8)), 1, nodes=1) is None
