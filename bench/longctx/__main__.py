@@ -17,6 +17,18 @@ Lengths: this machine has 2 cores; a SmolLM2-135M training step at 2 x 256 token
 8,192 positions: this measures learning the retrieval format and where in the context it fails (lost in the middle),
 not context extension; the GPU issue's script is the place for 4x beyond the native context.
 
+GPU (issue 23 item 4; prepared, NOT yet run on a GPU - none was lent): LongLoRA's setting, the context extended 4x
+beyond SmolLM2's native 8,192 by linear RoPE scaling, trained at 16k, passkey and needle up to 32k, inside the
+device's ~8 minutes (--budget-s stops starting methods at 7 minutes):
+
+    python -m bench.longctx --base BASE_DIR --device cuda --bf16 --rope linear:4 --train-len 16384 \
+        --eval-lens 8192,16384,32768 --steps 40 --batch 1 --lr 2e-4 --seeds 0 --eval-n 2 --budget-s 420 \
+        --methods 'LoRA,LongLoRA-style,HyLoRADA (blend),HyLoRADA + position scale' --out bench/results/longctx-gpu
+
+BASE_DIR: SmolLM2-135M-Instruct as a float32 folder (hylorada.bases.ensure_base; ~540 MB, so it must be placed on
+the device machine: it cannot fetch, and what a run carries is limited to 64 MiB). The same command with
+--device cpu, the tiny base and small lengths is what tests/bench/longctx/test_main.py runs here.
+
 Writes bench/results/longctx/{results.json, table.md, depth.png, curves.png}; the last line printed is the JSON path.
 """
 from __future__ import annotations
@@ -31,8 +43,8 @@ from pathlib import Path
 
 import torch
 
-from bench.longctx.methods import METHODS, build
-from bench.longctx.tasks import DEPTHS, Needle, perplexity, score
+from bench.longctx.methods import METHODS, base_model, build
+from bench.longctx.tasks import DEPTHS, Needle, device_of, perplexity, score
 from bench.method.passkey import Passkey
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "longctx"
@@ -49,7 +61,8 @@ def train(model, params, tasks, T: int, steps: int, batch: int, lr: float) -> li
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr, steps)
         ids, labels = tasks[step % len(tasks)].batch(batch, T)
-        loss = model(input_ids=ids, labels=labels).loss
+        dev = device_of(model)
+        loss = model(input_ids=ids.to(dev), labels=labels.to(dev)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -138,9 +151,24 @@ def main(argv=None) -> Path:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--eval-n", type=int, default=4, help="held-out examples per task, length and depth")
+    p.add_argument("--rope", help="scale RoPE for every method and the base, TYPE:FACTOR (linear:4, dynamic:4, "
+                   "yarn:4): max_position_embeddings x FACTOR, the context-extension setting (default: none)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU setting: see GPU in this docstring)")
+    p.add_argument("--bf16", action="store_true", help="forward passes under bfloat16 autocast (weights and "
+                   "optimizer state stay float32)")
+    p.add_argument("--budget-s", type=float, help="start no further method once this many seconds have passed "
+                   "(those left are listed as skipped); for a device with a time limit")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    rope = None
+    if a.rope:
+        kind, _, factor = a.rope.partition(":")
+        try:
+            rope = (kind, float(factor))
+        except ValueError:
+            p.error(f"--rope: TYPE:FACTOR, e.g. linear:4 (got {a.rope!r})")
+    auto = torch.autocast(device_type=a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.bf16)
+    from transformers import AutoTokenizer
 
     from bench.compare.adapters import resolve_base
     from hylorada.train.data import token_blocks
@@ -152,20 +180,27 @@ def main(argv=None) -> Path:
     blocks = token_blocks([HELD_OUT.read_text()], tok, lens[-1])[:4]
     t_start = time.perf_counter()
     rows: dict[str, list[dict]] = {"base (no training)": []}
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    rows["base (no training)"].append({"seed": None, "trainable": 0, "losses": [], "seconds_per_step": 0.0,
-                                       "eval": evaluate(model, evals, lens, blocks)})
+    skipped: list[str] = []
+    model = base_model(base, rope).to(a.device).eval()
+    with auto:
+        rows["base (no training)"].append({"seed": None, "trainable": 0, "losses": [], "seconds_per_step": 0.0,
+                                           "eval": evaluate(model, evals, lens, blocks)})
     del model
     print(f"base: passkey {mean_acc(rows['base (no training)'][0]['eval']['passkey'][str(lens[-1])]):.2f} "
           f"needle {mean_acc(rows['base (no training)'][0]['eval']['needle'][str(lens[-1])]):.2f} at {lens[-1]}", flush=True)
     for seed in map(int, a.seeds.split(",")):
         for name in methods:
+            if a.budget_s is not None and time.perf_counter() - t_start > a.budget_s:
+                skipped.append(f"seed {seed} {name}")
+                continue
             t0 = time.perf_counter()
-            model, params = build(name, base, a.rank, seed)
+            model, params = build(name, base, a.rank, seed, rope)
+            model.to(a.device)
             tasks = (Passkey(tok, seed), Needle(tok, seed))
-            losses = train(model, params, tasks, a.train_len, a.steps, a.batch, a.lr)
-            per_step = (time.perf_counter() - t0) / max(1, a.steps)
-            ev = evaluate(model, evals, lens, blocks)
+            with auto:
+                losses = train(model, params, tasks, a.train_len, a.steps, a.batch, a.lr)
+                per_step = (time.perf_counter() - t0) / max(1, a.steps)
+                ev = evaluate(model, evals, lens, blocks)
             rows.setdefault(name, []).append({"seed": seed, "trainable": sum(q.numel() for q in params),
                                               "losses": losses, "seconds_per_step": round(per_step, 3), "eval": ev})
             print(f"seed {seed} {name}: passkey {mean_acc(ev['passkey'][str(lens[-1])]):.2f} needle "
@@ -177,13 +212,16 @@ def main(argv=None) -> Path:
     command = "python -m bench.longctx " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     doc = {"command": command.strip(), "base": a.base, "train_len": a.train_len, "eval_lens": lens, "steps": a.steps,
            "batch": a.batch, "lr": a.lr, "rank": a.rank, "eval_n": a.eval_n, "depths": list(DEPTHS),
+           "rope": a.rope, "device": a.device, "bf16": a.bf16, "skipped": skipped,
            "seconds": round(time.perf_counter() - t_start, 1), "rows": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     md = [f"# Long-context adapters on {a.base}", "", f"`{doc['command']}` ({doc['seconds'] / 60:.0f} min)", "",
           f"Training: {a.steps} steps of {a.batch} x {a.train_len} tokens (passkey and 4-key needle alternating), rank "
           f"{a.rank}, lr {a.lr}. Accuracy: all answer digits right (teacher-forced), mean over depths "
           f"{', '.join(f'{int(d * 100)} %' for d in DEPTHS)}, {a.eval_n} examples each; mean (min-max) over seeds "
-          f"{a.seeds}. Perplexity: held-out text at {lens[-1]} tokens.", "", table(rows, lens), "",
+          f"{a.seeds}. Perplexity: held-out text at {lens[-1]} tokens. RoPE: {a.rope or 'as the base'}; "
+          f"{a.device}{', bfloat16 autocast' if a.bf16 else ', float32'}."
+          + (f" Skipped (--budget-s): {', '.join(skipped)}." if skipped else ""), "", table(rows, lens), "",
           f"## Needle accuracy by depth at {lens[-1]} tokens (the lost-in-the-middle curve)", "",
           depth_table(rows, "needle", lens[-1]), "", f"## Passkey accuracy by depth at {lens[-1]} tokens", "",
           depth_table(rows, "passkey", lens[-1]), ""]

@@ -8,7 +8,10 @@ projections, alpha 2r, so the LoRA corner's scale alpha/r is 2 and rsLoRA's alph
     + position scale            ... + the 64-bucket per-token scale of the delta (the default)
     + DAA / + landmarks / + sinks   ... + PositionalDAA / + LandmarkLoRA (K = 8) / + S^2 with 4 sink tokens in training
 
-build(name, base_dir, rank, seed) -> (model, trainable parameters); every model is called as model(input_ids, labels).
+build(name, base_dir, rank, seed, rope=None) -> (model, trainable parameters); every model is called as
+model(input_ids, labels). rope=("linear", 4.0) (or dynamic / yarn) scales the base's RoPE the same way for every
+method (hylorada.method.rope.apply_rope_scaling: max_position_embeddings x factor) - the context-extension setting.
+base_model(base_dir, rope) -> the untrained base with the same RoPE.
 """
 from __future__ import annotations
 
@@ -29,17 +32,31 @@ HYLORADA = {
 METHODS = (*PEFT, *HYLORADA)
 
 
-def build(name: str, base_dir, rank: int, seed: int):
-    from transformers import AutoModelForCausalLM
+def rope_fields(rope) -> dict:
+    return {} if rope is None else {"rope_scaling_type": rope[0], "rope_scaling_factor": float(rope[1])}
+
+
+def base_model(base_dir, rope=None):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hylorada import HyLoRADAConfig
+    from hylorada.method.rope import apply_rope_scaling
+    hf_config = AutoConfig.from_pretrained(base_dir)
+    if rope is not None:
+        apply_rope_scaling(hf_config, HyLoRADAConfig(**rope_fields(rope)))
+    return AutoModelForCausalLM.from_pretrained(base_dir, config=hf_config, dtype=torch.float32)
+
+
+def build(name: str, base_dir, rank: int, seed: int, rope=None):
     torch.manual_seed(seed)
     if name in PEFT:
         from peft import LoraConfig, get_peft_model
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+        model = get_peft_model(base_model(base_dir, rope),
                                LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                           target_modules=list(PROJECTIONS), **PEFT[name]))
     elif name in HYLORADA:
         from hylorada import HyLoRADAConfig, HyLoRADAModel
-        cfg = HyLoRADAConfig(lora_rank=rank, lora_alpha=2.0 * rank, seed=seed, **HYLORADA[name])
+        cfg = HyLoRADAConfig(lora_rank=rank, lora_alpha=2.0 * rank, seed=seed, **HYLORADA[name], **rope_fields(rope))
         model = HyLoRADAModel.from_pretrained(base_dir, cfg)
     else:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")

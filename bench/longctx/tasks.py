@@ -53,6 +53,10 @@ class Needle(Passkey):
         return ids, [-100] * (T - DIGITS) + keys[asked]
 
 
+def device_of(model) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 @torch.no_grad()
 def score(model, task: Passkey, T: int, n: int, batch: int = 4) -> dict:
     """{depth: {"acc", "digit_acc", "loss"}} over the same n examples per (T, depth) for every model."""
@@ -61,8 +65,9 @@ def score(model, task: Passkey, T: int, n: int, batch: int = 4) -> dict:
     for d in DEPTHS:
         ids, labels = task.fixed_batch(n, T, d)
         right, losses = [], []
+        dev = device_of(model)
         for i in range(0, n, batch):
-            logits = model(input_ids=ids[i:i + batch]).logits[:, -DIGITS - 1:-1].float()
+            logits = model(input_ids=ids[i:i + batch].to(dev)).logits[:, -DIGITS - 1:-1].float().cpu()
             target = labels[i:i + batch, -DIGITS:]
             right.append(logits.argmax(-1) == target)
             losses.append(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
@@ -77,5 +82,6 @@ def score(model, task: Passkey, T: int, n: int, batch: int = 4) -> dict:
 def perplexity(model, blocks: torch.Tensor) -> float:
     """exp(mean next-token cross-entropy) over held-out blocks [N, T] (one forward each)."""
     model.eval()
-    losses = [float(model(input_ids=b[None], labels=b[None]).loss) for b in blocks]
+    dev = device_of(model)
+    losses = [float(model(input_ids=b[None].to(dev), labels=b[None].to(dev)).loss) for b in blocks]
     return float(torch.tensor(losses).mean().exp())

@@ -34,3 +34,36 @@ def test_every_method_builds_and_an_unknown_one_is_refused(tiny_base):
     assert counts["LoRA"] == counts["rsLoRA"] < counts["DoRA"] < counts["HyLoRADA + DAA"]
     with pytest.raises(ValueError, match="unknown method 'QLoRA'"):
         build("QLoRA", tiny_base, 4, 0)
+
+
+def test_the_gpu_setting_runs_on_a_small_shape_here(tiny_base, tmp_path):
+    """The GPU command's options (--rope, --bf16, --budget-s, --device) on the CPU, tiny base, small lengths: RoPE
+    scaled for the base row and every method (positions past the base's own context are scored), and the budget
+    skips the methods that would start after it."""
+    from transformers import AutoConfig
+    native = AutoConfig.from_pretrained(tiny_base).max_position_embeddings
+    long = 2 * native
+    path = main(["--base", str(tiny_base), "--methods", "LoRA,HyLoRADA + position scale", "--seeds", "0,1",
+                 "--train-len", "64", "--eval-lens", f"64,{long}", "--steps", "1", "--batch", "1", "--eval-n", "1",
+                 "--rope", "linear:4", "--bf16", "--device", "cpu", "--budget-s", "0", "--out", str(tmp_path)])
+    doc = json.loads(path.read_text())
+    assert doc["rope"] == "linear:4" and doc["bf16"] and doc["device"] == "cpu"
+    assert doc["skipped"] == ["seed 0 LoRA", "seed 0 HyLoRADA + position scale", "seed 1 LoRA",
+                              "seed 1 HyLoRADA + position scale"]
+    assert set(doc["rows"]["base (no training)"][0]["eval"]["passkey"]) == {"64", str(long)}
+    assert "Skipped (--budget-s)" in (tmp_path / "table.md").read_text()
+    path = main(["--base", str(tiny_base), "--methods", "LoRA,HyLoRADA + position scale", "--seeds", "0",
+                 "--train-len", "64", "--eval-lens", str(long), "--steps", "1", "--batch", "1", "--eval-n", "1",
+                 "--rope", "linear:4", "--bf16", "--out", str(tmp_path / "run")])
+    doc = json.loads(path.read_text())
+    assert doc["skipped"] == [] and list(doc["rows"]) == ["base (no training)", "LoRA", "HyLoRADA + position scale"]
+
+
+def test_rope_scaling_reaches_every_method(tiny_base):
+    from bench.longctx.methods import base_model
+    native = base_model(tiny_base).config.max_position_embeddings
+    for name in ("LoRA", "DoRA", "HyLoRADA (blend)"):
+        model, _ = build(name, tiny_base, 4, 0, rope=("linear", 4.0))
+        cfg = model.base.config if name.startswith("HyLoRADA") else model.config
+        assert cfg.max_position_embeddings == 4 * native, name
+        assert cfg.rope_parameters["rope_type"] == "linear" and cfg.rope_parameters["factor"] == 4.0, name
