@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "and each request goes to a replica that already holds its adapter (Serve's model multiplexing); "
                    "the OpenAI API, keys and admin routes are the same, /metrics merges the replicas' series "
                    "(label replica), GET /v1/replicas lists them (default: 0, one server, no Ray)")
-    r.add_argument("--ray-address", help="the Ray cluster to join, e.g. ray://head:10001 or auto "
-                   "(default: start a local one)")
+    r.add_argument("--ray-address", help="the Ray cluster to join from one of its nodes: auto or HEAD:6379 "
+                   "(not ray://: Ray Client cannot stream; default: start a local one)")
     r.add_argument("--models-per-replica", type=int, help="adapters each replica holds for routing (Serve's LRU; "
                    f"also each replica's --max-cpu-loras unless given; default {D['models_per_replica'].default})")
     return p

@@ -147,6 +147,10 @@ class ServeConfig:
                        "of the folders it printed)")
         if self.ray_address is not None and not self.replicas:
             bad.append("--ray-address: only with --replicas N")
+        elif isinstance(self.ray_address, str) and self.ray_address.startswith("ray://"):
+            bad.append("--ray-address: a ray:// client address cannot stream from Serve replicas (Ray Client has "
+                       "no streaming calls); run hylorada-serve --replicas on a node of the cluster with "
+                       "--ray-address auto or HEAD:6379")
         if not _int(self.models_per_replica) or self.models_per_replica < 1:
             bad.append(f"--models-per-replica: must be an integer >= 1 (got {self.models_per_replica!r})")
         if not _int(self.kv_cache_memory_bytes) or self.kv_cache_memory_bytes < 1:

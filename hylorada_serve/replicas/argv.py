@@ -47,7 +47,7 @@ def replica_argv(argv: list[str], max_cpu_loras: int, cwd: str | None = None) ->
         if name.replace("_", "-") in DROPPED:
             continue
         if (name in PATHS and v is not None and not os.path.isabs(v)
-                and (name == "--adapters" or os.path.exists(os.path.join(cwd, v)))):
+                and (name != "--base" or os.path.exists(os.path.join(cwd, v)))):    # --base may be a hub id
             v = os.path.join(cwd, v)
         parts.append((name, v, eq))
     if not any(n.replace("_", "-") == "--max-cpu-loras" for n, _, _ in parts):

@@ -39,6 +39,7 @@ RETRY_SLEEP_S = 0.5
 COLD_WAIT_S = 10.0      # a request for an adapter whose first request is in flight waits at most this for it
 PUSH_S = 0.3            # then this long: Serve's replicas push the adapters they hold every 0.1 s
 KNOWN_MAX = 100_000
+METRICS_TIMEOUT_S = 10.0
 DROP_IN = {"host", "content-length", "connection", "transfer-encoding"}
 RETRYABLE = tuple(t for t in (ReplicaUnavailable, getattr(ray.exceptions, "RayActorError", None),
                               getattr(ray.exceptions, "ActorUnavailableError", None)) if t is not None)
@@ -109,13 +110,17 @@ class Ingress:
         return got or {"-": {"status": 503, "error": "no replica is registered yet"}}
 
     async def _metrics(self, headers) -> Response:
-        got = await self._all({"kind": "http", "method": "GET", "path": "/metrics", "headers": headers})
-        bad = [r for r in got.values() if r["status"] != 200]
-        if bad:
-            worst = max(bad, key=lambda r: r["status"])
+        """The replicas that answer within METRICS_TIMEOUT_S, merged (a replica being replaced is left out, not a
+        failed scrape); a refusal (401/403: the metrics key) or no answer at all is the status."""
+        headers = [(k, v) for k, v in headers if k.lower() != "accept"]     # the text format, not OpenMetrics
+        got = await self._all({"kind": "http", "method": "GET", "path": "/metrics", "headers": headers},
+                              timeout_s=METRICS_TIMEOUT_S)
+        ok = {t: r["body"].decode() for t, r in got.items() if r["status"] == 200}
+        refused = [r for r in got.values() if r["status"] in (401, 403)]
+        if refused or not ok:
+            worst = refused[0] if refused else max(got.values(), key=lambda r: r["status"])
             return Response(worst.get("body") or worst.get("error", "").encode(), status_code=worst["status"])
-        return Response(merge_metrics({t: r["body"].decode() for t, r in got.items()}),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(merge_metrics(ok), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _replicas(self, headers) -> Response:
         stats, adapters = await asyncio.gather(
@@ -158,12 +163,16 @@ class Ingress:
     def _learned(self, model: str) -> None:
         """The first request for `model` got its replica's answer (or failed): Serve's router learns that the
         replica holds it within PUSH_S; then the requests that waited go, and find it there."""
-        self.known[model] = None
-        while len(self.known) > KNOWN_MAX:
-            self.known.pop(next(iter(self.known)))
-        first = self.cold.pop(model, None)
-        if first is not None:
-            asyncio.get_running_loop().call_later(PUSH_S, first.set)
+        first = self.cold.get(model)
+
+        def release():
+            self.known[model] = None                        # known only once the waiters go: a request arriving
+            while len(self.known) > KNOWN_MAX:              # meanwhile waits with them
+                self.known.pop(next(iter(self.known)))
+            self.cold.pop(model, None)
+            if first is not None:
+                first.set()
+        asyncio.get_running_loop().call_later(PUSH_S, release)
 
     async def _send(self, method, path, query, headers, body, model: str) -> Response:
         deadline = time.monotonic() + self.retry_s
@@ -176,8 +185,9 @@ class Ingress:
                 break
             except StopAsyncIteration:
                 return Response(status_code=502)
-            except Exception as e:                          # noqa: BLE001 — only the retryable kinds loop
-                if not _retryable(e):
+            except BaseException as e:                      # noqa: BLE001 — only the retryable kinds loop
+                gen.cancel()                                # the client left, or this try failed: stop its work
+                if not isinstance(e, Exception) or not _retryable(e):
                     raise
                 last = e
                 if time.monotonic() > deadline:
@@ -187,14 +197,22 @@ class Ingress:
                                         status_code=503, headers={"Retry-After": "5"})
                 retries += 1
                 await asyncio.sleep(RETRY_SLEEP_S)
-        out_headers = dict(first["headers"])
-        out_headers["x-hylorada-replica"] = first["replica"]
+        extra = {"x-hylorada-replica": first["replica"]}
         if retries:
-            out_headers["x-hylorada-retries"] = str(retries)
+            extra["x-hylorada-retries"] = str(retries)
         if first["held"] is not None:
-            out_headers["x-hylorada-affinity"] = "hit" if first["held"] else "load"
+            extra["x-hylorada-affinity"] = "hit" if first["held"] else "load"
 
         async def rest():
-            async for chunk in gen:
-                yield chunk
-        return StreamingResponse(rest(), status_code=first["status"], headers=out_headers)
+            done = False
+            try:
+                async for chunk in gen:
+                    yield chunk
+                done = True
+            finally:
+                if not done:                                # the client went away: the replica stops generating
+                    gen.cancel()
+        response = StreamingResponse(rest(), status_code=first["status"])
+        response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in first["headers"]
+                                if k.lower() not in extra] + [(k.encode(), v.encode()) for k, v in extra.items()]
+        return response

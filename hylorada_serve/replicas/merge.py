@@ -18,6 +18,8 @@ def _labelled(line: str, tag: str) -> str:
     if m is None:
         return line
     name, _, labels, rest = m.groups()
+    if labels and re.search(r'(^|,)\s*replica=', labels):           # a label of its own: Prometheus' rule
+        labels = re.sub(r'(^|,)(\s*)replica=', r'\1\2exported_replica=', labels, count=1)
     labels = f'replica="{tag}"' + (f",{labels}" if labels else "")
     return f"{name}{{{labels}}}{rest}"
 

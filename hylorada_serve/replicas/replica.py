@@ -77,7 +77,10 @@ class Replica:
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env,
                                          preexec_fn=_die_with_parent)
-        self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(None, connect=5.0))
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(None, connect=5.0),
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        self.tasks: set[asyncio.Task] = set()
+        self.registry = None
         deadline = time.monotonic() + start_timeout_s
         while not await self._healthy():
             if self.proc.poll() is not None:
@@ -128,17 +131,17 @@ class Replica:
         model = serve.get_multiplexed_model_id()
         held = None
         self.requests += 1
-        if model:
-            before = self.loads
-            await self.get_model(model)
-            held = self.loads == before
-            self.adapter_requests += 1
         req = self.client.build_request(method, path + (f"?{query}" if query else ""), headers=headers,
                                         content=body)
         try:
             resp = await self.client.send(req, stream=True)
         except httpx.TransportError as e:
             raise ReplicaUnavailable(f"replica {self.tag}: {type(e).__name__}: {e}") from None
+        if model and resp.status_code < 400:        # only an accepted request counts as holding the adapter:
+            before = self.loads                     # a refused key or an unknown name must not evict one
+            await self.get_model(model)
+            held = self.loads == before
+            self.adapter_requests += 1
         try:
             yield {"status": resp.status_code, "headers": headers_out(resp.headers.multi_items()),
                    "replica": self.tag, "held": held}
@@ -157,15 +160,18 @@ class Replica:
         while True:
             try:
                 cmd = await self.registry.next_command.remote(self.tag, 5.0)
+                if cmd is None:
+                    continue
+                if cmd.get("kind") == "register":
+                    await self.registry.register.remote(self.tag, self._info())
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run(cmd))
+                self.tasks.add(task)                             # asyncio keeps only weak references
+                task.add_done_callback(self.tasks.discard)
+            except asyncio.CancelledError:
+                raise
             except Exception:                                    # the registry is restarting: try again
                 await asyncio.sleep(1.0)
-                continue
-            if cmd is None:
-                continue
-            if cmd.get("kind") == "register":
-                await self.registry.register.remote(self.tag, self._info())
-                continue
-            asyncio.get_running_loop().create_task(self._run(cmd))
 
     async def _run(self, cmd: dict):
         try:
@@ -191,6 +197,9 @@ class Replica:
                     os.killpg(self.proc.pid, signal.SIGKILL)
 
     def __del__(self):
+        if self.registry is not None:                   # leave the broadcasts at once, not after STALE_S
+            with contextlib.suppress(Exception):
+                self.registry.forget.remote(self.tag)
         self._stop()
 
 

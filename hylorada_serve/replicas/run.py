@@ -16,8 +16,8 @@ from ..config import ServeConfig
 from .argv import replica_argv, without_key_flags
 
 NAMESPACE = "hylorada"
-REGISTRY = "hylorada-registry"
-APP = "hylorada"
+REGISTRY = "hylorada-registry-{port}"      # one app and one registry per endpoint: two can share a cluster
+APP = "hylorada-{port}"
 HEALTH_PERIOD_S = 2.0
 HEALTH_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 900.0
@@ -46,7 +46,7 @@ def build_replicas(config: ServeConfig, argv: list[str], env: dict, log_dir: str
         health_check_period_s=HEALTH_PERIOD_S, health_check_timeout_s=HEALTH_TIMEOUT_S,
         graceful_shutdown_timeout_s=config.shutdown_timeout + 20)
     rargv = replica_argv(argv, max(config.models_per_replica, config.max_loras))
-    return replica.bind(rargv, env, REGISTRY, NAMESPACE, START_TIMEOUT_S, log_dir)
+    return replica.bind(rargv, env, REGISTRY.format(port=config.port), NAMESPACE, START_TIMEOUT_S, log_dir)
 
 
 def run(config: ServeConfig, argv: list[str]) -> int:
@@ -66,7 +66,8 @@ def run(config: ServeConfig, argv: list[str]) -> int:
     own = {"object_store_memory": OBJECT_STORE_BYTES, "_node_ip_address": "127.0.0.1"} if local else {}
     ray.init(address=config.ray_address or "local", namespace=NAMESPACE, include_dashboard=False,
              log_to_driver=False, logging_level="WARNING", **own)
-    registry = ray.remote(Registry).options(name=REGISTRY, namespace=NAMESPACE, get_if_exists=True,
+    app = APP.format(port=config.port)
+    registry = ray.remote(Registry).options(name=REGISTRY.format(port=config.port), namespace=NAMESPACE,
                                             num_cpus=0, max_restarts=-1, max_concurrency=1000).remote()
     ray.get(registry.live.remote())
     serve.start(proxy_location="Disabled")
@@ -77,7 +78,7 @@ def run(config: ServeConfig, argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):       # until the front's own handlers take over, and after
         signal.signal(sig, _interrupt)
     try:
-        handle = serve.run(build_replicas(config, argv, env, log_dir), name=APP, route_prefix=None, blocking=False)
+        handle = serve.run(build_replicas(config, argv, env, log_dir), name=app, route_prefix=None, blocking=False)
         ingress = Ingress(handle, registry, config.served_name, config.max_body_bytes)
         print(f"hylorada-serve: {config.replicas} replica(s) ready in {time.monotonic() - t0:.0f} s at "
               f"http://{config.host}:{config.port} (GET /v1/replicas lists them)", flush=True)
@@ -89,9 +90,11 @@ def run(config: ServeConfig, argv: list[str]) -> int:
         code = 1
     finally:
         try:
-            serve.delete(APP)
-            serve.shutdown()
+            serve.delete(app)                       # ours only: a shared cluster's other apps stay
+            if local:
+                serve.shutdown()
         finally:
+            ray.kill(registry)
             ray.shutdown()
     return code
 

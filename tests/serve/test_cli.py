@@ -71,4 +71,7 @@ def test_replica_options_and_their_checks(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--base", "b", "--adapters", "d", "--ray-address", "auto"])
     assert "--ray-address: only with --replicas N" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "b", "--adapters", "d", "--replicas", "2", "--ray-address", "ray://head:10001"])
+    assert "a ray:// client address cannot stream" in capsys.readouterr().err
     assert "--replicas" in build_parser().format_help()

@@ -28,3 +28,10 @@ def test_each_replica_writes_its_own_audit_file():
 def test_keys_never_reach_a_replicas_command_line():
     argv = ["--api-key", "k1", "--admin_key=k2", "--metrics-key", "k3", "--base", "b", "--port", "1"]
     assert without_key_flags(argv) == ["--base", "b", "--port", "1"]
+
+
+def test_paths_that_do_not_exist_yet_are_made_absolute_but_a_hub_id_is_not(tmp_path):
+    out = replica_argv(["--base", "org/m", "--audit-log", "logs/audit.jsonl", "--keys=keys.toml"], 8,
+                       cwd=str(tmp_path))
+    assert out == ["--base", "org/m", "--audit-log", str(tmp_path / "logs/audit.jsonl"),
+                   f"--keys={tmp_path / 'keys.toml'}", "--max-cpu-loras", "8"]

@@ -44,6 +44,10 @@ class Gen:
     def __init__(self, log, model, first, chunks=(), delay=0.0):
         self.log, self.model, self.first, self.chunks, self.delay = log, model, first, list(chunks), delay
         self.sent = False
+        self.cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
 
     def __aiter__(self):
         return self
@@ -75,7 +79,8 @@ class Handle:
         return self
 
     def remote(self, *args):
-        return self.script(self.log, self.model)
+        self.last = self.script(self.log, self.model)
+        return self.last
 
 
 def first(replica="r1", held=True):
@@ -134,3 +139,24 @@ def test_no_replica_in_time_is_a_503_with_retry_after_and_other_errors_are_raise
     assert resp.status_code == 503 and resp.headers["retry-after"] == "5" and b"gone" in resp.body
     with pytest.raises(ValueError):
         asyncio.run(ingress(Handle(lambda log, m: Gen(log, m, ValueError("a bug"))))(request("a")))
+
+
+def test_a_client_that_leaves_mid_stream_cancels_the_replicas_work_and_headers_pass_through():
+    handle = Handle(lambda log, m: Gen(log, m, {**first(), "headers": [("set-cookie", "a=1"), ("set-cookie", "b=2"),
+                                                                       ("x-hylorada-replica", "spoofed")]},
+                                       [b"1", b"2", b"3"]))
+
+    async def main():
+        resp = await ingress(handle)(request("a"))
+        it = resp.body_iterator
+        got = await it.__anext__()
+        await it.aclose()                                   # what starlette does when the client disconnects
+        return resp, got
+    resp, got = asyncio.run(main())
+    assert got == b"1" and handle.last.cancelled
+    cookies = [v for k, v in resp.raw_headers if k == b"set-cookie"]
+    assert cookies == [b"a=1", b"b=2"] and resp.headers["x-hylorada-replica"] == "r1"
+    assert [k for k, _ in resp.raw_headers].count(b"x-hylorada-replica") == 1
+    whole = Handle(lambda log, m: Gen(log, m, first(), [b"1", b"2"]))
+    resp = asyncio.run(ingress(whole)(request("a")))
+    assert asyncio.run(body(resp)) == b"12" and not whole.last.cancelled

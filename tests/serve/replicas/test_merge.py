@@ -48,3 +48,9 @@ def test_combine_takes_the_worst_status_and_keeps_every_answer():
     status, body = combine({"r1": (400, b"not json")})
     assert status == 400 and body["replicas"]["r1"]["body"] == "not json"
     assert json.dumps(combine({})[1]) == '{"replicas": {}}' and combine({})[0] == 503
+
+
+def test_a_replica_label_of_its_own_is_kept_as_exported_replica():
+    text = merge_metrics({"r1": '# TYPE g gauge\ng{replica="x",a="1"} 2\n'})
+    (s,) = next(iter(text_string_to_metric_families(text))).samples
+    assert s.labels == {"replica": "r1", "exported_replica": "x", "a": "1"}

@@ -2,9 +2,9 @@
 
 One cluster for the module: 2 replicas, 24 adapter names over 8 seeded LoRA weight sets, --models-per-replica 12.
   * ready: both replicas list the same /v1/models (the base and every name);
-  * Zipf(1) traffic through the one endpoint: every answer equals ServedReference for its name's weight set, both
-    replicas serve, and >= 90 % of adapter requests land on a replica that already held the adapter
-    (x-hylorada-affinity: hit; the first request for a name is always a load);
+  * Zipf(1) traffic through the one endpoint (600 requests): every answer equals ServedReference for its name's
+    weight set, both replicas serve, and >= 90 % of adapter requests land on a replica that already held the
+    adapter (x-hylorada-affinity: hit; the first request for a name is always a load);
   * /metrics: one Prometheus text with each replica's series labelled;
   * a hot-swap (one folder rewritten with another weight set, then .ready) is seen by both replicas, and after it
     completed on a replica no request gets the older version there;
@@ -33,6 +33,7 @@ from bench.proc import free_port, launch, stop, wait_ready
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 N_NAMES, N_SETS, RANK, PER_REPLICA = 24, 8, 4, 12
+N_ZIPF = 600                 # requests; the first request for each name is a load wherever it goes (24 of 600)
 PROMPT, N_NEW = [5, 77, 140, 33, 9, 300], 4
 API = {"Authorization": f"Bearer {API_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -130,7 +131,7 @@ def test_both_replicas_list_the_same_models(cluster):
 def test_zipf_traffic_is_right_and_stays_with_the_replica_that_holds_the_adapter(cluster):
     url, _, names, _, want, *_ = cluster
     with httpx.Client(base_url=url, headers=API, timeout=300) as http, ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda n: ask(http, n), zipf_names(names, 300, seed=0)))
+        got = list(pool.map(lambda n: ask(http, n), zipf_names(names, N_ZIPF, seed=0)))
     wrong = [g for g in got if g["status"] != 200 or g["tokens"] != want[set_of(g["name"])]]
     assert not wrong, wrong[:5]
     assert len({g["replica"] for g in got}) == 2, "one replica served everything"
