@@ -50,11 +50,21 @@ def set_process_env(config: ServeConfig | None = None) -> None:
     if config is not None and config.max_cpu_lora_mb is not None:       # hylorada_patches/residency.py
         os.environ["HYLORADA_CPU_LORA_BYTES"] = str(int(config.max_cpu_lora_mb * (1 << 20)))
     tp = None if config is None else (flag_value(config.vllm_args, "--tensor-parallel-size")
-                                      or flag_value(config.vllm_args, "-tp"))
+                                      or _short_value(config.vllm_args, "-tp"))
     if tp and tp.isdigit() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         binds = cpu_binds(sorted(os.sched_getaffinity(0)), int(tp), numa_nodes())
         if binds:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binds
+
+
+def _short_value(args, flag: str) -> str | None:
+    """The value of vLLM's short form `-tp N` / `-tp=N` (flag_value reads `--` options only)."""
+    found = None
+    for i, a in enumerate(args):
+        name, eq, v = a.partition("=")
+        if name == flag:
+            found = v if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return found
 
 
 def numa_nodes() -> int:

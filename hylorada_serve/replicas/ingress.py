@@ -46,7 +46,9 @@ RETRYABLE = tuple(t for t in (ReplicaUnavailable, getattr(ray.exceptions, "RayAc
 
 
 def _retryable(e: BaseException) -> bool:
-    return isinstance(e, RETRYABLE) or "ReplicaUnavailable" in str(type(e)) + str(e)[:400]
+    """Ray re-raises an exception from the replica as a RayTaskError that is also an instance of its cause
+    (ray.exceptions.RayTaskError.as_instanceof_cause), so ReplicaUnavailable is caught as itself."""
+    return isinstance(e, RETRYABLE)
 
 
 def broadcast_kind(method: str, path: str) -> str | None:

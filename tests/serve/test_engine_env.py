@@ -36,3 +36,19 @@ def test_tensor_parallel_workers_get_their_own_cores_when_numa_nodes_are_fewer()
     assert cpu_binds(list(range(8)), 2, nodes=2) is None       # vLLM's auto: one node per worker
     assert cpu_binds([0], 2, nodes=1) is None                  # fewer cores than workers: vLLM's own error
     assert cpu_binds(list(range(8)), 1, nodes=1) is None
+
+
+def test_the_short_tensor_parallel_flag_sets_the_binding_too(monkeypatch):
+    import hylorada_serve.launch as launch
+    from hylorada_serve.config import ServeConfig
+    monkeypatch.setattr(launch, "numa_nodes", lambda: 1)
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    for args in (("-tp", "2"), ("-tp=2",), ("--tensor-parallel-size", "2")):
+        env = {}
+        monkeypatch.setattr(launch.os, "environ", env)          # this process's own environment stays as it is
+        launch.set_process_env(ServeConfig(base="b", adapters="d", vllm_args=args))
+        assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1|2-3", args
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "mine"}
+    monkeypatch.setattr(launch.os, "environ", env)
+    launch.set_process_env(ServeConfig(base="b", adapters="d", vllm_args=("-tp", "2")))
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "mine"
