@@ -10,11 +10,29 @@ then was never closed. `bounded_protocol` is uvicorn's httptools protocol with b
   * headers not complete `header_timeout_s` after the connection opened (or the request's first byte arrived,
     on a kept-alive connection) → 408, connection closed.
 
+It also sets TCP_NODELAY on every connection. vLLM hands uvicorn a socket it bound itself, and asyncio's default loop
+does not set TCP_NODELAY on connections accepted from such a socket. A response is written as two segments (the
+headers, then the body or a stream's first event). On a kept-alive connection, Nagle's algorithm holds the second
+segment until the client ACKs the first, and the client delays that ACK by 40 ms. Measured: 44 ms for GET /v1/models
+on httpx's pooled connections, against 0.6 ms on a fresh connection, and +40 ms on every streamed first token.
+
 Passed to vLLM's serve_http as uvicorn's `http=` (a protocol class). Bodies are bounded by BodyLimitMiddleware.
 """
 from __future__ import annotations
 
+import socket
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def no_delay(transport) -> None:
+    """TCP_NODELAY on a TCP transport's socket (Unix sockets and a socket already closed are left alone)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:                               # the peer already went; uvicorn sees that on its own
+            pass
 
 
 def _close_with(transport, status: bytes) -> None:
@@ -28,6 +46,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
 
     def connection_made(self, transport) -> None:
+        no_delay(transport)
         super().connection_made(transport)
         self._header_bytes, self._awaiting_headers, self._header_timer = 0, True, None
         self._arm()

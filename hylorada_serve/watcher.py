@@ -31,7 +31,8 @@ from .store import AdapterStore, Version
 
 log = logging.getLogger("hylorada_serve")
 ENGINE_TIMEOUT_S = 120              # an engine that does not answer add_lora in this long refuses the adapter
-EVENT_DEBOUNCE_MS = 20              # file events within this many ms wake one pass
+EVENT_DEBOUNCE_MS = 10              # file events within this many ms wake one pass
+EVENT_STEP_MS = 5                   # watchfiles' check interval: a burst ends after one step without new events
 EVENT_RETRY_S = 2.0                 # DIR/ not watchable (missing, replaced): try events again after this long
 
 
@@ -178,6 +179,11 @@ class HotSwapper:
         self._queued[name] = None
         return name, number, uid, sig
 
+    def _stage_and_check(self, src: Path, dst: Path, sig) -> publish.AdapterInfo:
+        """Copy then validate (worker thread)."""
+        publish.stage(src, dst, self.store.root, sig)
+        return publish.check(dst, src, self.base_config, self.max_rank, base_dir=self.base_dir)
+
     async def _load(self, name: str, number: int, uid: int, sig) -> str | None:
         """Copy → validate → add_lora → commit one version. Returns the refusal reason, or None. Total: the
         entry never stays 'loading' and the copy is deleted unless it was committed."""
@@ -186,9 +192,7 @@ class HotSwapper:
         dst = self.publish_root / f"{name}-v{number}-{uid}"
         committed = False
         try:
-            await asyncio.to_thread(publish.stage, src, dst, self.store.root, sig)
-            info = await asyncio.to_thread(publish.check, dst, src, self.base_config, self.max_rank,
-                                           base_dir=self.base_dir)
+            info = await asyncio.to_thread(self._stage_and_check, src, dst, sig)   # one thread hop: hot-swap latency
             version = Version(name=name, number=number, uid=uid, path=str(dst), signature=sig or (),
                               kind=info.kind, rank=info.rank, size_bytes=info.size_bytes, loaded_at=time.time())
             version = _replace(version, handle=self.make_request(version.engine_name, uid, str(dst)))
@@ -263,7 +267,8 @@ class HotSwapper:
         while not stop.is_set():
             try:
                 watched = _inode(self.store.root)       # a replaced DIR/ sends no event: checked on each timeout
-                async for changes in awatch(self.store.root, stop_event=stop, debounce=EVENT_DEBOUNCE_MS, step=10,
+                async for changes in awatch(self.store.root, stop_event=stop, debounce=EVENT_DEBOUNCE_MS,
+                                            step=EVENT_STEP_MS,
                                             recursive=True, yield_on_timeout=True,
                                             rust_timeout=int(EVENT_RETRY_S * 1000)):
                     if changes:

@@ -6,6 +6,9 @@
     not grow (before: httptools buffered it all, +637 MB for ten 64 MB headers; nothing was ever closed);
   * a slow header (a byte every 0.5 s) or a silent connection is closed --header-timeout (10 s) after it opened,
     while /health answers (< 5 s) (before: never closed);
+  * every connection gets TCP_NODELAY: a real uvicorn on asyncio's default loop, serving a socket bound
+    beforehand as vLLM does, leaves it off (the plain protocol: 0), so a kept-alive response's body waited 40 ms
+    behind its headers for the client's delayed ACK (bench.method.hotswap: 104 ms -> ~40 ms);
   * with --metrics-key, /metrics without that key has vLLM's series but none that names an adapter
     (hylorada_adapter_*, vllm:lora_requests_info); with it, all (unit test on the running server's real text).
 """
@@ -156,3 +159,47 @@ def test_slow_and_silent_headers_are_closed(server):
         assert closed is not None and closed < limit, f"slow header not closed after {time.monotonic() - t0:.0f} s"
         silent.settimeout(5)
         assert silent.recv(200).startswith(b"HTTP/1.1 408")                 # opened at the same time: closed too
+
+
+def nodelay_of(protocol_class) -> int:
+    """TCP_NODELAY of the server side of a connection to a real uvicorn serving `protocol_class` on asyncio's
+    default loop, from a socket bound before the server starts (vLLM's serve_http does the same)."""
+    import uvicorn
+
+    seen = []
+
+    class Recording(protocol_class):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            seen.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listen.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=Recording, loop="asyncio", lifespan="off", log_level="error"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listen])), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:   # bounded
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{listen.getsockname()[1]}", timeout=10) as http:
+            assert http.get("/").text == "ok" and http.get("/").text == "ok"          # one kept-alive connection
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listen.close()
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+def test_every_connection_gets_tcp_nodelay():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from hylorada_serve.http_bounds import bounded_protocol
+    assert nodelay_of(HttpToolsProtocol) == 0            # what vLLM's server had: Nagle on
+    assert nodelay_of(bounded_protocol(64 << 10, 10.0)) == 1
