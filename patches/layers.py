@@ -29,6 +29,7 @@ import re
 
 import torch
 
+from .stacks import SliceStack
 from .wrap import patch
 
 WRAPPED = ("ColumnParallelLinearWithLoRA", "MergedColumnParallelLinearWithLoRA", "QKVParallelLinearWithLoRA",
@@ -50,6 +51,7 @@ class HyLoRADALinearMixin:
         super().create_lora_weights(max_loras if self.hy_copies else 1, lora_config, model_config)
         # views[i][s]: (A [r, d_in], B [n_i, r]) of slot s, the cached LoRA tensors themselves (no copy), or None
         self.hy_views = tuple([None] * max_loras for _ in range(self.n_slices))
+        self.hy_stacks = tuple(SliceStack() for _ in range(self.n_slices))   # the decode batches' weights (stacks.py)
         self.hy_c = torch.ones(max_loras + 1, sum(self.output_slices), dtype=lora_config.lora_dtype, device=self.device)
         self.hy_c_slots: set[int] = set()
         self.hy_rows: tuple[int, ...] = ()

@@ -70,7 +70,8 @@ class GroupedPath(_PlannedPath):
 
     def add_lora_(self, layer, out: Tensor, x: Tensor, state) -> None:
         if state.groups:
-            grouped_cpu.grouped_lora_(out, x, layer.hy_views, layer.output_slices, layer.hy_rows, state)
+            grouped_cpu.grouped_lora_(out, x, layer.hy_views, layer.output_slices, layer.hy_rows, state,
+                                      layer.hy_stacks)
 
 
 class PunicaPath(_PlannedPath):

@@ -11,6 +11,8 @@ and the per-adapter load count that `loading.load_adapter` feeds.
                   "slot_bytes": n,          # bytes of the per-slot weight copies the layers hold: vLLM's slot
                                             #   stacks, kept only while the LoRA path reads them (layers.py); on the
                                             #   grouped path 1-slot placeholders, whatever max_loras is
+                  "batch_bytes": n,         # the grouped path's decode batch stacks (stacks.SliceStack): the
+                                            #   weights of at most as many adapters as one step has run at once
                   "rope_tables": k, "rope_bytes": n,    # RoPE settings served (the base's included) and the bytes
                                             #   of their tables beyond the base's (rope.RopeTables; per engine)
                   "norm_bytes": n,          # per-slot trained-norm tables (norms.NormTables; 0 until an adapter
@@ -64,7 +66,8 @@ def hylorada_lora_residency(self) -> dict:
     host = {int(i): lora_bytes(m) for i, m in manager.list_adapters().items()}
     return {"slots": [int(i) for i in manager.lora_index_to_id if i is not None], "host": host,
             "loads": dict(_LOADS), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity),
-                                                "slot_bytes": slot_bytes(manager), **dynamic_capacity(manager)}}
+                                                "slot_bytes": slot_bytes(manager), "batch_bytes": batch_bytes(manager),
+                                                **dynamic_capacity(manager)}}
 
 
 def dynamic_capacity(manager) -> dict:
@@ -81,6 +84,13 @@ def slot_bytes(manager) -> int:
     from .layers import HyLoRADALinearMixin
     return sum(t.nelement() * t.element_size() for m in manager.modules.values() if isinstance(m, HyLoRADALinearMixin)
                for t in (*m.lora_a_stacked, *m.lora_b_stacked))
+
+
+def batch_bytes(manager) -> int:
+    """Bytes of the HyLoRADA layers' decode batch stacks (stacks.SliceStack) in this worker."""
+    from .layers import HyLoRADALinearMixin
+    return sum(st.nbytes for m in manager.modules.values() if isinstance(m, HyLoRADALinearMixin)
+               for st in getattr(m, "hy_stacks", ()))
 
 
 def over_budget(sizes: list[int], budget: int, keep: int) -> int:

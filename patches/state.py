@@ -17,7 +17,9 @@ and, set by `begin_step` before a forward and cleared by `end_step` after it (no
               no group, so they never receive a delta (vLLM 0.32's -1 -> last-slot wrap is masked here).
     big       the groups with >= min_group tokens (one matmul each in grouped_cpu)
     pad       SmallPlan: the tokens of the other groups laid out [G, Tmax] by slot, for one batched
-              matmul per slice (grouped_cpu: decode steps, a few tokens per adapter), or None
+              matmul per slice (grouped_cpu: decode steps, a few tokens per adapter), or None; the slots in
+              the order of `rows` (RowMap, kept across steps), so that each layer's batch stacks
+              (stacks.SliceStack) rewrite only the rows whose adapter changed
     slot_all  [T] slot per token with base tokens -> S (the identity row of every c stack)
     runs      [(slot, slice)] maximal runs of one adapter's tokens (requests are contiguous), base excluded;
               long_runs when they average >= 32 tokens (prefill-heavy steps)
@@ -56,6 +58,7 @@ class HyState:
         self.cfg: list[tuple[int, int] | None] = [None] * S
         self.ranks = [0] * S
         self.landmarks: list[dict[int, tuple[Tensor, Tensor, Tensor]]] = [{} for _ in range(S)]
+        self.rows = RowMap()
         self.end_step()
 
     def use_path(self, name: str) -> None:
@@ -131,7 +134,7 @@ class HyState:
         else:
             P = torch.ones(self.w_pos.shape[0], T, device=dev)
         self.P = P * active
-        self.pad = SmallPlan.build(idx, small, self.P) if small else None
+        self.pad = SmallPlan.build(idx, self.rows.assign(small), self.P) if small else None
 
     def end_step(self) -> None:
         self.groups, self.big, self.present, self.runs, self.long_runs = [], [], set(), [], False
@@ -196,8 +199,8 @@ class EngineState:
 class SmallPlan:
     """The tokens of small groups laid out slot by slot, padded to the largest group:
 
-        slots  [G]        the small groups' slots, ascending (slot_list: the same as ints, for
-                          grouped_cpu.stack_slots)
+        slots  [G]        the small groups' slots in row order (RowMap.assign; slot_list: the same as
+                          ints, for the layers' stacks.SliceStack)
         idx    [G*Tmax]   token index at each padded position (padding repeats a real token)
         P      [M, G*Tmax] p(pos) per row at each padded position, 0 on padding
         pad    [G, Tmax, 1] True on padding positions
@@ -218,13 +221,16 @@ class SmallPlan:
 
     @classmethod
     def build(cls, idx: Tensor, small: list[int], P: Tensor) -> "SmallPlan":
+        """small: the small groups' slots, in the row order the plan lays them out (group g = small[g])."""
         dev = idx.device
         T = idx.shape[0]
-        slots = torch.tensor(sorted(small), device=dev)             # only the present slots: no empty rows
-        tok = torch.isin(idx, torch.tensor(small, device=dev)).nonzero().squeeze(1)
-        order = torch.argsort(idx[tok], stable=True)
-        tok = tok[order]
-        group = torch.searchsorted(slots, idx[tok])                      # [n] group of each small token
+        slots = torch.tensor(small, device=dev)                      # only the present slots: no empty rows
+        group_of = torch.full((max(small) + 1,), -1, dtype=torch.long, device=dev)
+        group_of[slots] = torch.arange(len(small), device=dev)
+        tok = torch.isin(idx, slots).nonzero().squeeze(1)
+        group = group_of[idx[tok]]
+        order = torch.argsort(group, stable=True)
+        tok, group = tok[order], group[order]                            # [n] small tokens by group, group of each
         counts = torch.bincount(group, minlength=slots.numel())
         G, n = slots.numel(), tok.numel()
         Tmax = int(counts.max())
@@ -237,7 +243,32 @@ class SmallPlan:
         valid[at] = 1
         inv = torch.full((T,), int((valid == 0).nonzero()[0]) if n < T else 0, dtype=torch.long, device=dev)
         inv[tok] = at
-        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, (valid == 0).view(G, Tmax, 1), sorted(small))
+        return cls(slots, pidx, P[:, pidx] * valid, inv, G, Tmax, (valid == 0).view(G, Tmax, 1), list(small))
+
+
+class RowMap:
+    """Which slot each row of the layers' batch stacks (stacks.SliceStack) holds, kept across steps.
+
+    assign(slots) -> the step's slots in row order, rows 0..G-1 exactly the G slots of the step: a slot already in
+    a row keeps it when that row is < G; a slot left behind in a row >= G moves into a free row below G; slots new to
+    the stacks fill the remaining free rows (ascending). Under continuous batching a step changes a row per request
+    that joins or leaves, so the stacks copy those adapters' weights, not all G every step."""
+
+    def __init__(self):
+        self.rows: list[int | None] = []
+
+    def assign(self, slots: list[int]) -> list[int]:
+        want, G = set(slots), len(slots)
+        rows = [s if s in want else None for s in self.rows] + [None] * max(0, G - len(self.rows))
+        placed = {s: r for r, s in enumerate(rows) if s is not None}
+        free = [r for r in range(G) if rows[r] is None]
+        for s in sorted(s for s, r in placed.items() if r >= G):       # left behind above G: move down
+            rows[placed[s]] = None
+            rows[free.pop(0)] = s
+        for s in sorted(want - placed.keys()):
+            rows[free.pop(0)] = s
+        self.rows = rows[:G]
+        return list(self.rows)
 
 
 def _segment(idx: Tensor, s: int) -> slice | Tensor:

@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
               dtype=a.dtype, max_model_len=512, max_num_seqs=16, kv_cache_memory_bytes=1 << 30, seed=0,
               enforce_eager=True)
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 2000, (a.prompt,), generator=g).tolist() for _ in range(a.requests)]
+    from transformers import AutoConfig
+    top = min(2000, AutoConfig.from_pretrained(base).vocab_size)       # the tiny bases' vocabularies are smaller
+    prompts = [torch.randint(3, top, (a.prompt,), generator=g).tolist() for _ in range(a.requests)]
     cases = {}
     for name, folders, first_id in (("hylorada", hyl, 1), ("plain-lora", lora, 1 + a.adapters), ("base-rows", [], 0)):
         reqs = [LoRARequest(f"{name}-{i % len(folders)}", first_id + i % len(folders), str(folders[i % len(folders)]))

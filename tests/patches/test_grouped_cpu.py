@@ -185,3 +185,28 @@ def test_a_non_finite_token_reaches_no_other_token(case, path):
     others = torch.arange(T) != bad
     assert torch.isfinite(out[others]).all(), f"non-finite values reached tokens {(~torch.isfinite(out)).any(1).nonzero().tolist()}"
     torch.testing.assert_close(out[others], clean[others], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_stacks_kept_across_steps_equal_stacking_anew():
+    """One HyState (its RowMap) and one layer's stacks.SliceStack per slice over decode steps whose adapters join,
+    leave and get replaced in their slot: every step's delta equals the reference twin's (stacked anew), exactly."""
+    from hylorada_patches.stacks import SliceStack
+    a, b = stacks(5)
+    st = HyState(S, path="grouped", num_buckets=16, min_group=1000)
+    st.add_rows(len(SLICES))
+    st.w_pos.copy_(torch.randn(st.w_pos.shape, generator=torch.Generator().manual_seed(6)))
+    views = views_of(a, b, [R, 5, R, 3])
+    layer_stacks = tuple(SliceStack() for _ in SLICES)
+    g = torch.Generator().manual_seed(11)
+    for step, slots in enumerate([[0, 1, 2], [2, 0, 1], [0, 1, 2, 3, -1], [3, -1, 0], [1, 3], [1, 3, 2, 0]]):
+        if step == 4:                                    # slot 1 gets another adapter, slot 3 loses slice 2
+            views[0][1] = (torch.randn(R, D_IN, generator=g), torch.randn(SLICES[0], R, generator=g))
+            views[2][3] = None
+        slots = torch.tensor(slots)
+        st.begin_step(torch.arange(slots.shape[0]) * 11 + step, slots)
+        x = torch.randn(slots.shape[0], D_IN, generator=g)
+        kept, anew = torch.zeros(slots.shape[0], sum(SLICES)), torch.zeros(slots.shape[0], sum(SLICES))
+        grouped_lora_(kept, x, views, SLICES, (0, 1, 2), st, layer_stacks)
+        grouped_lora_(anew, x, views, SLICES, (0, 1, 2), st)
+        assert torch.equal(kept, anew), step
+        st.end_step()

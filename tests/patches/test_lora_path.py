@@ -33,12 +33,12 @@ def test_implementations_call_their_kernel(monkeypatch):
     monkeypatch.setattr(grouped_cpu, "vllm_lora_", lambda *a: seen.setdefault("vllm", a))
     st = HyState(2)
     layer = SimpleNamespace(lora_a_stacked="A", lora_b_stacked="B", output_slices=(4,), hy_rows=(0,), hy_views="V",
-                            punica_wrapper="pw")
+                            hy_stacks="K", punica_wrapper="pw")
     st.add_rows(1)
     st.begin_step(torch.arange(3), torch.tensor([0, 1, -1]))
     out, x = torch.zeros(3, 4), torch.ones(3, 2)
     lora_path.pick("grouped").add_lora_(layer, out, x, st)
     lora_path.pick("vllm").add_lora_(layer, out, x, st)
-    assert seen["grouped"] == (out, x, "V", (4,), (0,), st)              # the views, not vLLM's slot stacks
+    assert seen["grouped"] == (out, x, "V", (4,), (0,), st, "K")    # the views and batch stacks, not vLLM's stacks
     pw, o, xx, a, b, slices, p_rows = seen["vllm"]
     assert (pw, o, xx, a, b, slices) == ("pw", out, x, "A", "B", (4,)) and torch.equal(p_rows[0], st.P[0])
