@@ -13,6 +13,8 @@ Systems (adapters are named a0..a{n-1} everywhere, so the request lists are iden
   hylorada       hylorada-serve with HyLoRADA adapters (c + position bias, exported by hylorada.commands.export)
   hylorada-lora  hylorada-serve with the same-shape plain LoRA adapters (served form via hylorada.commands.convert_peft)
   vllm-lora      upstream vLLM OpenAI server, the PEFT rsLoRA adapters via --lora-modules (our plugin excluded)
+  vllm-lora-nodelay  the same with TCP_NODELAY on every connection, hylorada-serve's transport fix and nothing else
+                 (bench/compare/nodelay/sitecustomize.py; not in the default --systems): what the fix is worth
   vllm-base      upstream vLLM OpenAI server, no LoRA, every request on the base
   peft-single    transformers + PEFT, one request at a time (bench.compare.peft_server --mode single)
   peft-mixed     transformers + PEFT mixed-adapter static batches of up to 16 (adapter_names=)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(smollm2-135m-instruct) or a model folder; adapters are built on it (r16, all seven projections)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="every system's dtype (vLLM --dtype, the PEFT server's torch dtype)")
-    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "vllm-lora-nodelay"))
     p.add_argument("--num-adapters", type=int, default=8)
     p.add_argument("--num-requests", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,8 @@ def vllm_engine(dtype: str = "float32") -> list[str]:
 # vLLM's plugin allowlist (VLLM_PLUGINS, comma-separated, one list for every group): naming only this stock
 # plugin keeps our `hylorada` general plugin out, so the process runs upstream vLLM unpatched.
 UPSTREAM_PLUGINS = "lora_filesystem_resolver"
-SYSTEMS = ("hylorada", "hylorada-lora", "vllm-lora", "vllm-base", "peft-single", "peft-mixed")
+SYSTEMS = ("hylorada", "hylorada-lora", "vllm-lora", "vllm-lora-nodelay", "vllm-base", "peft-single", "peft-mixed")
+NODELAY_SHIM = Path(__file__).with_name("nodelay")   # sitecustomize: upstream + TCP_NODELAY (bench only)
 
 
 @dataclass
@@ -81,6 +82,11 @@ def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: 
         return hylorada_spec(system, base, port, d, list(ad["served"]), n_slots, n_cpu, dtype=dtype)
     if system == "vllm-lora":
         return vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu, dtype=dtype)
+    if system == "vllm-lora-nodelay":                    # upstream with hylorada-serve's transport fix only
+        spec = vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu, dtype=dtype)
+        spec.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(NODELAY_SHIM), os.environ.get("PYTHONPATH")) if p)
+        spec.note += "; TCP_NODELAY on every connection (bench/compare/nodelay/sitecustomize.py)"
+        return spec
     if system == "vllm-base":
         return vllm_spec(system, base, port, {}, n_slots, n_cpu, dtype=dtype)
     if system in ("peft-single", "peft-mixed"):

@@ -88,3 +88,41 @@ def test_resolve_base_refuses_a_folder_that_is_not_a_model(tmp_path):
         resolve_base(str(tmp_path), tmp_path / "cache")
     (tmp_path / "config.json").write_text("{}")
     assert resolve_base(str(tmp_path), tmp_path / "cache") == (tmp_path.resolve(), tmp_path / "cache" / tmp_path.name)
+
+
+def test_the_nodelay_system_is_upstream_plus_tcp_nodelay_only(tmp_path):
+    """vllm-lora-nodelay = vllm-lora's command and env, plus the shim on PYTHONPATH; in a process started that way
+    every uvicorn connection gets TCP_NODELAY (checked on a real connection, in a subprocess: the shim patches
+    uvicorn's class for its whole process)."""
+    from bench.compare.servers import NODELAY_SHIM, spec_for
+    ad = {"peft": {"a0": tmp_path}}
+    plain = spec_for("vllm-lora", tmp_path, 1, ad, tmp_path, 8, 8)
+    shim = spec_for("vllm-lora-nodelay", tmp_path, 1, ad, tmp_path, 8, 8)
+    assert shim.cmd == plain.cmd and {k: v for k, v in shim.env.items() if k != "PYTHONPATH"} == plain.env
+    assert shim.env["PYTHONPATH"].split(os.pathsep)[0] == str(NODELAY_SHIM)
+    probe = textwrap.dedent("""
+        import asyncio, socket
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        seen = []
+        async def main():
+            class P(asyncio.Protocol):
+                def connection_made(self, t):
+                    s = t.get_extra_info("socket")
+                    before = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    try:                                  # the shim sets NODELAY before uvicorn's own body
+                        HttpToolsProtocol.connection_made(object.__new__(HttpToolsProtocol), t)
+                    except Exception:                     # (which needs a configured protocol)
+                        pass
+                    seen.append((before, s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+            ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen()
+            srv = await asyncio.get_running_loop().create_server(P, sock=ls)
+            r, w = await asyncio.open_connection(*ls.getsockname()); await asyncio.sleep(0.2)
+        asyncio.run(main())
+        print(seen)
+    """)
+    env = os.environ | {"PYTHONPATH": shim.env["PYTHONPATH"]}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert out.stdout.strip() == "[(0, 1)]", out.stdout + out.stderr
+    env = os.environ | {"PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert out.stdout.strip() == "[(0, 0)]", out.stdout + out.stderr     # without the shim: Nagle stays on
