@@ -90,7 +90,7 @@ def batch_bytes(manager) -> int:
     """Bytes of the HyLoRADA layers' decode batch stacks (stacks.SliceStack) in this worker."""
     from .layers import HyLoRADALinearMixin
     return sum(st.nbytes for m in manager.modules.values() if isinstance(m, HyLoRADALinearMixin)
-               for st in getattr(m, "hy_stacks", ()))
+               for st in m.hy_stacks)
 
 
 def over_budget(sizes: list[int], budget: int, keep: int) -> int:
