@@ -166,10 +166,11 @@ def test_adapters_show_where_they_live(client, server):
     rows = {r["name"]: r for r in body["data"]}
     lora = rows["demo-lora"]
     cap = dict(body["engine_capacity"])
-    slot_bytes = cap.pop("slot_bytes")
+    slot_bytes, batch_bytes = cap.pop("slot_bytes"), cap.pop("batch_bytes")
     assert cap == {"slots": 4, "host": 8, "rope_tables": 1, "rope_bytes": 0, "norm_bytes": 0, "embed_bytes": 0}, \
         body["engine_capacity"]                    # no RoPE scaling, no trained norms or embeddings here
     assert isinstance(slot_bytes, int) and slot_bytes > 0      # 1-slot placeholders (tests/patches/test_engine.py)
+    assert isinstance(batch_bytes, int) and batch_bytes > 0    # the decode steps just run built the batch stacks
     assert lora["where"] in ("slot", "host") and lora["host_bytes"] == lora["size_bytes"], lora
     assert lora["engine_loads"] >= 1
     assert all(r["where"] in ("slot", "host", "disk") for r in rows.values() if r["status"] == "ready")
