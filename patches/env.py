@@ -7,6 +7,8 @@
                                     unset: grouped on the CPU, vLLM's own elsewhere
     HYLORADA_CPU_LORA_BYTES         a byte budget for the engine's CPU cache of adapters (residency.py), beside
                                     vLLM's count (--max-cpu-loras); unset or 0: the count only
+    HYLORADA_SPIN_NAP_US            microseconds an engine process's shm-ring busy wait sleeps per check (spin_nap.py);
+                                    unset: 50; 0: vLLM's sched_yield spin
     HYLORADA_ALLOW_UNVERIFIED_VLLM  "1": run on a CPU build of vLLM the patches are intended for but not verified on
                                     (apply.py); never lifts the refusal of non-CPU platforms
 
@@ -23,6 +25,7 @@ ATTENTION = "HYLORADA_ATTENTION"
 LORA_PATH = "HYLORADA_LORA_PATH"
 ALLOW_UNVERIFIED_VLLM = "HYLORADA_ALLOW_UNVERIFIED_VLLM"
 CPU_LORA_BYTES = "HYLORADA_CPU_LORA_BYTES"
+SPIN_NAP_US = "HYLORADA_SPIN_NAP_US"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Settings:
     lora_path: str | None = None        # as given (None = unset: the platform's default)
     allow_unverified_vllm: bool = False
     cpu_lora_bytes: int = 0             # 0 = no byte budget
+    spin_nap_us: float = 50.0           # 0 = vLLM's sched_yield spin
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -39,5 +43,13 @@ class Settings:
         raw = env.get(CPU_LORA_BYTES, "").strip() or "0"
         if not raw.isdigit():
             raise ValueError(f"{CPU_LORA_BYTES} must be a whole number of bytes (got {raw!r})")
+        nap = env.get(SPIN_NAP_US, "").strip() or "50"
+        try:
+            nap_us = float(nap)
+        except ValueError:
+            nap_us = -1.0
+        if not 0 <= nap_us <= 10_000:
+            raise ValueError(f"{SPIN_NAP_US} must be microseconds between 0 and 10000 (got {nap!r})")
         return cls(attention=env.get(ATTENTION, "").strip(), lora_path=env.get(LORA_PATH),
-                   allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1", cpu_lora_bytes=int(raw))
+                   allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1", cpu_lora_bytes=int(raw),
+                   spin_nap_us=nap_us)
