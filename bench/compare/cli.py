@@ -15,6 +15,8 @@ Systems (adapters are named a0..a{n-1} everywhere, so the request lists are iden
   vllm-lora      upstream vLLM OpenAI server, the PEFT rsLoRA adapters via --lora-modules (our plugin excluded)
   vllm-lora-nodelay  the same with TCP_NODELAY on every connection, hylorada-serve's transport fix and nothing else
                  (bench/compare/nodelay/sitecustomize.py; not in the default --systems): what the fix is worth
+  vllm-lora-hostfix  the same plus the shm-ring busy wait that naps instead of yielding (patches/spin_nap.py's fix,
+                 same shim; not in the default --systems): upstream with every host fix hylorada-serve has
   vllm-base      upstream vLLM OpenAI server, no LoRA, every request on the base
   peft-single    transformers + PEFT, one request at a time (bench.compare.peft_server --mode single)
   peft-mixed     transformers + PEFT mixed-adapter static batches of up to 16 (adapter_names=)
@@ -41,7 +43,7 @@ from bench.load.plots import plot_cdfs, plot_sweep
 from . import adapters as build
 from .ratios import ratio_table
 from .runs import run_interleaved, run_paired, run_scaling, run_system
-from .servers import SYSTEMS, stop_servers_on_sigterm
+from .servers import SHIMMED, SYSTEMS, stop_servers_on_sigterm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(smollm2-135m-instruct) or a model folder; adapters are built on it (r16, all seven projections)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="every system's dtype (vLLM --dtype, the PEFT server's torch dtype)")
-    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "vllm-lora-nodelay"))
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in SHIMMED))
     p.add_argument("--num-adapters", type=int, default=8)
     p.add_argument("--num-requests", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)

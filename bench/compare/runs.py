@@ -61,7 +61,7 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
     adapters under uniform popularity ("num_adapters") and, with `a.zipf`, under Zipf α = 1 over the same names
     ("num_adapters_zipf"), then Poisson request rate over SLOTS adapters ("rate"; skipped when `a.rates` is empty).
     Every point's overall block carries TTFT of cold and hot requests apart (bench.load.metrics.cold_and_hot)."""
-    many = ad["hylorada_many"] if system == "hylorada" else ad["peft_many"]      # vllm-lora and -nodelay: PEFT
+    many = ad["hylorada_many"] if system == "hylorada" else ad["peft_many"]      # vllm-lora and its shimmed twins: PEFT
     spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", a.scaling_slots,
                     a.cpu_loras, dtype=a.dtype)
     names = list(many)

@@ -25,7 +25,9 @@ def vllm_engine(dtype: str = "float32") -> list[str]:
 # vLLM's plugin allowlist (VLLM_PLUGINS, comma-separated, one list for every group): naming only this stock
 # plugin keeps our `hylorada` general plugin out, so the process runs upstream vLLM unpatched.
 UPSTREAM_PLUGINS = "lora_filesystem_resolver"
-SYSTEMS = ("hylorada", "hylorada-lora", "vllm-lora", "vllm-lora-nodelay", "vllm-base", "peft-single", "peft-mixed")
+SYSTEMS = ("hylorada", "hylorada-lora", "vllm-lora", "vllm-lora-nodelay", "vllm-lora-hostfix", "vllm-base",
+           "peft-single", "peft-mixed")
+SHIMMED = ("vllm-lora-nodelay", "vllm-lora-hostfix")    # upstream + host fixes only: not in the default --systems
 NODELAY_SHIM = Path(__file__).with_name("nodelay")   # sitecustomize: upstream + TCP_NODELAY (bench only)
 
 
@@ -82,10 +84,13 @@ def spec_for(system: str, base: Path, port: int, ad: dict, work: Path, n_slots: 
         return hylorada_spec(system, base, port, d, list(ad["served"]), n_slots, n_cpu, dtype=dtype)
     if system == "vllm-lora":
         return vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu, dtype=dtype)
-    if system == "vllm-lora-nodelay":                    # upstream with hylorada-serve's transport fix only
+    if system in SHIMMED:                                # upstream with hylorada-serve's host fixes only
         spec = vllm_spec(system, base, port, ad["peft"], n_slots, n_cpu, dtype=dtype)
         spec.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(NODELAY_SHIM), os.environ.get("PYTHONPATH")) if p)
         spec.note += "; TCP_NODELAY on every connection (bench/compare/nodelay/sitecustomize.py)"
+        if system == "vllm-lora-hostfix":
+            spec.env["HYLORADA_BENCH_SPIN_NAP_US"] = "50"
+            spec.note += "; shm-ring busy wait naps 50 us (as patches/spin_nap.py)"
         return spec
     if system == "vllm-base":
         return vllm_spec(system, base, port, {}, n_slots, n_cpu, dtype=dtype)

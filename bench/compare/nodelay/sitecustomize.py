@@ -1,11 +1,25 @@
-"""Bench-only: upstream vLLM with the one transport fix hylorada-serve has (hylorada_serve/http_bounds.py).
+"""Bench-only: upstream vLLM with hylorada-serve's host fixes, none of its adapter path.
 
 On PYTHONPATH for bench.compare's `vllm-lora-nodelay` system: uvicorn's httptools protocol sets TCP_NODELAY on
 each connection, so a kept-alive response's body no longer waits 40 ms behind its headers for the client's delayed
 ACK. Nothing else changes: upstream vLLM, its LoRA path, our plugin excluded. It separates what the transport
 fix is worth from what the adapter path is worth when hylorada-serve is compared with upstream vLLM.
+
+With HYLORADA_BENCH_SPIN_NAP_US set (bench.compare's `vllm-lora-hostfix` system) the shm-ring busy wait of the
+engine processes also sleeps that long instead of yielding, as patches/spin_nap.py does for hylorada-serve: vLLM's
+ring waits call `os.sched_yield()` and nothing else in these processes does, so that function is replaced.
 """
+import os
 import socket
+import time
+
+_NAP_US = os.environ.get("HYLORADA_BENCH_SPIN_NAP_US", "").strip()
+if _NAP_US:
+    _nap_s = float(_NAP_US) / 1e6
+
+    def _nap() -> None:
+        time.sleep(_nap_s)
+    os.sched_yield = _nap
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
