@@ -51,7 +51,8 @@ def apply() -> None:
     import vllm
     from vllm.platforms import current_platform
     check_version(vllm.__version__, current_platform.is_cpu(), Settings.read().allow_unverified_vllm)
-    from . import attention, control, engine, layers, loading, logits, lora_info, norms, residency, rope, shm_notify, spin_nap
+    from . import (attention, control, engine, layers, loading, logits, lora_info, norms, residency, rope, shm_notify,
+                   spin_nap)
     layers.install()                               # HyLoRADA subclasses of vLLM's LoRA linear layers
     loading.install()                              # side file validated and attached before vLLM loads
     engine.install()                               # LoRA manager + runner: slot tables, step plan (both halves)

@@ -43,7 +43,7 @@ class Settings:
         raw = env.get(CPU_LORA_BYTES, "").strip() or "0"
         if not raw.isdigit():
             raise ValueError(f"{CPU_LORA_BYTES} must be a whole number of bytes (got {raw!r})")
-        nap = env.get(SPIN_NAP_US, "").strip() or "50"
+        nap = env.get(SPIN_NAP_US, "").strip() or str(cls.spin_nap_us)
         try:
             nap_us = float(nap)
         except ValueError:

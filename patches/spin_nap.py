@@ -17,7 +17,6 @@ zmq socket as before. HYLORADA_SPIN_NAP_US (env.py) sets the nap; 0 keeps vLLM's
 """
 from __future__ import annotations
 
-import os
 import time
 
 from .env import Settings
@@ -26,10 +25,10 @@ from .wrap import patch
 NAP_S = Settings.spin_nap_us / 1e6                  # the default: 50 us
 
 
-def nap_for(seconds: float):
-    """The replacement of shm_broadcast.sched_yield: sleep `seconds` (0: vLLM's own yield, unchanged)."""
+def nap_for(seconds: float, orig):
+    """What shm_broadcast.sched_yield becomes: a sleep of `seconds`, or `orig` (vLLM's yield) for 0."""
     if seconds <= 0:
-        return os.sched_yield
+        return orig
 
     def nap() -> None:
         time.sleep(seconds)
@@ -40,4 +39,4 @@ def nap_for(seconds: float):
 def install() -> None:
     import vllm.distributed.device_communicators.shm_broadcast as shm
     seconds = Settings.read().spin_nap_us / 1e6
-    patch(shm, "sched_yield", f"{__name__}.nap", lambda orig: nap_for(seconds) if seconds > 0 else orig)
+    patch(shm, "sched_yield", f"{__name__}.nap", lambda orig: nap_for(seconds, orig))

@@ -61,8 +61,8 @@ def test_busy_reader_sleeps_instead_of_spinning():
 
 
 def test_zero_keeps_vllms_yield():
-    assert spin_nap.nap_for(0) is os.sched_yield
-    assert spin_nap.nap_for(1e-4).seconds == 1e-4
+    assert spin_nap.nap_for(0, os.sched_yield) is os.sched_yield
+    assert spin_nap.nap_for(1e-4, os.sched_yield).seconds == 1e-4
 
 
 @pytest.mark.parametrize("raw,want", [("", 50.0), ("0", 0.0), ("200", 200.0), (" 12.5 ", 12.5)])

@@ -6,20 +6,16 @@ ACK. Nothing else changes: upstream vLLM, its LoRA path, our plugin excluded. It
 fix is worth from what the adapter path is worth when hylorada-serve is compared with upstream vLLM.
 
 With HYLORADA_BENCH_SPIN_NAP_US set (bench.compare's `vllm-lora-hostfix` system) the shm-ring busy wait of the
-engine processes also sleeps that long instead of yielding, as patches/spin_nap.py does for hylorada-serve: vLLM's
+engine processes also sleeps that long instead of yielding (patches/spin_nap.py's nap_for, as in hylorada-serve): vLLM's
 ring waits call `os.sched_yield()` and nothing else in these processes does, so that function is replaced.
 """
 import os
 import socket
-import time
 
 _NAP_US = os.environ.get("HYLORADA_BENCH_SPIN_NAP_US", "").strip()
 if _NAP_US:
-    _nap_s = float(_NAP_US) / 1e6
-
-    def _nap() -> None:
-        time.sleep(_nap_s)
-    os.sched_yield = _nap
+    from hylorada_patches.spin_nap import nap_for       # the product's nap; the plugin itself stays excluded
+    os.sched_yield = nap_for(float(_NAP_US) / 1e6, os.sched_yield)
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol

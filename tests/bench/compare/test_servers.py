@@ -130,8 +130,9 @@ def test_the_nodelay_system_is_upstream_plus_tcp_nodelay_only(tmp_path):
 
 def test_the_hostfix_system_adds_the_spin_nap_and_nothing_else(tmp_path):
     """vllm-lora-hostfix = vllm-lora-nodelay plus HYLORADA_BENCH_SPIN_NAP_US: in a process started that way (as
-    vLLM's engine processes inherit it) os.sched_yield — the only yield vLLM's shm-ring waits call — sleeps: a thread
-    calling it in a loop uses a small share of a core. Without the variable the shim leaves it alone."""
+    vLLM's engine processes inherit it) os.sched_yield — the only yield vLLM's shm-ring waits call — is
+    patches/spin_nap.py's nap: a thread calling it in a loop uses a small share of a core. Without the variable
+    the shim leaves it alone."""
     from bench.compare.servers import spec_for
     ad = {"peft": {"a0": tmp_path}}
     nodelay = spec_for("vllm-lora-nodelay", tmp_path, 1, ad, tmp_path, 8, 8)
@@ -150,7 +151,7 @@ def test_the_hostfix_system_adds_the_spin_nap_and_nothing_else(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          env=os.environ | {k: v for k, v in fixed.env.items() if k != "VLLM_PLUGINS"}, cwd=ROOT)
     name, share = out.stdout.split()
-    assert name == "_nap" and float(share) < 0.5, out.stdout + out.stderr
+    assert name == "nap" and float(share) < 0.5, out.stdout + out.stderr
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          env=os.environ | {"PYTHONPATH": nodelay.env["PYTHONPATH"]}, cwd=ROOT)
     assert out.stdout.split()[0] == "sched_yield", out.stdout + out.stderr
