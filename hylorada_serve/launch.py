@@ -13,11 +13,14 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
+
+from hylorada_patches.env import CHECKED_KEY
 
 from .config import KV_SIZING_FLAGS, ServeConfig, flag_given, flag_value
 
@@ -47,6 +50,7 @@ def set_process_env(config: ServeConfig | None = None) -> None:
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_MAX_N_SEQUENCES", "64")     # n / best_of above this are 400s (vLLM: 16384)
     os.environ.update(engine_env(os.environ))
+    os.environ[CHECKED_KEY] = secrets.token_hex(32)        # this server's stamp key (publish.check, patches/loading.py)
     if config is not None and config.max_cpu_lora_mb is not None:       # hylorada_patches/residency.py
         os.environ["HYLORADA_CPU_LORA_BYTES"] = str(int(config.max_cpu_lora_mb * (1 << 20)))
     tp = None if config is None else (flag_value(config.vllm_args, "--tensor-parallel-size")
@@ -219,7 +223,8 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
 
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
-                                 on_event=on_event, base_dir=str(config.base), parallel=config.load_parallel)
+                                 on_event=on_event, base_dir=str(config.base), parallel=config.load_parallel,
+                                 stamp_key=bytes.fromhex(os.environ.get(CHECKED_KEY, "")))
             audit = None if config.audit_log is None else AuditLog(
                 config.audit_log, max_bytes=int(config.audit_log_mb * (1 << 20)), backups=config.audit_log_backups)
             install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes,

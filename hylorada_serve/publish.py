@@ -25,6 +25,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hylorada.format import stamp
 from hylorada.format.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DYNAMIC, META
 from hylorada_patches.loading import check_servable     # the engine patches' own pre-load checks (vLLM-free)
 
@@ -93,10 +94,12 @@ class ChangedWhileCopying(RuntimeError):
 
 
 def check(path: Path, src: Path, base_config=None, max_rank: int | None = None,
-          base_dir: str | None = None) -> AdapterInfo:
+          base_dir: str | None = None, stamp_key: bytes = b"") -> AdapterInfo:
     """Validate the published copy `path` of `src`: hylorada.format.load.load_served (names, shapes, rank, finite
     values, against the base; with `base_dir`, every ||B'A|| against the base weight's norm) and, given the base,
-    the engine patches' check_servable. Any exception is an AdapterRefused.
+    the engine patches' check_servable. Any exception is an AdapterRefused. With `stamp_key` (the key the engine
+    processes got in HYLORADA_CHECKED_KEY), a copy that passed gets a checked stamp (hylorada.format.stamp), so the
+    engine's worker does not read and check its LoRA values a second time on every load.
 
     Messages name the source folder's files, not the private copy."""
     from hylorada.format.layout import AdapterError
@@ -114,6 +117,8 @@ def check(path: Path, src: Path, base_config=None, max_rank: int | None = None,
                          base_norms=base_norms(base_dir) if base_dir else None)
         if base_config is not None:
             check_servable(ad, base_config)        # parts the engine patches cannot apply; RoPE vs the engine
+        if stamp_key:
+            stamp.write_stamp(path, stamp_key, stamp.context(base_config, max_rank))
         return AdapterInfo(kind=ad.kind, rank=int(ad.rank), size_bytes=int(ad.size_bytes),
                            dynamic_parts=tuple(ad.dynamic_parts))
     except AdapterRefused:

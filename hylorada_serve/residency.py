@@ -3,8 +3,9 @@ its bytes and engine loads (issue 18, item 2), from the worker RPC `hylorada_lor
 (hylorada_patches/residency.py) through vLLM's public `AsyncLLM.collective_rpc`.
 
     rows(store rows, residency)  GET /v1/adapters: each serving row gains `where` ("slot" | "host" | "disk"),
-                                 `host_bytes` (its tensors in the CPU cache, else null) and `engine_loads`
+                                 `host_bytes` (its tensors in the CPU cache, else null), `engine_loads`
                                  (reads from disk; each one after the first is a cache miss after an eviction)
+                                 and `stamped_loads` (of those, the ones the publish check's stamp vouched for)
     publish(residency, store)    /metrics: hylorada_adapters_resident{where}, hylorada_adapters_cache_bytes,
                                  hylorada_adapter_engine_loads_total{adapter}; `watch` refreshes them every
                                  REFRESH_S seconds
@@ -34,7 +35,8 @@ async def fetch(engine) -> dict | None:
         return None
     res = out[0]
     return {"slots": set(res["slots"]), "host": {int(k): int(v) for k, v in res["host"].items()},
-            "loads": {int(k): int(v) for k, v in res["loads"].items()}, "capacity": res["capacity"]}
+            "loads": {int(k): int(v) for k, v in res["loads"].items()},
+            "stamped": {int(k): int(v) for k, v in res.get("stamped_loads", {}).items()}, "capacity": res["capacity"]}
 
 
 def where(uid: int | None, res: dict) -> str | None:
@@ -44,12 +46,13 @@ def where(uid: int | None, res: dict) -> str | None:
 
 
 def rows(status: list[dict], res: dict | None) -> list[dict]:
-    """Store status rows with `where`, `host_bytes` and `engine_loads` (null without a serving version or an
-    answer from the engine)."""
+    """Store status rows with `where`, `host_bytes`, `engine_loads` and `stamped_loads` (of those, the loads whose
+    values the publish check's stamp vouched for) — null without a serving version or an answer from the engine."""
     if res is None:
-        return [{**r, "where": None, "host_bytes": None, "engine_loads": None} for r in status]
+        return [{**r, "where": None, "host_bytes": None, "engine_loads": None, "stamped_loads": None} for r in status]
     return [{**r, "where": where(r["uid"], res), "host_bytes": res["host"].get(r["uid"]) if r["uid"] else None,
-             "engine_loads": res["loads"].get(r["uid"], 0) if r["uid"] else None} for r in status]
+             "engine_loads": res["loads"].get(r["uid"], 0) if r["uid"] else None,
+             "stamped_loads": res["stamped"].get(r["uid"], 0) if r["uid"] else None} for r in status]
 
 
 class Published:

@@ -45,18 +45,19 @@ class HotSwapper:
     """engine: anything with `async add_lora(request)` and `async remove_lora(uid)` (vLLM's AsyncLLM).
     make_request(engine_name, uid, path) builds the engine's request object (vLLM's LoRARequest).
     base_dir: the base model folder; its weight norms bound every adapter's delta (publish.check).
-    parallel: folders copied and validated at once by one `run_jobs` (the engine's add_lora is one at a time)."""
+    parallel: folders copied and validated at once by one `run_jobs` (the engine's add_lora is one at a time).
+    stamp_key: the engine's HYLORADA_CHECKED_KEY; each copy that passes is stamped (publish.check)."""
 
     def __init__(self, store: AdapterStore, engine: Any, publish_root: str | Path,
                  make_request: Callable[[str, int, str], Any], base_config=None, max_rank: int | None = None,
                  on_event: Callable[[str, str], None] | None = None, base_dir: str | None = None,
-                 parallel: int = 4):
+                 parallel: int = 4, stamp_key: bytes = b""):
         self.store, self.engine = store, engine
         self.publish_root = Path(publish_root)
         self.make_request = make_request
         self.base_config, self.max_rank, self.base_dir = base_config, max_rank, base_dir
         self.on_event = on_event or (lambda name, event: None)
-        self.parallel = parallel
+        self.parallel, self.stamp_key = parallel, stamp_key
         self.lock = asyncio.Lock()
         self.load_seconds: dict[str, float] = {}        # name -> seconds of the last successful load
         self._queued: dict[str, None] = {}               # names planned and not yet decided (queued or loading)
@@ -182,7 +183,8 @@ class HotSwapper:
     def _stage_and_check(self, src: Path, dst: Path, sig) -> publish.AdapterInfo:
         """Copy then validate (worker thread)."""
         publish.stage(src, dst, self.store.root, sig)
-        return publish.check(dst, src, self.base_config, self.max_rank, base_dir=self.base_dir)
+        return publish.check(dst, src, self.base_config, self.max_rank, base_dir=self.base_dir,
+                             stamp_key=self.stamp_key)
 
     async def _load(self, name: str, number: int, uid: int, sig) -> str | None:
         """Copy → validate → add_lora → commit one version. Returns the refusal reason, or None. Total: the

@@ -9,6 +9,9 @@
                                     vLLM's count (--max-cpu-loras); unset or 0: the count only
     HYLORADA_SPIN_NAP_US            microseconds an engine process's shm-ring busy wait sleeps per check (spin_nap.py);
                                     unset: 50; 0: vLLM's sched_yield spin
+    HYLORADA_CHECKED_KEY            hex key (>= 32 hex digits) of the checked stamps (hylorada.format.stamp) that
+                                    hylorada-serve writes on the adapter copies it validated; loading.py then
+                                    skips re-checking a stamped folder's values; unset: every load checks all
     HYLORADA_ALLOW_UNVERIFIED_VLLM  "1": run on a CPU build of vLLM the patches are intended for but not verified on
                                     (apply.py); never lifts the refusal of non-CPU platforms
 
@@ -26,6 +29,7 @@ LORA_PATH = "HYLORADA_LORA_PATH"
 ALLOW_UNVERIFIED_VLLM = "HYLORADA_ALLOW_UNVERIFIED_VLLM"
 CPU_LORA_BYTES = "HYLORADA_CPU_LORA_BYTES"
 SPIN_NAP_US = "HYLORADA_SPIN_NAP_US"
+CHECKED_KEY = "HYLORADA_CHECKED_KEY"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Settings:
     allow_unverified_vllm: bool = False
     cpu_lora_bytes: int = 0             # 0 = no byte budget
     spin_nap_us: float = 50.0           # 0 = vLLM's sched_yield spin
+    checked_key: bytes = b""            # b"" = no stamp is trusted
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -50,6 +55,14 @@ class Settings:
             nap_us = -1.0
         if not 0 <= nap_us <= 10_000:
             raise ValueError(f"{SPIN_NAP_US} must be microseconds between 0 and 10000 (got {nap!r})")
+        key = env.get(CHECKED_KEY, "").strip()
+        try:
+            checked_key = bytes.fromhex(key)
+        except ValueError:
+            checked_key = b"?"
+        if key and len(checked_key) < 16:
+            why = "not hex" if checked_key == b"?" else f"{len(key)} characters"
+            raise ValueError(f"{CHECKED_KEY} must be at least 32 hex digits (got {why})")
         return cls(attention=env.get(ATTENTION, "").strip(), lora_path=env.get(LORA_PATH),
                    allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1", cpu_lora_bytes=int(raw),
-                   spin_nap_us=nap_us)
+                   spin_nap_us=nap_us, checked_key=checked_key)

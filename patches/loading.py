@@ -37,10 +37,19 @@ def check_servable(served, hf_config) -> None:
     check_rope(served, hf_config)
 
 
-def load_hylorada(path: str, hf_config, max_rank: int | None):
-    """Validated ServedAdapter for `path` with its LoRA tensors dropped (vLLM holds those)."""
+def stamped(path: str, hf_config, max_rank: int | None, key: bytes) -> bool:
+    """A checked stamp on `path` verifies under `key` (env.Settings.checked_key; b"": never) against this engine's
+    base and rank: hylorada-serve's publish check passed these exact files (hylorada.format.stamp)."""
+    from hylorada.format import stamp
+    return bool(key) and stamp.stamp_ok(path, key, stamp.context(hf_config, max_rank))
+
+
+def load_hylorada(path: str, hf_config, max_rank: int | None, values_checked: bool = False):
+    """Validated ServedAdapter for `path` with its LoRA tensors dropped (vLLM holds those). values_checked (a
+    verified stamp): the LoRA values are not read or checked again (load_served's values_checked); every structural
+    check runs."""
     from hylorada.format.load import load_served
-    served = load_served(path, base_config=hf_config, max_rank=max_rank)
+    served = load_served(path, base_config=hf_config, max_rank=max_rank, values_checked=values_checked)
     check_servable(served, hf_config)
     return dataclasses.replace(served, lora={})
 
@@ -48,16 +57,19 @@ def load_hylorada(path: str, hf_config, max_rank: int | None):
 def load_adapter(orig, self, lora_request):
     """Validate (load_hylorada) before vLLM's own loader runs, then attach the side file to its LoRAModel."""
     from vllm.lora.utils import get_adapter_absolute_path
+    from .env import Settings
     from .residency import count_load
     path = get_adapter_absolute_path(lora_request.lora_path)
-    served = load_hylorada(path, self._adapter_manager.model.config, self.lora_config.max_lora_rank)
+    hf_config, max_rank = self._adapter_manager.model.config, self.lora_config.max_lora_rank
+    checked = stamped(path, hf_config, max_rank, Settings.read().checked_key)
+    served = load_hylorada(path, hf_config, max_rank, values_checked=checked)
     state = getattr(self._adapter_manager, "hylorada", None)
     if state is not None:
         state.rope.register(served)                    # a new setting's table now, or AdapterError before any load
         state.norms.check(served)
         state.embeds.check(served)
     lora = orig(self, lora_request)
-    count_load(lora_request.lora_int_id)
+    count_load(lora_request.lora_int_id, checked)
     lora.hylorada = served
     return lora
 

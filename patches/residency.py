@@ -7,6 +7,8 @@ and the per-adapter load count that `loading.load_adapter` feeds.
                                             #   adapters): tensor bytes of its LoRA weights (+ side file)
      "loads": {lora_int_id: n, ...},        # times the worker read it from disk (_load_adapter); every load after
                                             #   the first is a cache miss after an eviction
+     "stamped_loads": {lora_int_id: n},     # of those, the loads a checked stamp vouched for (loading.py: the
+                                            #   LoRA values neither read twice nor checked again)
      "capacity": {"slots": max_loras, "host": max_cpu_loras,
                   "slot_bytes": n,          # bytes of the per-slot weight copies the layers hold: vLLM's slot
                                             #   stacks, kept only while the LoRA path reads them (layers.py); on the
@@ -38,13 +40,17 @@ from .wrap import add, wrap
 
 MAX_TRACKED = 65536
 _LOADS: OrderedDict[int, int] = OrderedDict()
+_STAMPED: OrderedDict[int, int] = OrderedDict()
 
 
-def count_load(lora_int_id: int) -> None:
-    """One read of adapter `lora_int_id` from disk in this worker (called by loading.load_adapter)."""
-    _LOADS[lora_int_id] = _LOADS.pop(lora_int_id, 0) + 1
-    while len(_LOADS) > MAX_TRACKED:
-        _LOADS.popitem(last=False)
+def count_load(lora_int_id: int, stamped: bool = False) -> None:
+    """One read of adapter `lora_int_id` from disk in this worker (called by loading.load_adapter); `stamped`: a
+    checked stamp vouched for its values."""
+    for counts, add in ((_LOADS, True), (_STAMPED, stamped)):
+        if add:
+            counts[lora_int_id] = counts.pop(lora_int_id, 0) + 1
+            while len(counts) > MAX_TRACKED:
+                counts.popitem(last=False)
 
 
 def lora_bytes(lora_model) -> int:
@@ -65,7 +71,7 @@ def hylorada_lora_residency(self) -> dict:
     manager = self.model_runner.lora_manager._adapter_manager
     host = {int(i): lora_bytes(m) for i, m in manager.list_adapters().items()}
     return {"slots": [int(i) for i in manager.lora_index_to_id if i is not None], "host": host,
-            "loads": dict(_LOADS), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity),
+            "loads": dict(_LOADS), "stamped_loads": dict(_STAMPED), "capacity": {"slots": int(manager.lora_slots), "host": int(manager.capacity),
                                                 "slot_bytes": slot_bytes(manager), "batch_bytes": batch_bytes(manager),
                                                 **dynamic_capacity(manager)}}
 

@@ -23,6 +23,8 @@ MAX_HEADER_BYTES = 8 << 20        # a safetensors header: ~100 bytes a tensor; 8
 MAX_TENSORS = 65536
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 INDEX_DTYPE = "I64"               # embed_tokens.ids (layout.INDEX_TENSORS) only
+TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                INDEX_DTYPE: torch.int64}
 
 
 def read_json(path: Path) -> dict:
@@ -42,15 +44,24 @@ def read_json(path: Path) -> dict:
     return d
 
 
-def read_tensors(path: Path) -> dict[str, Tensor]:
-    """safetensors only; a pickle file in its place is refused by name, never opened."""
+def read_tensors(path: Path, values: bool = True) -> dict[str, Tensor]:
+    """safetensors only; a pickle file in its place is refused by name, never opened. Every float tensor is finite.
+
+    values=False: the tensors' names, shapes and dtypes from the header only, as tensors on the meta device (no
+    data read, nothing to check for finiteness): for values a checked stamp vouches for (format.stamp)."""
     if not path.is_file():
         for suf in PICKLE_SUFFIXES:
             if path.with_suffix(suf).exists():
                 raise AdapterError(path.with_suffix(suf), f"pickle file found instead of {path.name}; pickle is never "
                                    "loaded (it can run code) — re-save the tensors as safetensors")
         raise AdapterError(path, "missing file")
-    check_header(path)
+    entries = check_header(path)
+    if not values:
+        try:
+            return {k: torch.empty([int(n) for n in v["shape"]], dtype=TORCH_DTYPES[v["dtype"]], device="meta")
+                    for k, v in entries.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdapterError(path, f"not a readable safetensors file (bad header entry: {e})") from None
     from safetensors.torch import load_file
     try:
         tensors = load_file(str(path))
@@ -62,10 +73,11 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def check_header(path: Path) -> None:
+def check_header(path: Path) -> dict[str, dict]:
     """Read only the safetensors header (8-byte length + JSON) and refuse, before any tensor is read, a header
     that is too large, holds too many tensors, or holds tensors that are not floating point (int/bool weights; the
-    side file's embedding row indices, layout.INDEX_TENSORS, are int64 and nothing else)."""
+    side file's embedding row indices, layout.INDEX_TENSORS, are int64 and nothing else). Returns the header's
+    tensor entries ({name: {"dtype", "shape", "data_offsets"}})."""
     try:
         with open(path, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -88,16 +100,21 @@ def check_header(path: Path) -> None:
                 raise AdapterError(path, f"dtype {dtype!r}: embedding row indices must be int64 ({INDEX_DTYPE!r})", k)
         elif dtype not in FLOAT_DTYPES:
             raise AdapterError(path, f"dtype {dtype!r}: adapter weights must be floating point ({sorted(FLOAT_DTYPES)})", k)
+    return entries
 
 
 def load_served(path: str | Path, base_config=None, max_rank: int | None = None,
-                base_norms: dict[str, float] | None = None) -> ServedAdapter:
+                base_norms: dict[str, float] | None = None, values_checked: bool = False) -> ServedAdapter:
     """Read and validate a served adapter folder (or a plain PEFT LoRA folder, kind 'lora').
 
     base_config: a transformers config; when given, every tensor's name and shape and the
     base's shape_hash are checked against it. max_rank: the largest rank the server allows.
     base_norms: the base's ||W||_F per linear (format.base.base_weight_norms); every LoRA delta is
     bounded relative to it (without it, by an absolute bound on A and B').
+    values_checked: a checked stamp (format.stamp) vouches for these exact files' values: the LoRA tensors come
+    from the header only (meta device: shapes for every structural check, no data) and the value checks
+    (finite, magnitudes) are skipped; the side file is still read (its values are served). The caller drops
+    `lora` (the engine's loader reads the weights itself).
     """
     path = Path(path)
     if not path.is_dir():
@@ -106,8 +123,8 @@ def load_served(path: str | Path, base_config=None, max_rank: int | None = None,
     plain = not (path / META).exists()
     check_peft_config(path, cfg, plain)
     meta = ServedMeta.plain() if plain else ServedMeta.parse(read_json(path / META), path / META)
-    lora = read_tensors(path / ADAPTER_WEIGHTS)
-    dynamic = read_tensors(path / DYNAMIC) if (meta.needs_dynamic_file or (path / DYNAMIC).exists()) else {}
+    lora = read_tensors(path / ADAPTER_WEIGHTS, values=not values_checked)
+    dynamic = read_tensors(path / DYNAMIC, values=True) if (meta.needs_dynamic_file or (path / DYNAMIC).exists()) else {}
     ad = ServedAdapter(path=path, meta=meta, peft_config=cfg, lora=lora, dynamic=dynamic,
                        target_modules=list(cfg["target_modules"]) if not isinstance(cfg["target_modules"], str) else [cfg["target_modules"]])
     check_consistency(ad)
@@ -122,5 +139,6 @@ def load_served(path: str | Path, base_config=None, max_rank: int | None = None,
         raise AdapterError(path / ADAPTER_WEIGHTS, f"rank {ad.rank} is above the server's max_rank {max_rank}", lora_key(i, m, "A"))
     if base_config is not None:
         check_against_base(ad, base_config)
-    check_magnitudes(ad, base_norms)
+    if not values_checked:
+        check_magnitudes(ad, base_norms)
     return ad

@@ -28,3 +28,12 @@ def test_cpu_lora_byte_budget():
     assert Settings.read({"HYLORADA_CPU_LORA_BYTES": " 419430 "}).cpu_lora_bytes == 419430
     with pytest.raises(ValueError, match="HYLORADA_CPU_LORA_BYTES must be a whole number of bytes"):
         Settings.read({"HYLORADA_CPU_LORA_BYTES": "0.4MB"})
+
+
+def test_checked_key():
+    assert Settings.read({}).checked_key == b""
+    assert Settings.read({"HYLORADA_CHECKED_KEY": "ab" * 32}).checked_key == bytes([0xAB]) * 32
+    with pytest.raises(ValueError, match="at least 32 hex digits"):
+        Settings.read({"HYLORADA_CHECKED_KEY": "abcd"})
+    with pytest.raises(ValueError, match="not hex"):
+        Settings.read({"HYLORADA_CHECKED_KEY": "zz" * 32})

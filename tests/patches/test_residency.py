@@ -20,9 +20,11 @@ def test_lora_bytes_counts_every_tensor_packed_lists_and_the_side_file():
 def test_load_counts_are_bounded_and_keep_the_newest(monkeypatch):
     monkeypatch.setattr(residency, "MAX_TRACKED", 3)
     monkeypatch.setattr(residency, "_LOADS", type(residency._LOADS)())
-    for uid in (1, 2, 1, 3, 4):
-        residency.count_load(uid)
-    assert dict(residency._LOADS) == {1: 2, 3: 1, 4: 1}
+    monkeypatch.setattr(residency, "_STAMPED", type(residency._STAMPED)())
+    for uid, stamped in ((1, True), (2, False), (1, False), (3, True), (4, True), (5, False)):
+        residency.count_load(uid, stamped)
+    assert dict(residency._LOADS) == {3: 1, 4: 1, 5: 1}
+    assert dict(residency._STAMPED) == {1: 1, 3: 1, 4: 1}     # stamped loads only, bounded alike
 
 
 def test_over_budget_evicts_oldest_first_and_never_the_newest_slots():

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from hylorada_serve import residency
 from hylorada_serve.store import Version
 
-RES = {"slots": [3], "host": {"3": 1000, "5": 2000}, "loads": {"3": 1, "5": 2, "9": 4},
+RES = {"slots": [3], "host": {"3": 1000, "5": 2000}, "loads": {"3": 1, "5": 2, "9": 4}, "stamped_loads": {"5": 2},
        "capacity": {"slots": 4, "host": 8}}
 
 
@@ -38,6 +38,7 @@ def test_rows_say_slot_host_or_disk_with_bytes_and_loads():
     assert (out["b"]["where"], out["b"]["host_bytes"], out["b"]["engine_loads"]) == ("host", 2000, 2)
     assert (out["c"]["where"], out["c"]["host_bytes"], out["c"]["engine_loads"]) == ("disk", None, 0)
     assert (out["bad"]["where"], out["bad"]["host_bytes"], out["bad"]["engine_loads"]) == (None, None, None)
+    assert [out[n]["stamped_loads"] for n in ("a", "b", "c", "bad")] == [0, 2, 0, None]
 
 
 def test_an_engine_that_cannot_answer_leaves_the_fields_null():

@@ -173,6 +173,7 @@ def test_adapters_show_where_they_live(client, server):
     assert isinstance(batch_bytes, int) and batch_bytes > 0    # the decode steps just run built the batch stacks
     assert lora["where"] in ("slot", "host") and lora["host_bytes"] == lora["size_bytes"], lora
     assert lora["engine_loads"] >= 1
+    assert lora["stamped_loads"] == lora["engine_loads"], lora     # the publish check's stamp held in the worker
     assert all(r["where"] in ("slot", "host", "disk") for r in rows.values() if r["status"] == "ready")
     assert all(r["where"] is None for r in rows.values() if r["uid"] is None)
     deadline, text = time.time() + 15, ""

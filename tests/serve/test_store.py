@@ -230,3 +230,37 @@ def test_longest_context_of_the_start_up_adapters(tmp_path):
     (tmp_path / ".hidden-b" / "hylorada.json").write_text(json.dumps({"format_version": 1, "kind": "hylorada",
                                                                       "rope_scaling": dict(lin, factor=16.0)}))
     assert publish.longest_context(tmp_path, base) == (16384, 1)
+
+
+def test_a_copy_that_passes_is_stamped_for_the_engine_and_a_refused_one_is_not(tmp_path, tiny_base):
+    """publish.check with the server's stamp key writes a checked stamp that verifies with the engine worker's own
+    reader (hylorada_patches.loading.stamped, the same base config and rank); no key, no stamp; a refused copy
+    never gets one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    from hylorada.commands.convert_peft import convert_peft
+    from hylorada.format.stamp import STAMP
+    from hylorada_patches.loading import stamped
+    from tests.helpers import make_peft
+    cfg, key = AutoConfig.from_pretrained(tiny_base), os.urandom(32)
+    make_peft(tiny_base, tmp_path / "peft")
+    root = tmp_path / "dir"
+    convert_peft(tmp_path / "peft", root / "a", tiny_base)
+    publish.stage(root / "a", tmp_path / "pub-a", root, None)
+    publish.check(tmp_path / "pub-a", root / "a", cfg, 8, base_dir=str(tiny_base), stamp_key=key)
+    assert stamped(str(tmp_path / "pub-a"), cfg, 8, key)
+    publish.stage(root / "a", tmp_path / "pub-a2", root, None)
+    publish.check(tmp_path / "pub-a2", root / "a", cfg, 8, base_dir=str(tiny_base))
+    assert not (tmp_path / "pub-a2" / STAMP).exists()
+    shutil.copytree(root / "a", root / "bad")
+    w = root / "bad" / "adapter_model.safetensors"
+    t = load_file(str(w))
+    next(iter(t.values())).view(-1)[0] = float("inf")
+    save_file(t, str(w))
+    publish.stage(root / "bad", tmp_path / "pub-bad", root, None)
+    with pytest.raises(publish.AdapterRefused, match="NaN or Inf"):
+        publish.check(tmp_path / "pub-bad", root / "bad", cfg, 8, base_dir=str(tiny_base), stamp_key=key)
+    assert not (tmp_path / "pub-bad" / STAMP).exists()
