@@ -3,7 +3,6 @@ command leaves anything (half-)written in OUT_DIR or beside it."""
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,28 +16,6 @@ from hylorada.format.load import load_served
 A0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 C0 = "layers.0.self_attn.q_proj.c"
-
-
-@pytest.fixture(scope="module")
-def good_served(tiny_base, tmp_path_factory):
-    """A valid converted DoRA adapter (it has c vectors, so all four files exist), built once."""
-    from tests.helpers import make_peft
-    d = tmp_path_factory.mktemp("good")
-    make_peft(tiny_base, d / "peft", use_dora=True)
-    return convert_peft(d / "peft", d / "served", tiny_base)
-
-
-@pytest.fixture()
-def served(good_served, tmp_path):
-    """A private copy of the good adapter for one test to break."""
-    import shutil
-    return Path(shutil.copytree(good_served, tmp_path / "served"))
-
-
-@pytest.fixture()
-def base_cfg(tiny_base):
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(tiny_base)
 
 
 def _edit(path, fn):

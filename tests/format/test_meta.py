@@ -2,7 +2,6 @@
 one AdapterError naming every bad field, and no adapter content that can make validation crash, hang or
 accept values the served math cannot compute (issue 'No request and no adapter folder can take the server down')."""
 import json
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -11,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hylorada.commands.convert_peft import convert_peft
 from hylorada.format.base import base_weight_norms
 from hylorada.format.layout import AdapterError
 from hylorada.format.load import load_served, read_json
@@ -100,55 +98,43 @@ def test_deeply_nested_json_is_refused_not_a_crash(tmp_path):
 
 # --- adapter folders ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def served_dora(tiny_base, tmp_path_factory):
-    d = tmp_path_factory.mktemp("meta")
-    make_peft(tiny_base, d / "peft", use_dora=True)
-    return convert_peft(d / "peft", d / "served", tiny_base)
-
-
-@pytest.fixture()
-def copy(served_dora, tmp_path):
-    return Path(shutil.copytree(served_dora, tmp_path / "served"))
-
-
 def _edit_tensors(path: Path, fn) -> None:
     t = load_file(str(path))
     fn(t)
     save_file(t, str(path))
 
 
-def test_finite_but_absurd_lora_is_refused_absolutely_and_relative_to_the_base(copy, tiny_base):
-    load_served(copy, base_norms=base_weight_norms(str(tiny_base)))                       # the good one passes both ways
-    w = copy / "adapter_model.safetensors"
+def test_finite_but_absurd_lora_is_refused_absolutely_and_relative_to_the_base(served, tiny_base):
+    load_served(served, base_norms=base_weight_norms(str(tiny_base)))                       # the good one passes both ways
+    w = served / "adapter_model.safetensors"
     _edit_tensors(w, lambda t: t.__setitem__(B0, t[B0] * 1e30))
     assert torch.isfinite(load_file(str(w))[B0]).all()
     with pytest.raises(AdapterError, match=r"above 10000 \(finite but absurd\)"):
-        load_served(copy)
+        load_served(served)
     _edit_tensors(w, lambda t: t.__setitem__(B0, t[B0] / 1e30 * 5e3))                    # small entries, huge delta
     with pytest.raises(AdapterError, match=r"x the base weight's norm") as e:
-        load_served(copy, base_norms=base_weight_norms(str(tiny_base)))
+        load_served(served, base_norms=base_weight_norms(str(tiny_base)))
     assert e.value.tensor == B0
 
 
-def test_absurd_scale_vector_is_refused(copy):
-    _edit_tensors(copy / "hylorada_dynamic.safetensors",
+def test_absurd_scale_vector_is_refused(served):
+    _edit_tensors(served / "hylorada_dynamic.safetensors",
                   lambda t: t.__setitem__("layers.0.self_attn.q_proj.c", t["layers.0.self_attn.q_proj.c"] * 1e30))
     with pytest.raises(AdapterError, match="above the bound 1000 for c"):
-        load_served(copy)
+        load_served(served)
 
 
-def test_integer_weights_and_huge_headers_are_refused_from_the_header(copy):
-    w = copy / "adapter_model.safetensors"
+def test_integer_weights_and_huge_headers_are_refused_from_the_header(served):
+    w = served / "adapter_model.safetensors"
     _edit_tensors(w, lambda t: t.__setitem__(B0, t[B0].to(torch.int32)))
     with pytest.raises(AdapterError, match="must be floating point") as e:
-        load_served(copy)
+        load_served(served)
     assert e.value.tensor == B0
     header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(200_000)}).encode()
     w.write_bytes(struct.pack("<Q", len(header)) + header)
     t0 = time.perf_counter()
     with pytest.raises(AdapterError, match="safetensors header of"):
-        load_served(copy)
+        load_served(served)
     assert time.perf_counter() - t0 < 1.0
 
 

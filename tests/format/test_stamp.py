@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig
 
-from hylorada.commands.convert_peft import convert_peft
 from hylorada.format import stamp
 from hylorada.format.layout import ADAPTER_WEIGHTS, AdapterError
 from hylorada.format.load import load_served
@@ -20,22 +17,14 @@ KEY = bytes(range(32))
 B0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 
 
-@pytest.fixture(scope="module")
-def good(tiny_base, tmp_path_factory):
-    from tests.helpers import make_peft
-    d = tmp_path_factory.mktemp("stamp")
-    make_peft(tiny_base, d / "peft", use_dora=True)
-    return convert_peft(d / "peft", d / "served", tiny_base)
+@pytest.fixture()
+def folder(served):
+    return served
 
 
 @pytest.fixture()
-def folder(good, tmp_path):
-    return Path(shutil.copytree(good, tmp_path / "a"))
-
-
-@pytest.fixture(scope="module")
-def cfg(tiny_base):
-    return AutoConfig.from_pretrained(tiny_base)
+def cfg(base_cfg):
+    return base_cfg
 
 
 def test_verifies_under_its_key_and_context_only(folder, cfg):
