@@ -98,7 +98,8 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 9
     1. If it is running, send `sig` to the leader (group=False: the server shuts its engine down itself, and its
        exit code says whether that went well) or to the whole process group (group=True), and wait up to timeout_s.
     2. Wait up to settle_s for the rest of its session to exit.
-    3. SIGKILL the group and every process still in the session; reap the leader (bounded).
+    3. SIGKILL the group and every process still in the session; reap the leader and wait for them to be gone
+       (bounded).
     """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -117,4 +118,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 9
                 os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+    deadline = time.time() + 10              # SIGKILL is delivered at once, the exit (freeing memory) is not
+    while left and session_pids(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
     return proc.poll(), len(left)

@@ -24,6 +24,7 @@ calls `apply()` (version check + install). One module per vLLM touch point:
     lora_info.py    vLLM's vllm:lora_requests_info gauge keeps only its newest label set (was unbounded)
     shm_notify.py   busy shm-ring readers let libzmq free the notify socket's queued commands (was unbounded)
     spin_nap.py     the shm-ring busy wait sleeps 50 us per check instead of sched_yield (it starved other processes)
+    orphans.py      a model worker is SIGKILLed by the kernel when its engine core exits (it outlived a killed one)
     attention.py    per-adapter DAA / sink / s2 attention (CPU platform): attn_state (the attention half of
                     the state), attn_backend (CPU attention forward), attn_compute (paged-KV reference),
                     attn_kv (sink KV freeing)

@@ -51,8 +51,8 @@ def apply() -> None:
     import vllm
     from vllm.platforms import current_platform
     check_version(vllm.__version__, current_platform.is_cpu(), Settings.read().allow_unverified_vllm)
-    from . import (attention, control, engine, layers, loading, logits, lora_info, norms, residency, rope, shm_notify,
-                   spin_nap)
+    from . import (attention, control, engine, layers, loading, logits, lora_info, norms, orphans, residency, rope,
+                   shm_notify, spin_nap)
     layers.install()                               # HyLoRADA subclasses of vLLM's LoRA linear layers
     loading.install()                              # side file validated and attached before vLLM loads
     engine.install()                               # LoRA manager + runner: slot tables, step plan (both halves)
@@ -61,6 +61,7 @@ def apply() -> None:
     lora_info.install()                            # API server: vllm:lora_requests_info keeps one series
     shm_notify.install()                           # engine core + worker: busy shm readers free zmq commands
     spin_nap.install()                             # engine core + worker: the shm busy wait naps, not yields
+    orphans.install()                              # worker: SIGKILLed by the kernel when its engine core exits
     attention.install()                            # DAA / sink / s2 per adapter (attn_*.py), CPU platform
     norms.install()                                # RMSNorm forward: trained norm weights per adapter
     rope.install()                                 # rotary forward: each token's row of its adapter's RoPE table

@@ -1,5 +1,6 @@
 """Engine death (its own server): kill the engine core → /health turns 503 (or the server is already gone),
-no request hangs, and the server exits non-zero so a supervisor restarts it; nothing is left behind."""
+no request hangs, and the server exits non-zero so a supervisor restarts it; nothing is left behind, not even a
+model worker stopped before the kill (patches/orphans.py)."""
 from __future__ import annotations
 
 import os
@@ -11,21 +12,32 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import API_KEY, fresh_adapters, session_pids, start, stop
+from bench.proc import stop as proc_stop
+
+from .conftest import API_KEY, fresh_adapters, session_pids, start
 
 pytestmark = pytest.mark.vllm
 
 
-def engine_core_pids(sid: int) -> list[int]:
+def named_pids(sid: int, name: bytes) -> list[int]:
+    """Processes of session `sid` whose command line or name holds `name` (vLLM retitles its processes)."""
     out = []
     for pid in session_pids(sid):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/comm").read_bytes()
         except OSError:
             continue
-        if b"EngineCore" in cmd:
+        if name in cmd:
             out.append(pid)
     return out
+
+
+def engine_core_pids(sid: int) -> list[int]:
+    return named_pids(sid, b"EngineCore")
+
+
+def worker_pids(sid: int) -> list[int]:
+    return named_pids(sid, b"VLLM::Worker")
 
 
 def test_engine_death_makes_server_unhealthy_and_exit_nonzero(demo_files):
@@ -34,6 +46,12 @@ def test_engine_death_makes_server_unhealthy_and_exit_nonzero(demo_files):
     try:
         cores = engine_core_pids(srv.proc.pid)
         assert cores, "no EngineCore process found"
+        # its model workers stopped first: a worker that cannot run its own shutdown must still not outlive the
+        # engine core (CI once saw one and its resource tracker alive 15 s after the server exited)
+        workers = worker_pids(srv.proc.pid)
+        assert workers, "no VLLM::Worker process found"
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
         for pid in cores:
             os.kill(pid, signal.SIGKILL)
         health, answers = [], []             # /health codes; completion codes (a hung request fails the test)
@@ -77,5 +95,6 @@ def test_engine_death_makes_server_unhealthy_and_exit_nonzero(demo_files):
         assert answers and all(c >= 500 for c in answers), answers  # answered, and never a 200 from a dead engine
         assert code not in (0, None), f"exit code {code}:\n{srv.log_tail()}"
     finally:
-        stop(srv)
+        _, left = proc_stop(srv.proc, timeout_s=90, settle_s=15)
+    assert left == 0, "processes of the server's session were alive 15 s after it exited (stop SIGKILLed them)"
     assert session_pids(srv.proc.pid) == []
