@@ -25,6 +25,7 @@ class ServedAdapter:
     dynamic: dict[str, Tensor] = field(default_factory=dict)
     rank: int = 0
     target_modules: list[str] = field(default_factory=list)
+    _modules: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -74,5 +75,10 @@ class ServedAdapter:
         return sum(t.numel() * t.element_size() for t in [*self.lora.values(), *self.dynamic.values()])
 
     def modules(self) -> list[tuple[int, str]]:
-        """(layer, qualified module) of every adapted linear, sorted."""
-        return sorted((int(m.group(1)), m.group(2)) for k in self.lora if (m := LORA_KEY.match(k)) and m.group(3) == "A")
+        """(layer, qualified module) of every adapted linear, sorted (a fresh list; matched again only when the
+        names in `lora` changed — the checks ask for it several times per load)."""
+        keys = tuple(self.lora)
+        if self._modules is None or self._modules[0] != keys:
+            self._modules = (keys, sorted((int(m.group(1)), m.group(2)) for k in keys
+                                          if (m := LORA_KEY.match(k)) and m.group(3) == "A"))
+        return list(self._modules[1])

@@ -67,10 +67,28 @@ def read_tensors(path: Path, values: bool = True) -> dict[str, Tensor]:
         tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure is a refusal
         raise AdapterError(path, f"not a readable safetensors file ({e})") from None
-    for k, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise AdapterError(path, "contains NaN or Inf", k)
+    if not all_finite(tensors.values()):
+        k = next(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        raise AdapterError(path, "contains NaN or Inf", k)
     return tensors
+
+
+SMALL = 1 << 16                          # elements: tensors up to this size are checked together
+
+
+def all_finite(tensors) -> bool:
+    """Every floating-point tensor holds only finite values. Small tensors (a side file's c vectors and w_pos
+    scalars, hundreds of them) are flattened into one tensor per dtype and checked at once: one isfinite each
+    cost ~10 us; large ones are checked where they are (no copy)."""
+    small: dict = {}
+    for t in tensors:
+        if not t.is_floating_point():
+            continue
+        if t.numel() <= SMALL:
+            small.setdefault(t.dtype, []).append(t.reshape(-1))
+        elif not bool(torch.isfinite(t).all()):
+            return False
+    return all(bool(torch.isfinite(torch.cat(ts)).all()) for ts in small.values())
 
 
 def check_header(path: Path) -> dict[str, dict]:

@@ -1,0 +1,26 @@
+"""format.base.config_json: the config's own JSON, remembered per config object only while its attributes (nested
+ones too) are unchanged."""
+from __future__ import annotations
+
+import json
+
+from hylorada.format.base import base_linear_shapes, config_json
+
+
+def test_config_json_is_the_configs_own_and_follows_changes(base_cfg):
+    assert config_json(base_cfg) == base_cfg.to_json_string(use_diff=False)
+    assert config_json(base_cfg) is config_json(base_cfg)                 # remembered
+    before = base_linear_shapes(base_cfg)
+    base_cfg.intermediate_size += 32                                       # a changed attribute
+    assert json.loads(config_json(base_cfg))["intermediate_size"] == base_cfg.intermediate_size
+    assert base_linear_shapes(base_cfg) != before
+    config_json(base_cfg)
+    base_cfg.rope_parameters["rope_theta"] = 12345.0                       # changed inside a nested value
+    assert json.loads(config_json(base_cfg))["rope_parameters"]["rope_theta"] == 12345.0
+
+
+def test_equal_configs_apart_are_each_their_own(base_cfg, tiny_base):
+    from transformers import AutoConfig
+    other = AutoConfig.from_pretrained(tiny_base)
+    other.hidden_size *= 2
+    assert json.loads(config_json(other))["hidden_size"] == 2 * json.loads(config_json(base_cfg))["hidden_size"]
