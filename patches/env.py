@@ -60,9 +60,10 @@ class Settings:
             checked_key = bytes.fromhex(key)
         except ValueError:
             checked_key = b"?"
-        if key and len(checked_key) < 16:
+        from hylorada.format.stamp import MIN_KEY_BYTES
+        if key and len(checked_key) < MIN_KEY_BYTES:
             why = "not hex" if checked_key == b"?" else f"{len(key)} characters"
-            raise ValueError(f"{CHECKED_KEY} must be at least 32 hex digits (got {why})")
+            raise ValueError(f"{CHECKED_KEY} must be at least {2 * MIN_KEY_BYTES} hex digits (got {why})")
         return cls(attention=env.get(ATTENTION, "").strip(), lora_path=env.get(LORA_PATH),
                    allow_unverified_vllm=env.get(ALLOW_UNVERIFIED_VLLM) == "1", cpu_lora_bytes=int(raw),
                    spin_nap_us=nap_us, checked_key=checked_key)
