@@ -69,7 +69,8 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
                  seed=a.seed, warmup=4, out_dir=str(out / "scaling"), max_total_s=600, request_timeout_s=300)
     sweeps = {"num_adapters": [], "rate": []} | ({"num_adapters_zipf": []} if a.zipf else {})
     print(f"== scaling {system}: {spec.shell()[:300]} ...", flush=True)
-    with running(spec, a.port, work / "logs" / f"scaling-{system}.log") as (url, startup):
+    ready_s = 420.0 + 0.5 * len(names)    # listed = every folder validated: SmolLM2 took 182 s for 1,024 names
+    with running(spec, a.port, work / "logs" / f"scaling-{system}.log", ready_timeout_s=ready_s) as (url, startup):
         for knob, alpha, tag in (("num_adapters", 0.0, "n"), ("num_adapters_zipf", 1.0, "zipf_n")):
             if knob not in sweeps:
                 continue
