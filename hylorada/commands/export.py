@@ -26,6 +26,7 @@ from hylorada import functional as F
 from hylorada.commands.errors import report_written
 from hylorada.format.base import base_config, base_shape_hash, read_base_tensors, served_base
 from hylorada.format.layout import EMBED_IDS, EMBED_ROWS, NORM_KEY, AdapterError
+from hylorada.format.load import first_nonfinite
 from hylorada.format.write import write_served
 
 ADAPTER_KEY = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.hylorada\.(\w+)$")
@@ -62,9 +63,9 @@ def fold_checkpoint(state: dict[str, torch.Tensor], config, base_dir: str | Path
     per: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     dynamic: dict[str, torch.Tensor] = {}
     foreign = []
+    if (bad := first_nonfinite(state)) is not None:
+        raise AdapterError(source, "contains NaN or Inf", bad)
     for k, t in state.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise AdapterError(source, "contains NaN or Inf", k)
         if (m := ADAPTER_KEY.match(k)) and m.group(3) in PARTS:
             per.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t
         elif k == "position_bias.bias":

@@ -68,15 +68,28 @@ _JSON: dict[int, tuple[object, dict, str]] = {}      # id(config) -> (config, de
 def config_json(hf_config) -> str:
     """hf_config.to_json_string(use_diff=False), remembered per config object for as long as its attributes stay
     equal to a deep copy taken then (a changed or replaced attribute serializes again). transformers' serializer
-    took ~0.6 ms, and the engine worker checks every adapter load against the same config."""
+    took ~0.6 ms, and the engine worker checks every adapter load against the same config. Equal means equal
+    with the same types all the way down (`same`): 64 == 64.0 == True in Python, not in JSON. A value without
+    value equality never compares equal to its copy: that config serializes every time (slower, never stale)."""
     hit = _JSON.get(id(hf_config))
-    if hit is not None and hit[0] is hf_config and hit[1] == hf_config.__dict__:
+    if hit is not None and hit[0] is hf_config and same(hit[1], hf_config.__dict__):
         return hit[2]
     text = hf_config.to_json_string(use_diff=False)
     if len(_JSON) >= 8:
         _JSON.clear()
     _JSON[id(hf_config)] = (hf_config, copy.deepcopy(hf_config.__dict__), text)
     return text
+
+
+def same(a, b) -> bool:
+    """a == b with the same types at every level of dicts, lists and tuples (True, 1 and 1.0 are apart)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 def base_config(base_dir: str | Path):

@@ -67,28 +67,44 @@ def read_tensors(path: Path, values: bool = True) -> dict[str, Tensor]:
         tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure is a refusal
         raise AdapterError(path, f"not a readable safetensors file ({e})") from None
-    if not all_finite(tensors.values()):
-        k = next(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-        raise AdapterError(path, "contains NaN or Inf", k)
+    if (bad := first_nonfinite(tensors)) is not None:
+        raise AdapterError(path, "contains NaN or Inf", bad)
     return tensors
 
 
-SMALL = 1 << 16                          # elements: tensors up to this size are checked together
+SMALL = 1 << 16                          # elements: tensors up to this size are checked together ...
+BATCH = 1 << 18                          # ... this many elements at a time (1 MiB of float32 copied at most)
 
 
 def all_finite(tensors) -> bool:
     """Every floating-point tensor holds only finite values. Small tensors (a side file's c vectors and w_pos
-    scalars, hundreds of them) are flattened into one tensor per dtype and checked at once: one isfinite each
-    cost ~10 us; large ones are checked where they are (no copy)."""
-    small: dict = {}
+    scalars, hundreds of them; on a small base every LoRA A and B too) are flattened together per dtype, BATCH
+    elements at a time, and checked with one isfinite per batch: one isfinite per tensor cost ~10 us each, and a
+    batch bounds the copy (a whole adapter file was once copied at once). Large ones are checked where they are."""
+    pending: dict = {}                                                  # dtype -> [flattened tensors, elements]
     for t in tensors:
         if not t.is_floating_point():
             continue
-        if t.numel() <= SMALL:
-            small.setdefault(t.dtype, []).append(t.reshape(-1))
-        elif not bool(torch.isfinite(t).all()):
-            return False
-    return all(bool(torch.isfinite(torch.cat(ts)).all()) for ts in small.values())
+        if t.numel() > SMALL:
+            if not bool(torch.isfinite(t).all()):
+                return False
+            continue
+        batch = pending.setdefault(t.dtype, [[], 0])
+        batch[0].append(t.reshape(-1))
+        batch[1] += t.numel()
+        if batch[1] >= BATCH:
+            if not bool(torch.isfinite(torch.cat(batch[0])).all()):
+                return False
+            batch[0], batch[1] = [], 0
+    return all(not ts or bool(torch.isfinite(torch.cat(ts)).all()) for ts, _ in pending.values())
+
+
+def first_nonfinite(tensors: dict) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or Inf (dict order), None when all are finite:
+    all_finite first, then one tensor at a time only when something is wrong (the error names the tensor)."""
+    if all_finite(tensors.values()):
+        return None
+    return next(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
 
 
 def check_header(path: Path) -> dict[str, dict]:

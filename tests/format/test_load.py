@@ -1,5 +1,6 @@
-"""format.load's finiteness check: `all_finite` (small tensors checked together, large ones where they are) says
-what the per-tensor loop says, and read_tensors still names the tensor that holds the NaN or Inf."""
+"""format.load's finiteness check: `all_finite` (small tensors checked together BATCH elements at a time, large ones
+where they are) says what the per-tensor loop says, and read_tensors / first_nonfinite still name the tensor that
+holds the NaN or Inf."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from hylorada.format.layout import AdapterError
-from hylorada.format.load import SMALL, all_finite, read_tensors
+from hylorada.format.load import BATCH, SMALL, all_finite, first_nonfinite, read_tensors
 
 
 def loop_finite(tensors) -> bool:                    # the slow twin: one isfinite per tensor
@@ -26,9 +27,17 @@ def cases():
         ts = [t.clone() for t in [*small, big]]
         ts[bad].view(-1)[0] = float("nan") if "nan" in where else float("inf")
         yield where, [*ts, ints]
+    # many small ones: more than BATCH elements per dtype, so several batches (the bad one first, middle, last)
+    many = [torch.randn(SMALL, generator=g) for _ in range(3 * BATCH // SMALL + 1)]
+    yield "finite", many
+    for where, bad in (("nan in the first batch", 0), ("inf in a middle batch", len(many) // 2),
+                       ("nan in the last, partial batch", len(many) - 1)):
+        ts = [t.clone() for t in many]
+        ts[bad][-1] = float("nan") if "nan" in where else float("-inf")
+        yield where, ts
 
 
-@pytest.mark.parametrize("name,tensors", list(cases()), ids=[c[0] for c in cases()])
+@pytest.mark.parametrize("name,tensors", list(cases()), ids=[f"{i}-{c[0]}" for i, c in enumerate(cases())])
 def test_all_finite_equals_the_per_tensor_loop(name, tensors):
     assert all_finite(tensors) == loop_finite(tensors)
     assert all_finite(tensors) == (name in ("finite", "empty", "ints only"))
@@ -42,3 +51,13 @@ def test_read_tensors_names_the_bad_tensor(tmp_path):
     with pytest.raises(AdapterError, match="NaN or Inf") as e:
         read_tensors(f)
     assert "b.c" in str(e.value)
+
+
+def test_first_nonfinite_names_the_first_bad_tensor_in_order():
+    ok = {f"t{i}": torch.ones(SMALL) for i in range(2 * BATCH // SMALL)}
+    assert first_nonfinite(ok | {"ids": torch.tensor([1, 2])}) is None
+    bad = dict(ok)
+    for k in ("t3", "t1"):
+        bad[k] = torch.ones(SMALL)
+        bad[k][5] = float("nan")
+    assert first_nonfinite(bad) == "t1"
