@@ -20,6 +20,7 @@ from bench.proc import session_pids
 from hylorada_patches import orphans
 
 CHILD = Path(__file__).with_name("orphans_child.py")
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,7 +56,7 @@ def gone_within(pid: int, seconds: float) -> bool:
     return not alive(pid)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@linux
 def test_a_worker_dies_with_its_engine_core():
     proc, report = run_child("patched", "VllmWorker-0")
     try:
@@ -67,7 +68,7 @@ def test_a_worker_dies_with_its_engine_core():
         kill_all(proc, report["pid"])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@linux
 def test_a_stock_worker_outlives_its_engine_core():
     proc, report = run_child("stock", "VllmWorker-0")
     try:
@@ -79,6 +80,18 @@ def test_a_stock_worker_outlives_its_engine_core():
         kill_all(proc, report["pid"])
 
 
+@linux
+def test_a_worker_whose_engine_core_died_before_the_install_ends_itself():
+    proc, report = run_child("late", "VllmWorker-0")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)                    # before the worker's install() runs
+        proc.wait(timeout=10)
+        assert gone_within(report["pid"], 5), "an orphaned worker installed the patch and lived on"
+    finally:
+        kill_all(proc, report["pid"])
+
+
+@linux
 def test_other_processes_are_left_alone():
     proc, report = run_child("patched", "EngineCore_DP0")     # an engine core's child of another name
     try:
