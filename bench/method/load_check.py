@@ -55,7 +55,7 @@ def measure(base: Path, adapters: list[Path], reps: int, max_rank: int = 16) -> 
     from hylorada_patches.loading import load_hylorada, stamped
 
     cfg = AutoConfig.from_pretrained(base)
-    key = bytes.fromhex(secrets.token_hex(32))
+    key = secrets.token_bytes(32)
     ways: dict[str, list[float]] = {"full": [], "stamped": [], "read": []}
     sizes = []
     with tempfile.TemporaryDirectory(prefix="load-check-") as tmp:
