@@ -27,6 +27,7 @@ Header size and header read time are bounded below the app, in the HTTP protocol
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -256,9 +257,20 @@ def admin_router(swapper: HotSwapper, keys=None) -> APIRouter:
         statuses = [s["status"] for s in store.status()]
         return JSONResponse({"engine": "dead" if getattr(swapper.engine, "errored", False) else "ok",
                              "adapters": {k: statuses.count(k) for k in sorted(set(statuses))},
+                             "private_copies": private_copies(swapper),
                              "keys": keys.status() if keys is not None else None})
 
     return router
+
+
+def private_copies(swapper) -> dict:
+    """Where the served copies live: files hard-linked to an earlier copy instead of copied, free bytes on that
+    disk and the floor kept free (--min-free-disk-mb)."""
+    try:
+        free = shutil.disk_usage(swapper.publish_root).free
+    except OSError:
+        free = None
+    return {"files_linked": swapper.copies.linked, "disk_free_bytes": free, "kept_free_bytes": swapper.min_free_disk}
 
 
 def _vllm_body(body: bytes, root, need_path: bool) -> tuple[str | None, str | None]:

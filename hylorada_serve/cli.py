@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"for its verdict before a 503 with Retry-After (>= 0; default {D['validation_wait'].default:g})")
     p.add_argument("--load-parallel", type=int, help="folders copied and validated at once (1..64; default "
                    f"{D['load_parallel'].default})")
+    p.add_argument("--min-free-disk-mb", type=int, help="each adapter is served from a private copy (names that "
+                   "share files share one copy, hard-linked); a folder whose copy would leave less than this many "
+                   "MiB free on that disk is refused with the numbers (>= 0; default "
+                   f"{D['min_free_disk_mb'].default})")
     p.add_argument("--watch-events", action=argparse.BooleanOptionalAction,
                    help="also scan DIR/ as soon as it reports a change (inotify, through watchfiles; hot-swap p50 "
                    "158 -> 105 ms); the scan every --poll-interval stays the safety net for filesystems without "

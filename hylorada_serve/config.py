@@ -83,6 +83,8 @@ class ServeConfig:
     validation_wait: float = 60.0           # a request for a folder still being validated waits this long for its
     #                                         verdict, then gets 503 + Retry-After
     load_parallel: int = 4                  # folders copied and validated at once
+    min_free_disk_mb: int = 1024            # no private copy of a folder is made that would leave less than this
+    #                                         free on the disk of the private copies (the folder is refused instead)
     # past one machine (hylorada_serve/replicas/: Ray Serve; docs/scale.md)
     replicas: int = 0                       # N >= 1: N hylorada-serve replicas on Ray Serve behind one endpoint at
     #                                         --host/--port, requests routed to a replica that holds their adapter
@@ -138,6 +140,8 @@ class ServeConfig:
                 bad.append(f"--{name.replace('_', '-')}: must be a number of seconds >= 0 (got {v!r})")
         if not _int(self.load_parallel) or not 1 <= self.load_parallel <= 64:
             bad.append(f"--load-parallel: must be an integer in 1..64 (got {self.load_parallel!r})")
+        if not _int(self.min_free_disk_mb) or self.min_free_disk_mb < 0:
+            bad.append(f"--min-free-disk-mb: must be an integer >= 0 (got {self.min_free_disk_mb!r})")
         if not isinstance(self.watch_events, bool):
             bad.append(f"watch_events: must be true or false (got {self.watch_events!r})")
         if not _int(self.replicas) or not 0 <= self.replicas <= 64:

@@ -224,7 +224,8 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
             swapper = HotSwapper(store, engine, publish_root, make_request=lambda n, uid, p: LoRARequest(n, uid, p),
                                  base_config=engine.model_config.hf_config, max_rank=args.max_lora_rank,
                                  on_event=on_event, base_dir=str(config.base), parallel=config.load_parallel,
-                                 stamp_key=bytes.fromhex(os.environ.get(CHECKED_KEY, "")))
+                                 stamp_key=bytes.fromhex(os.environ.get(CHECKED_KEY, "")),
+                                 min_free_disk=config.min_free_disk_mb << 20)
             audit = None if config.audit_log is None else AuditLog(
                 config.audit_log, max_bytes=int(config.audit_log_mb * (1 << 20)), backups=config.audit_log_backups)
             install(app, swapper, config.api_key, config.admin_key, max_body_bytes=config.max_body_bytes,

@@ -6,6 +6,14 @@ vLLM reads the published copy, never the watched folder, so
   * every version has its own path (prefix-cache keys include the path; DESIGN.md §6),
   * the engine can re-read a version after its CPU LRU evicted it, while requests admitted on it are running.
 
+A private copy costs disk: N names are N copies. Two things bound that. A source file whose identity (device,
+inode, size, mtime and ctime in ns: what the checked stamp trusts too) equals one already copied is hard-linked to
+that private copy instead of copied again (`Copies`): names that share weights (links to one folder, aliases,
+the benchmarks' weight sets) cost one copy, and private files are never written after they are made, so a link
+is as immutable as a copy. And no copy is made that would leave less than `min_free` bytes free on the private
+folder's disk: the folder is refused with the numbers (4,096 SmolLM2 names filled a 100 GB disk with 75 GB of
+copies before this, and every later copy failed with ENOSPC).
+
 Only the four files of the format (COPIED_FILES) are copied, and only after every one of them was sized: a file
 whose real size (blocks on disk) is far below its apparent size (a sparse file) or a folder over MAX_ADAPTER_BYTES is
 refused before a byte is written. Pickle files are never opened: a folder with no adapter_model.safetensors is
@@ -22,6 +30,7 @@ import functools
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +57,54 @@ class AdapterInfo:
     dynamic_parts: tuple = ()
 
 
-def stage(src: Path, dst: Path, root: Path, expect: Signature | None) -> None:
-    """Copy the format's files of src (= DIR/name) to dst. Raises AdapterRefused (before anything is written when a
-    file is sparse or the folder too large), or ChangedWhileCopying if src moved under us."""
+def identity(st: os.stat_result) -> tuple[int, ...]:
+    """What says a file's bytes are the ones seen before: a write changes ctime (never settable), mtime or size."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class Copies:
+    """The private copies made so far, by the identity of the source file each was copied from (thread-safe: the
+    watcher stages folders in worker threads). `link` hard-links an existing copy; a copy that went away with its
+    version (or any link failure: another filesystem, too many links) is forgotten and the caller copies."""
+    PRUNE_AT = 1 << 16                              # entries; then those whose copy is gone are dropped
+
+    def __init__(self) -> None:
+        self._by_source: dict[tuple[int, ...], Path] = {}
+        self._lock = threading.Lock()
+        self.linked = 0                             # files linked instead of copied (what GET /health/details shows)
+
+    def link(self, st: os.stat_result, dst: Path) -> bool:
+        key = identity(st)
+        with self._lock:
+            have = self._by_source.get(key)
+        if have is None:
+            return False
+        try:
+            if os.stat(have).st_size != st.st_size:
+                raise OSError("size differs")
+            os.link(have, dst)
+        except OSError:
+            with self._lock:
+                if self._by_source.get(key) == have:
+                    del self._by_source[key]
+            return False
+        with self._lock:
+            self.linked += 1
+        return True
+
+    def remember(self, st: os.stat_result, copy: Path) -> None:
+        with self._lock:
+            if len(self._by_source) >= self.PRUNE_AT:
+                self._by_source = {k: p for k, p in self._by_source.items() if p.exists()}
+            self._by_source[identity(st)] = copy
+
+
+def stage(src: Path, dst: Path, root: Path, expect: Signature | None, copies: Copies | None = None,
+          min_free: int = 0) -> None:
+    """Copy the format's files of src (= DIR/name) to dst (a file `copies` already holds is hard-linked instead).
+    Raises AdapterRefused (before anything is written when a file is sparse or the folder too large; before any
+    byte is copied when the copies would leave under `min_free` bytes free on dst's disk), or ChangedWhileCopying
+    if src moved under us."""
     root_r = root.resolve()
     src_r = src.resolve()
     if not _inside(src_r, root_r):
@@ -73,17 +127,28 @@ def stage(src: Path, dst: Path, root: Path, expect: Signature | None) -> None:
         total += max(st.st_size, on_disk)
         if total > MAX_ADAPTER_BYTES:
             raise AdapterRefused(f"{src}: larger than {MAX_ADAPTER_BYTES >> 30} GiB; refused before copying")
-        plan.append((real, name))
+        plan.append((real, name, st))
     dst.mkdir(parents=True)
     try:
         try:
-            for real, name in plan:
+            todo = [(real, name, st) for real, name, st in plan if copies is None or not copies.link(st, dst / name)]
+            need = sum(st.st_size for _, _, st in todo)
+            free = shutil.disk_usage(dst).free if need else 0
+            if need and free - need < min_free:
+                raise AdapterRefused(f"{src}: no room for its private copy: {need} bytes needed, {free} free on the "
+                                     f"disk of {dst.parent}, {min_free} kept free (--min-free-disk-mb); free some, "
+                                     "then touch the folder or POST /v1/adapters/<name>/reload")
+            for real, name, st in todo:
                 shutil.copyfile(real, dst / name)
-            changed = expect is not None and folder_signature(src) != expect
+            changed = (expect is not None and folder_signature(src) != expect) or \
+                any(identity(real.stat()) != identity(st) for real, _, st in todo)   # written while we copied
         except FileNotFoundError:                       # a file (or the folder) went away under us: not a refusal
             changed = True
         if changed:
             raise ChangedWhileCopying(f"{src}: changed while it was being copied; waiting until it is stable")
+        if copies is not None:
+            for _, name, st in todo:
+                copies.remember(st, dst / name)
     except BaseException:
         shutil.rmtree(dst, ignore_errors=True)
         raise

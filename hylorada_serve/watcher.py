@@ -51,13 +51,14 @@ class HotSwapper:
     def __init__(self, store: AdapterStore, engine: Any, publish_root: str | Path,
                  make_request: Callable[[str, int, str], Any], base_config=None, max_rank: int | None = None,
                  on_event: Callable[[str, str], None] | None = None, base_dir: str | None = None,
-                 parallel: int = 4, stamp_key: bytes = b""):
+                 parallel: int = 4, stamp_key: bytes = b"", min_free_disk: int = 0):
         self.store, self.engine = store, engine
         self.publish_root = Path(publish_root)
         self.make_request = make_request
         self.base_config, self.max_rank, self.base_dir = base_config, max_rank, base_dir
         self.on_event = on_event or (lambda name, event: None)
         self.parallel, self.stamp_key = parallel, stamp_key
+        self.copies, self.min_free_disk = publish.Copies(), min_free_disk   # private copies: linked when shared
         self.lock = asyncio.Lock()
         self.load_seconds: dict[str, float] = {}        # name -> seconds of the last successful load
         self._queued: dict[str, None] = {}               # names planned and not yet decided (queued or loading)
@@ -182,7 +183,7 @@ class HotSwapper:
 
     def _stage_and_check(self, src: Path, dst: Path, sig) -> publish.AdapterInfo:
         """Copy then validate (worker thread)."""
-        publish.stage(src, dst, self.store.root, sig)
+        publish.stage(src, dst, self.store.root, sig, self.copies, self.min_free_disk)
         return publish.check(dst, src, self.base_config, self.max_rank, base_dir=self.base_dir,
                              stamp_key=self.stamp_key)
 

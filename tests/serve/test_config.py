@@ -101,3 +101,11 @@ def test_demo_base_is_checked_and_dispatched(monkeypatch, tmp_path):
     assert called == [("tiny", "/c")] and c.base == str(tmp_path / "b") and c.vllm_args[:2] == ("--dtype", "float32")
     demo.demo_config(ServeConfig(demo=True))
     assert called[-1] == ("real", None)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "1", True, None])
+def test_min_free_disk_mb_is_a_whole_number_of_mib(value):
+    assert ServeConfig(**OK).min_free_disk_mb == 1024 and ServeConfig(**OK, min_free_disk_mb=0).min_free_disk_mb == 0
+    with pytest.raises(ConfigError) as ei:
+        ServeConfig(**OK, min_free_disk_mb=value)
+    assert ei.value.problems == (f"--min-free-disk-mb: must be an integer >= 0 (got {value!r})",)

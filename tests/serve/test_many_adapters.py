@@ -6,6 +6,7 @@ projection of the tiny base) behind 2,000 names, hard links in DIR/ (the server 
   * mixed batches (8 concurrent requests over names of different weight sets, more sets than --max-loras 4
     slots): every answer equals `ServedReference` for that name's weight set, before and after every folder is in;
   * in the end `/v1/models` lists the base and all 2,000 names;
+  * names of one weight set share one private copy (hard links, publish.Copies: 2,000 copies filled no disk);
   * the engine's CPU cache has a byte budget (`--max-cpu-lora-mb 0.4`, ~5 of these adapters) smaller than the
     working set: answers stay right, adapters are evicted and read again (engine_loads > 1), and the cache holds
     no more than the budget or the --max-loras newest.
@@ -98,6 +99,11 @@ def test_two_thousand_names_answer_with_their_own_weights_while_and_after_they_l
         assert BUDGET_MB * (1 << 20) < N_SETS * size, "the budget is not smaller than the working set"
         assert sum(r["host_bytes"] for r in cached) <= BUDGET_MB * (1 << 20) or len(cached) <= 4, cached
         assert max(r["engine_loads"] for r in rows) >= 2, "nothing was evicted and read again"
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            copies = http.get("/health/details", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        from hylorada_serve.publish import COPIED_FILES                  # names of one set share their private copy:
+        files = sum((adapters / names[0] / f).is_file() for f in COPIED_FILES)
+        assert copies["private_copies"]["files_linked"] >= files * (N_NAMES - 4 * N_SETS), copies   # <= 4 at once
     finally:
         stop(srv)
         shutil.rmtree(adapters, ignore_errors=True)
