@@ -91,6 +91,23 @@ def session_pids(sid: int) -> list[int]:
     return out
 
 
+def session_rss_mb(sid: int) -> tuple[float, int, dict]:
+    """(sum of VmRSS in MiB over the live processes of session `sid`, process count, MiB by process name). A
+    `launch`ed server leads its own session: this is the API server + engine core + workers."""
+    total, n, by = 0, 0, {}
+    for pid in session_pids(sid):
+        try:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":" in line)
+            kb = int(status["VmRSS"].split()[0])
+        except (OSError, ValueError, KeyError):
+            continue
+        total, n = total + kb, n + 1
+        name = status["Name"].strip()
+        by[name] = round(by.get(name, 0) + kb / 1024, 1)
+    return total / 1024, n, by
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 90.0, group: bool = False,
          settle_s: float = 15.0) -> tuple[int | None, int]:
     """Stop a `launch`ed server; returns (its exit code, processes of its session still alive before the SIGKILL).

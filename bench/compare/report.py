@@ -68,18 +68,23 @@ def scaling_table(cmp: dict, knob: str) -> str:
     if not names:
         return ""
     cold = knob.startswith("num_adapters")
+    rss = all("rss_mb" in pt for n in names for pt in sweeps[n][knob])     # runs before 2026-12-06 have none
     label = {"num_adapters": "distinct adapters (uniform)", "num_adapters_zipf": "distinct adapters (Zipf 1)"}
     head = "| " + label.get(knob, "rate req/s") + " | " + " | ".join(
-        f"{n} tok/s | {n} p99 e2e ms" + (f" | {n} cold / hot TTFT p99 ms" if cold else "") for n in names) + " |"
-    rows = [head, "|---|" + ("---:|---:|---:|" if cold else "---:|---:|") * len(names)]
+        f"{n} tok/s | {n} p99 e2e ms" + (f" | {n} cold / hot TTFT p99 ms" if cold else "")
+        + (f" | {n} RSS MiB" if rss else "") for n in names) + " |"
+    rows = [head, "|---|" + "---:|" * ((2 + cold + rss) * len(names))]
     for i, pt in enumerate(sweeps[names[0]][knob]):
         cells = []
         for n in names:
-            o = sweeps[n][knob][i]["overall"]
+            p = sweeps[n][knob][i]
+            o = p["overall"]
             cells += [f"{o['output_tok_per_s']:.1f}", _ms(o["e2e_s"]["p99"])]
             if cold:
                 cells.append(f"{_ms(o['ttft_cold_s']['p99'])} / {_ms(o['ttft_hot_s']['p99'])}" if "ttft_cold_s" in o
                              else "")
+            if rss:
+                cells.append(f"{p['rss_mb']:.0f}")
         rows.append(f"| {pt['x']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -14,6 +14,7 @@ from bench.load.config import BenchConfig
 from bench.load.metrics import headline
 from bench.load.plots import plot_cdfs
 from bench.load.serve import run_bench
+from bench.proc import session_rss_mb
 
 from .ratios import interleaved_ratios
 from .servers import hylorada_spec, link_adapter_dir, running, spec_for
@@ -46,7 +47,7 @@ def run_system(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> d
     names = ["base"] if system == "vllm-base" else list(ad["peft"])[:a.num_adapters]
     spec = spec_for(system, base, a.port, ad, work, SLOTS, SLOTS, a.peft_threads, a.dtype)
     print(f"== {system}: {spec.shell()}", flush=True)
-    with running(spec, a.port, work / "logs" / f"{system}.log") as (url, startup):
+    with running(spec, a.port, work / "logs" / f"{system}.log") as (url, startup, _):
         load = os.getloadavg()   # other work on the machine, recorded beside the numbers
         res = run_bench(anchor_config(url, names, system, out, a))
         sample = probe(url, names[0])
@@ -60,7 +61,9 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
     """One server holding every adapter (`a.scaling_slots` LoRA slots, `a.cpu_loras` cached); sweeps distinct
     adapters under uniform popularity ("num_adapters") and, with `a.zipf`, under Zipf α = 1 over the same names
     ("num_adapters_zipf"), then Poisson request rate over SLOTS adapters ("rate"; skipped when `a.rates` is empty).
-    Every point's overall block carries TTFT of cold and hot requests apart (bench.load.metrics.cold_and_hot)."""
+    Every point's overall block carries TTFT of cold and hot requests apart (bench.load.metrics.cold_and_hot); every
+    point also the server's resident memory after it (`rss_mb`: API server + engine processes), the run the RSS at
+    ready and the bytes on disk per adapter."""
     many = ad["hylorada_many"] if system == "hylorada" else ad["peft_many"]      # vllm-lora and its shimmed twins: PEFT
     spec = spec_for(system, base, a.port, {"hylorada": many, "peft": many}, work / "scaling", a.scaling_slots,
                     a.cpu_loras, dtype=a.dtype)
@@ -70,7 +73,8 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
     sweeps = {"num_adapters": [], "rate": []} | ({"num_adapters_zipf": []} if a.zipf else {})
     print(f"== scaling {system}: {spec.shell()[:300]} ...", flush=True)
     ready_s = 420.0 + 0.5 * len(names)    # listed = every folder validated: SmolLM2 took 182 s for 1,024 names
-    with running(spec, a.port, work / "logs" / f"scaling-{system}.log", ready_timeout_s=ready_s) as (url, startup):
+    with running(spec, a.port, work / "logs" / f"scaling-{system}.log", ready_timeout_s=ready_s) as (url, startup, sid):
+        rss0 = session_rss_mb(sid)[0]
         for knob, alpha, tag in (("num_adapters", 0.0, "n"), ("num_adapters_zipf", 1.0, "zipf_n")):
             if knob not in sweeps:
                 continue
@@ -81,15 +85,23 @@ def run_scaling(system: str, base: Path, ad: dict, out: Path, work: Path, a) -> 
                 o = res["overall"]
                 print(f"[{cfg.label}] {headline(res)}  cold TTFT p99 {1000 * o['ttft_cold_s']['p99']:.0f} ms "
                       f"({o['ttft_cold_s']['n']} cold)", flush=True)
-                sweeps[knob].append({"x": n, "overall": o})
+                sweeps[knob].append({"x": n, "overall": o, "rss_mb": round(session_rss_mb(sid)[0], 1)})
         for r in a.rates:
             cfg = BenchConfig(url=url, adapters=tuple(names[:SLOTS]), alpha=1.0, rate=r, label=f"{system}_rate{r:g}",
                               **small)
             res = run_bench(cfg, plot=False)
             print(f"[{cfg.label}] {headline(res)}", flush=True)
-            sweeps["rate"].append({"x": "inf" if math.isinf(r) else r, "overall": res["overall"]})
+            sweeps["rate"].append({"x": "inf" if math.isinf(r) else r, "overall": res["overall"],
+                                   "rss_mb": round(session_rss_mb(sid)[0], 1)})
     return {"system": system, "command": spec.shell(), "startup_s": startup, "slots": a.scaling_slots,
-            "cpu_loras": a.cpu_loras, **sweeps}
+            "cpu_loras": a.cpu_loras, "bytes_per_adapter": adapter_bytes(many.values()),
+            "rss_at_ready_mb": round(rss0, 1), **sweeps}
+
+
+def adapter_bytes(folders) -> int:
+    """Median bytes on disk of the distinct adapter folders behind the names (files directly inside each)."""
+    distinct = {Path(f).resolve() for f in folders}
+    return int(statistics.median(sum(p.stat().st_size for p in d.iterdir() if p.is_file()) for d in distinct))
 
 
 def run_paired(base: Path, ad: dict, out: Path, work: Path, a) -> dict:
@@ -102,7 +114,7 @@ def run_paired(base: Path, ad: dict, out: Path, work: Path, a) -> dict:
     spec = hylorada_spec("paired", base, a.port, d, list(both), SLOTS, 2 * n, dtype=a.dtype)
     runs = {"hylorada": [], "lora": []}
     print(f"== paired: {spec.shell()}", flush=True)
-    with running(spec, a.port, work / "logs" / "paired.log") as (url, startup):
+    with running(spec, a.port, work / "logs" / "paired.log") as (url, startup, _):
         for rep in range(a.paired_reps):
             for kind in (("hylorada", "lora") if rep % 2 == 0 else ("lora", "hylorada")):
                 names = [f"{kind[0]}{i}" for i in range(n)]
@@ -132,7 +144,7 @@ def run_interleaved(systems: list[str], base: Path, ad: dict, out: Path, work: P
             port = a.port + 1 + i
             specs[s] = spec_for(s, base, port, ad, work, SLOTS, SLOTS, a.peft_threads, a.dtype)
             print(f"== interleaved {s}: {specs[s].shell()}", flush=True)
-            urls[s], _ = stack.enter_context(running(specs[s], port, work / "logs" / f"interleaved-{s}.log"))
+            urls[s], _, _ = stack.enter_context(running(specs[s], port, work / "logs" / f"interleaved-{s}.log"))
         for rep in range(a.interleave_reps):
             for s in (systems if rep % 2 == 0 else systems[::-1]):
                 time.sleep(2.0)

@@ -127,7 +127,8 @@ def stop_servers_on_sigterm() -> None:
 
 @contextlib.contextmanager
 def running(spec: ServerSpec, port: int, log_path: Path, ready_timeout_s: float = 420.0):
-    """Start spec, wait until /v1/models lists its models (bounded), yield (url, startup seconds); always stop it
+    """Start spec, wait until /v1/models lists its models (bounded), yield (url, startup seconds, the server's
+    session id: bench.proc.session_pids / session_rss_mb find its engine processes by it); always stop it
     (SIGTERM to its whole process group, engine children included, then SIGKILL what is left)."""
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
@@ -136,6 +137,6 @@ def running(spec: ServerSpec, port: int, log_path: Path, ready_timeout_s: float 
         why = wait_ready(proc, lambda: lists_models(url, spec.models), ready_timeout_s)
         if why is not None:
             raise RuntimeError(f"{spec.label}: server {why}; see {log_path}")
-        yield url, time.time() - t0
+        yield url, time.time() - t0, proc.pid
     finally:
         stop(proc, timeout_s=20.0, group=True, settle_s=0.0)

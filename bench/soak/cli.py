@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 
 from bench.compare.servers import UPSTREAM_PLUGINS
-from bench.proc import free_port, http_ok, launch, stop, wait_ready
+from bench.proc import free_port, http_ok, launch, session_rss_mb, stop, wait_ready
 
 from . import mem as soak_mem
 from . import report
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             end = soak.t0 + a.minutes * 60
             while time.time() < end and proc.poll() is None:
-                rss, nproc, by = report.session_rss_mb(proc.pid)
+                rss, nproc, by = session_rss_mb(proc.pid)
                 with soak.lock:
                     done = sum(soak.outcomes.values())
                     bad = sum(v for k, v in soak.outcomes.items() if k.endswith("UNEXPECTED"))

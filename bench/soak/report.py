@@ -1,29 +1,8 @@
-"""Pieces of the soak (bench/soak/cli.py) that do not talk HTTP: resident memory of a process session, the RSS slope after
-warm-up, the end-of-run correctness check against hylorada.reference.served.ServedReference, and the plot."""
+"""Pieces of the soak (bench/soak/cli.py) that do not talk HTTP: the RSS slope after warm-up (a session's RSS:
+bench.proc.session_rss_mb), the end-of-run correctness check against hylorada.reference.served.ServedReference, and the plot."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-
-def session_rss_mb(sid: int) -> tuple[float, int, dict]:
-    """(sum of VmRSS in MiB over every live process whose session id is `sid`, process count, MiB by process name).
-    The server is started with start_new_session=True, so this is the API server + engine core + workers."""
-    total, n, by = 0, 0, {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(p.name)) != sid:
-                continue
-            status = dict(line.split(":", 1) for line in (p / "status").read_text().splitlines() if ":" in line)
-            kb = int(status["VmRSS"].split()[0])
-        except (OSError, ValueError, KeyError):
-            continue
-        total, n = total + kb, n + 1
-        name = status["Name"].strip()
-        by[name] = round(by.get(name, 0) + kb / 1024, 1)
-    return total / 1024, n, by
 
 
 def slope_mb_per_min(samples: list[dict], warmup_s: float) -> dict:

@@ -8,7 +8,9 @@ import sys
 import textwrap
 import time
 
-from bench.proc import free_port, http_ok, launch, lists_models, session_pids, stop, wait_ready
+import pytest
+
+from bench.proc import free_port, http_ok, launch, lists_models, session_pids, session_rss_mb, stop, wait_ready
 
 # argv: port, what the leader does on SIGTERM ("exit": exits 0 and leaves its child behind; "ignore": stays)
 FAKE = textwrap.dedent("""
@@ -81,3 +83,19 @@ def test_wait_ready_says_why_not(tmp_path):
         assert wait_ready(proc, lambda: False, 0.3, poll_s=0.1) == "not ready after 0 s"
     finally:
         assert stop(proc, timeout_s=5, settle_s=0)[0] == -signal.SIGTERM
+
+
+def test_session_rss_counts_the_leader_and_its_children(tmp_path):
+    hold = "import sys, time; b = b'x' * ({mib} << 20); print('HELD', flush=True); time.sleep(120)"
+    leader = ("import subprocess, sys, time; "
+              f"subprocess.Popen([sys.executable, '-c', {hold.format(mib=64)!r}]); " + hold.format(mib=32).split("; ", 1)[1])
+    log = tmp_path / "rss.log"
+    proc = launch([sys.executable, "-c", leader], log, header="rss")
+    try:
+        assert wait_ready(proc, lambda: log.read_text().count("HELD") == 2, 60, poll_s=0.1) is None
+        mib, n, by = session_rss_mb(proc.pid)
+        assert n == 2 and 96 <= mib < 400, (mib, n, by)                  # 64 + 32 MiB written, two interpreters
+        assert sum(by.values()) == pytest.approx(mib, abs=1)                # MiB by process name adds up
+    finally:
+        stop(proc, group=True, settle_s=0.0)
+    assert session_rss_mb(proc.pid)[1] == 0

@@ -33,3 +33,15 @@ def test_scaling_table_shows_cold_and_hot_ttft_per_sweep():
     zipf = scaling_table(cmp, "num_adapters_zipf")                      # a sweep only one system ran
     assert "vllm-lora" not in zipf and "| 8 | 650.0 | 1000 | 300 / 100 |" in zipf
     assert scaling_table(cmp, "rate") == ""
+
+
+def test_scaling_table_shows_resident_memory_when_every_point_has_it():
+    def pt(x, rss=None):
+        d = {"x": x, "overall": {"output_tok_per_s": 10.0, "e2e_s": {"p99": 1.0}}}
+        return d | ({"rss_mb": rss} if rss is not None else {})
+    cmp = {"scaling": {"hylorada": {"rate": [pt(1, 2048.4), pt(2, 2100.6)]}, "vllm-lora": {"rate": [pt(1, 3000.0), pt(2, 3001.0)]}}}
+    t = scaling_table(cmp, "rate").splitlines()
+    assert t[0] == "| rate req/s | hylorada tok/s | hylorada p99 e2e ms | hylorada RSS MiB | vllm-lora tok/s | vllm-lora p99 e2e ms | vllm-lora RSS MiB |"
+    assert t[1] == "|---|" + "---:|" * 6 and t[3] == "| 2 | 10.0 | 1000 | 2101 | 10.0 | 1000 | 3001 |"
+    cmp["scaling"]["vllm-lora"]["rate"][1].pop("rss_mb")                  # one point without: no column at all
+    assert "RSS" not in scaling_table(cmp, "rate")

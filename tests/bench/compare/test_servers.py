@@ -37,7 +37,7 @@ DRIVER = textwrap.dedent("""
     stop_servers_on_sigterm()
     port, log = int(sys.argv[1]), Path(sys.argv[2])
     spec = ServerSpec("fake", [sys.executable, "-c", sys.argv[3], str(port)], ["m"])
-    with running(spec, port, log, ready_timeout_s=60) as (url, _):
+    with running(spec, port, log, ready_timeout_s=60) as (url, _, _sid):
         print("READY", flush=True)
         time.sleep(120)
 """)
