@@ -21,6 +21,9 @@ def test_config_json_is_the_configs_own_and_follows_changes(base_cfg):
 
 def test_equal_configs_apart_are_each_their_own(base_cfg, tiny_base):
     from transformers import AutoConfig
+
+    from hylorada.format import base
+    base._JSON.clear()                   # room for both: a full cache (8, filled by earlier tests) starts afresh
     other = AutoConfig.from_pretrained(tiny_base)
     first, second = config_json(base_cfg), config_json(other)              # both remembered, equal
     assert first == second
