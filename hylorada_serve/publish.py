@@ -12,7 +12,8 @@ that private copy instead of copied again (`Copies`): names that share weights (
 the benchmarks' weight sets) cost one copy, and private files are never written after they are made, so a link
 is as immutable as a copy. And no copy is made that would leave less than `min_free` bytes free on the private
 folder's disk: the folder is refused with the numbers (4,096 SmolLM2 names filled a 100 GB disk with 75 GB of
-copies before this, and every later copy failed with ENOSPC).
+copies before this, and every later copy failed with ENOSPC). That refusal (`NoRoom`) is the one the watcher retries
+with the same content: every NoRoom.RETRY_S seconds, until the disk has room.
 
 Only the four files of the format (COPIED_FILES) are copied, and only after every one of them was sized: a file
 whose real size (blocks on disk) is far below its apparent size (a sparse file) or a folder over MAX_ADAPTER_BYTES is
@@ -47,6 +48,12 @@ SPARSE_MIN_BYTES = 1 << 20          # a file this large with under half of it on
 
 class AdapterRefused(ValueError):
     """One line naming the file and the reason; the adapter is not served, everything else keeps serving."""
+
+
+class NoRoom(AdapterRefused):
+    """A refusal whose cause is outside the folder (its private copy does not fit on the disk): the same content is
+    tried again every RETRY_S seconds, so freeing disk is enough (the check runs before any byte is copied)."""
+    RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,10 @@ def stage(src: Path, dst: Path, root: Path, expect: Signature | None, copies: Co
             need = sum(st.st_size for _, _, st in todo)
             free = shutil.disk_usage(dst).free if need else 0
             if need and free - need < min_free:
-                raise AdapterRefused(f"{src}: no room for its private copy: {need} bytes needed, {free} free on the "
-                                     f"disk of {dst.parent}, {min_free} kept free (--min-free-disk-mb); free some, "
-                                     "then touch the folder or POST /v1/adapters/<name>/reload")
+                raise NoRoom(f"{src}: no room for its private copy: {need} bytes needed, {free} free on the "
+                             f"disk of {dst.parent}, {min_free} kept free (--min-free-disk-mb); tried again every "
+                             f"{NoRoom.RETRY_S:.0f} s, or at once on a change to the folder or "
+                             "POST /v1/adapters/<name>/reload")
             for real, name, st in todo:
                 shutil.copyfile(real, dst / name)
             changed = (expect is not None and folder_signature(src) != expect) or \

@@ -4,7 +4,8 @@ each one serves, and when a replaced version may be freed. No vLLM, no I/O (scan
 Life of an adapter folder DIR/name:
 
     seen ──(complete)──> loading ──(staged, validated, engine accepted)──> ready (version n)
-      │                     └──(any check fails)──> refused (same content never retried; a change retries)
+      │                     └──(any check fails)──> refused (same content never retried; a change retries;
+      │                                             no room on disk for the private copy: retried every RETRY_S)
       └─ folder changes again: back to waiting; the serving version keeps serving until the new one is ready
     ready ──(folder removed / admin unload)──> removed / unloaded (new requests 404; running ones finish)
 
@@ -66,6 +67,8 @@ class Entry:
     seen_sig: Signature | None = None
     seen_since: float = 0.0
     refused_sig: Signature | None = None
+    retry_at: float | None = None   # store clock after which refused_sig is tried again (a transient refusal:
+    #                                 no room on disk); None: that content is never retried
     held: bool = False              # admin unload: not reloaded by the watcher until an explicit load
     blocked: bool = False           # the name itself is refused (bad characters, case clash, outside link)
     last_number: int = 0            # the number of the newest version that served (0: none yet)
@@ -144,7 +147,7 @@ class AdapterStore:
                 e.seen_sig, e.seen_since = sig, now
             if e.current is not None and sig == e.current.signature:
                 continue
-            if sig == e.refused_sig:
+            if sig == e.refused_sig and (e.retry_at is None or now < e.retry_at):
                 continue
             if marker_complete(sig) or now - e.seen_since >= self.stable_seconds:
                 to_load.append(n)
@@ -205,18 +208,24 @@ class AdapterStore:
         e = self.entries[version.name]
         old = e.current
         e.last_number = max(e.last_number, version.number)
-        e.current, e.status, e.reason, e.refused_sig = version, "ready", None, None
+        e.current, e.status, e.reason, e.refused_sig, e.retry_at = version, "ready", None, None, None
         e.since = time.time()
         e.events["loaded"] += 1
         self._publish({**self._mapping, version.name: version}, old)
         return old
 
-    def refuse(self, name: str, signature: Signature | None, reason: str) -> None:
-        """The load failed. The current version (if any) keeps serving; this content is not retried."""
+    def refuse(self, name: str, signature: Signature | None, reason: str, retry_s: float | None = None) -> bool:
+        """The load failed. The current version (if any) keeps serving; this content is not retried, or, with
+        `retry_s` (a transient cause: no room on disk), tried again once that long has passed. Returns True when
+        this is news (counted in events and worth a warning): not the same content refused again on a retry."""
         e = self.entries.setdefault(name, Entry(name))
+        again = retry_s is not None and e.retry_at is not None and signature == e.refused_sig
         e.refused_sig, e.reason = signature, reason
+        e.retry_at = None if retry_s is None else self.clock() + retry_s
         e.status = "ready" if e.current is not None else "refused"
-        e.events["refused"] += 1
+        if not again:
+            e.events["refused"] += 1
+        return not again
 
     def remove(self, name: str, status: str = "removed") -> Version | None:
         """Stop serving `name` (folder gone, or admin unload with status='unloaded')."""
@@ -227,7 +236,7 @@ class AdapterStore:
         e.since, e.removed_at = time.time(), self.clock()
         e.held = status == "unloaded"
         if status == "removed":
-            e.seen_sig = e.refused_sig = None
+            e.seen_sig = e.refused_sig = e.retry_at = None
         e.events[status] += 1
         if old is not None:
             self._publish({k: v for k, v in self._mapping.items() if k != name}, old)

@@ -218,9 +218,12 @@ class HotSwapper:
             reason = str(e) if isinstance(e, (publish.AdapterRefused, OSError)) else \
                 f"{src}: could not be validated ({type(e).__name__}: {str(e)[:300]})"
             if self.store.entries.get(name) is not None and self.store.entries[name].status == "loading":
-                self.store.refuse(name, sig, reason)
-                self.on_event(name, "refused")
-                log.warning("adapter %s refused: %s", shown(name), reason)
+                retry = publish.NoRoom.RETRY_S if isinstance(e, publish.NoRoom) else None
+                if self.store.refuse(name, sig, reason, retry_s=retry):
+                    self.on_event(name, "refused")
+                    log.warning("adapter %s refused: %s", shown(name), reason)
+                else:                                    # the same content retried, still no room: said already
+                    log.debug("adapter %s still refused: %s", shown(name), reason)
             return reason
         finally:
             if not committed:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hylorada_serve import publish
-from hylorada_serve.publish import AdapterRefused, ChangedWhileCopying, Copies, stage
+from hylorada_serve.publish import AdapterRefused, ChangedWhileCopying, Copies, NoRoom, stage
 
 FILES = {"adapter_config.json": b'{"r": 4}', "adapter_model.safetensors": b"w" * 4096}
 
@@ -88,7 +88,7 @@ def test_a_file_written_while_copied_is_not_remembered(root, tmp_path, monkeypat
 def test_no_copy_leaves_less_than_min_free_on_the_disk(root, tmp_path, monkeypatch):
     need = sum(len(v) for v in FILES.values())
     free = shutil.disk_usage(tmp_path).free
-    with pytest.raises(AdapterRefused, match=rf"no room for its private copy: {need} bytes needed, \d+ free") as e:
+    with pytest.raises(NoRoom, match=rf"no room for its private copy: {need} bytes needed, \d+ free") as e:
         stage(root / "a", tmp_path / "pub-a", root, None, Copies(), min_free=free)
     assert "--min-free-disk-mb" in str(e.value) and str(root / "a") in str(e.value)
     assert not (tmp_path / "pub-a").exists()                             # nothing left behind

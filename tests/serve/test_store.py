@@ -118,6 +118,29 @@ def test_refused_content_not_retried_and_old_version_keeps_serving(env):
     assert store.scan()[0] == ["a"]
 
 
+def test_a_transient_refusal_is_retried_after_its_delay_and_counted_once(env):
+    root, clock, store = env
+    write(root / "a", marker=True)
+    assert store.scan()[0] == ["a"]
+    _, _, sig = store.begin_load("a")
+    assert store.refuse("a", sig, "no room", retry_s=10.0) is True
+    assert store.scan()[0] == []                        # not before its delay
+    clock.t += 9.9
+    assert store.scan()[0] == []
+    clock.t += 0.2
+    assert store.scan()[0] == ["a"]                     # the same content, tried again
+    _, _, sig = store.begin_load("a")
+    assert store.refuse("a", sig, "no room", retry_s=10.0) is False     # the same refusal again: no news
+    assert store.entries["a"].events["refused"] == 1 and store.entries["a"].status == "refused"
+    clock.t += 10.1
+    assert store.scan()[0] == ["a"]
+    _, _, sig = store.begin_load("a")
+    assert store.refuse("a", sig, "bad tensor") is True                 # a lasting refusal: news, never retried
+    assert store.entries["a"].events["refused"] == 2
+    clock.t += 100
+    assert store.scan()[0] == []
+
+
 def test_names_hidden_case_and_symlinks(env, tmp_path_factory):
     root, clock, store = env
     write(root / "Good", marker=True)
@@ -189,6 +212,38 @@ def test_watcher_stages_loads_refuses_and_frees(tmp_path, monkeypatch):
         assert "a" not in store.serving()                 # held until an explicit load
         st = await sw.load("a", force=True)
         assert st["status"] == "ready" and st["version"] == 3
+    asyncio.run(go())
+
+
+def test_a_folder_refused_for_want_of_disk_loads_once_there_is_room(tmp_path, monkeypatch):
+    root, pub, clock = tmp_path / "dir", tmp_path / "pub", Clock()
+    store = AdapterStore(root, stable_seconds=0.0, clock=clock)
+    engine = FakeEngine()
+    monkeypatch.setattr(publish, "check", lambda path, src, cfg, rank, **kw: publish.AdapterInfo("lora", 8, 100))
+    sw = HotSwapper(store, engine, pub, make_request=lambda n, uid, p: (n, uid, p), min_free_disk=1 << 62)
+    staged = []
+    real_stage = publish.stage
+    monkeypatch.setattr(publish, "stage", lambda *a, **kw: (staged.append(a[0]), real_stage(*a, **kw))[1])
+    events = []
+    sw.on_event = lambda name, event: events.append(event)
+
+    async def go():
+        write(root / "a", b"one")
+        await sw.step()
+        e = store.entries["a"]
+        assert e.status == "refused" and "no room for its private copy" in e.reason and "a" not in store.serving()
+        await sw.step()                                   # inside the delay: not even looked at again
+        assert len(staged) == 1
+        clock.t += publish.NoRoom.RETRY_S + 0.1
+        await sw.step()                                   # still no room: tried, refused quietly
+        assert len(staged) == 2 and e.events["refused"] == 1 and events == ["refused"]
+        sw.min_free_disk = 0                              # disk freed
+        await sw.step()
+        assert "a" not in store.serving()                 # the delay still runs
+        clock.t += publish.NoRoom.RETRY_S + 0.1
+        await sw.step()
+        assert store.serving()["a"].number == 1 and engine.added and events == ["refused", "loaded"]
+        assert not [p for p in pub.iterdir() if p.name != store.serving()["a"].path.rsplit("/", 1)[1]]
     asyncio.run(go())
 
 
