@@ -107,16 +107,6 @@ class Limiter:
         return Refusal("tokens_per_minute", wait, f"tenant {tenant.name!r} used its budget of {t} generated tokens "
                                                   f"per minute; retry after {wait} s")
 
-    def would_exceed(self, tenant: Tenant, tokens: int) -> bool:
-        """Would `tokens` more take the tenant over tokens_per_minute (nothing is counted)?"""
-        t = tenant.tokens_per_minute
-        if t <= 0:
-            return False
-        with self._lock:
-            s = self._s(tenant)
-            self._trim(s, self.clock())
-            return s.spent_total + tokens > t
-
     def running(self, tenant: Tenant) -> int:
         return self._s(tenant).running
 
