@@ -74,7 +74,10 @@ class ServeConfig:
     #                                         evicted past it, never the --max-loras newest (None: the count only)
     max_lora_rank: int = 16                 # largest rank accepted (vLLM allows 1, 8, 16, 32, 64, ...)
     stable_seconds: float = 2.0             # a folder without a .ready marker loads once unchanged this long, > 0
-    poll_interval: float = 0.5              # seconds between full scans of DIR/ (the safety net), > 0
+    poll_interval: float = 0.5              # seconds between full scans of DIR/ without file events, and while a
+    #                                         folder waits on time (the stable rule, a disk-space retry), > 0
+    rescan_interval: float = 5.0            # with file events working and nothing waiting on time, the full scan
+    #                                         (the safety net for changes that send no event, e.g. NFS) this often
     watch_events: bool = True               # also scan as soon as DIR/ reports a change (inotify via watchfiles);
     #                                         the polling pass stays the safety net (NFS); False: polling only
     startup_wait: float = 5.0               # at start-up, serving begins once DIR/'s folders are loaded or after this
@@ -130,7 +133,7 @@ class ServeConfig:
             bad.append(f"--max-cpu-lora-mb: must be a positive number of MiB (got {self.max_cpu_lora_mb!r})")
         if not _int(self.max_lora_rank) or self.max_lora_rank < 1:
             bad.append(f"--max-lora-rank: must be an integer >= 1 (got {self.max_lora_rank!r})")
-        for name in ("stable_seconds", "poll_interval"):
+        for name in ("stable_seconds", "poll_interval", "rescan_interval"):
             v = getattr(self, name)
             if not _number(v) or v <= 0:
                 bad.append(f"--{name.replace('_', '-')}: must be a positive number of seconds (got {v!r})")

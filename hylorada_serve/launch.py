@@ -233,7 +233,8 @@ async def serve(args, config: ServeConfig, keys=None) -> int:
             own_log_handler()                      # again, after the engine's start-up configured logging
             backlog = await startup.begin(swapper)
             stop = asyncio.Event()
-            watcher = asyncio.create_task(swapper.run(stop, config.poll_interval, config.watch_events))
+            watcher = asyncio.create_task(swapper.run(stop, config.poll_interval, config.watch_events,
+                                                        config.rescan_interval))
             await startup.settle(swapper, backlog, config.startup_wait, config.poll_interval)
             report_adapters(store, pending=swapper.backlog)
             gc_once = asyncio.create_task(gc_heap.collect_after_freeze(stop))   # vLLM freezes the heap at start

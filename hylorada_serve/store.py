@@ -159,6 +159,21 @@ class AdapterStore:
         self._forget(present, now)
         return to_load, gone
 
+    def waiting_on_time(self) -> bool:
+        """True while some folder's next step comes with time alone, not with a change on disk: seen changed and
+        not yet complete by the stable rule (no `.ready` marker), or refused for a transient cause and due for a
+        retry. The watcher scans at its polling interval while this holds; with file events, only now and then
+        otherwise (an unchanged folder sends no event)."""
+        for e in self.entries.values():
+            if e.held or e.blocked or e.status == "loading" or e.seen_sig is None:
+                continue
+            if e.current is not None and e.seen_sig == e.current.signature:
+                continue
+            if e.seen_sig == e.refused_sig and e.retry_at is None:
+                continue
+            return True
+        return False
+
     def _forget(self, present: set, now: float) -> None:
         """Drop names removed at least forget_seconds ago whose folder is still gone and that no admitted
         request can still resolve (no retired version pending), so the books stay bounded under churn.

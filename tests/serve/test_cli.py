@@ -19,6 +19,7 @@ def test_options_and_pass_through():
                     "1", "--max-cpu-loras", "8", "--dtype", "float32", "--max-model-len=512", "--enforce-eager"])
     assert (c.port, c.poll_interval, c.stable_seconds, c.max_cpu_loras) == (9001, 0.2, 1.0, 8)
     assert parse_args(["--base", "b", "--adapters", "d", "--min-free-disk-mb", "64"]).min_free_disk_mb == 64
+    assert parse_args(["--base", "b", "--adapters", "d", "--rescan-interval", "30"]).rescan_interval == 30.0
     assert c.vllm_args == ("--dtype", "float32", "--max-model-len=512", "--enforce-eager")
 
 

@@ -14,7 +14,7 @@ OK = {"base": "/models/tiny", "adapters": "/srv/adapters"}
 def test_defaults():
     c = ServeConfig(**OK)
     assert (c.host, c.port, c.max_loras, c.max_cpu_loras, c.max_lora_rank) == ("127.0.0.1", 8000, 4, None, 16)
-    assert (c.stable_seconds, c.poll_interval, c.max_body_mb) == (2.0, 0.5, 16.0)
+    assert (c.stable_seconds, c.poll_interval, c.rescan_interval, c.max_body_mb) == (2.0, 0.5, 5.0, 16.0)
     assert c.kv_cache_memory_bytes == 1 << 30 and c.shutdown_timeout == 10
     assert c.vllm_args == () and c.api_key is None and c.admin_key is None and not c.demo
     assert c.served_name == "tiny" and c.max_body_bytes == 16 << 20
@@ -44,7 +44,7 @@ def test_every_bad_value_in_one_error():
         assert line in str(ei.value)
 
 
-@pytest.mark.parametrize("field", ["poll_interval", "stable_seconds"])
+@pytest.mark.parametrize("field", ["poll_interval", "rescan_interval", "stable_seconds"])
 @pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, math.nan, math.inf, "1", True, None])
 def test_poll_interval_and_stable_seconds_must_be_positive_seconds(field, value):
     with pytest.raises(ConfigError) as ei:
@@ -53,7 +53,7 @@ def test_poll_interval_and_stable_seconds_must_be_positive_seconds(field, value)
                                  f"(got {value!r})",)
 
 
-@pytest.mark.parametrize("field", ["poll_interval", "stable_seconds"])
+@pytest.mark.parametrize("field", ["poll_interval", "rescan_interval", "stable_seconds"])
 def test_small_positive_seconds_are_fine(field):
     assert getattr(ServeConfig(**OK, **{field: 0.01}), field) == 0.01
     assert getattr(ServeConfig(**OK, **{field: 3}), field) == 3

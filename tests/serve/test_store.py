@@ -141,6 +141,32 @@ def test_a_transient_refusal_is_retried_after_its_delay_and_counted_once(env):
     assert store.scan()[0] == []
 
 
+def test_waiting_on_time_is_what_only_time_moves_on(env):
+    root, clock, store = env
+    assert not store.waiting_on_time()
+    write(root / "a")                                   # no marker: complete once unchanged stable_seconds
+    store.scan()
+    assert store.waiting_on_time()
+    clock.t += 2.5
+    assert store.scan()[0] == ["a"]
+    store.begin_load("a")
+    assert not store.waiting_on_time()                  # loading: its verdict comes from the job, not the clock
+    commit(store, "a")
+    assert not store.waiting_on_time()                  # serving what is on disk
+    write(root / "b", marker=True)
+    store.scan()
+    _, _, sig = store.begin_load("b")
+    store.refuse("b", sig, "bad tensor")
+    assert not store.waiting_on_time()                  # refused for good: only a change moves it
+    store.scan()
+    _, _, sig = store.begin_load("b")
+    store.refuse("b", sig, "no room", retry_s=10.0)
+    assert store.waiting_on_time()                      # a retry is due with time
+    write(root / "a", b"changed")                       # a rewrite of a serving folder, no marker
+    store.scan()
+    assert store.waiting_on_time()
+
+
 def test_names_hidden_case_and_symlinks(env, tmp_path_factory):
     root, clock, store = env
     write(root / "Good", marker=True)

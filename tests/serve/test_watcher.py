@@ -4,7 +4,9 @@
   * with events, a folder published with a `.ready` marker is loaded long before the next poll (30 s here);
   * with events off (`--no-watch-events`, or a filesystem without them), the polling pass alone converges;
   * DIR/ removed and created again (an unmount, a re-provisioned volume): events come back and a new folder is
-    loaded without waiting for the poll.
+    loaded without waiting for the poll;
+  * with events working and nothing waiting on time, the full scan runs every `rescan` seconds, not every poll
+    interval, and a folder completed by the stable rule (no marker: no event tells when it is done) still loads.
 """
 from __future__ import annotations
 
@@ -41,10 +43,10 @@ async def until_ready(store, name: str, timeout: float) -> float:
     raise AssertionError(f"{name} not serving after {timeout} s: {store.status()}")
 
 
-def run_with(sw, interval: float, events: bool, body):
+def run_with(sw, interval: float, events: bool, body, rescan: float = 5.0):
     async def go():
         stop = asyncio.Event()
-        task = asyncio.create_task(sw.run(stop, interval, events))
+        task = asyncio.create_task(sw.run(stop, interval, events, rescan))
         try:
             await asyncio.sleep(0.5)                     # the first pass and the listener are up
             return await body()
@@ -92,3 +94,38 @@ def test_events_come_back_after_the_folder_is_replaced(tmp_path, demo, monkeypat
         publish(built / "demo-lora", root / "c")
         return await until_ready(store, "c", 20)
     assert run_with(sw, 30.0, True, body) < 5
+
+
+def test_with_events_the_full_scan_waits_for_the_rescan_unless_a_folder_waits_on_time(tmp_path, demo):
+    _, built = demo
+    store, sw, _, root, _ = swapper(tmp_path)
+    store.stable_seconds = 0.5
+
+    async def body():
+        t0 = time.monotonic()
+        while not sw.events_live:
+            assert time.monotonic() - t0 < 10, "file events never came up"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        before = sw.passes
+        await asyncio.sleep(1.5)
+        assert sw.passes - before <= 1                    # quiet: no pass every 0.05 s (30 would run)
+        publish(built / "demo-lora", root / "a")
+        assert await until_ready(store, "a", 10) < 5      # on its event
+        shutil.copytree(built / "demo-dora", root / "b")  # no marker: complete only once unchanged 0.5 s
+        took = await until_ready(store, "b", 20)
+        assert 0.4 < took < 5                             # the polls resumed while it waited; the rescan is 30 s
+        before = sw.passes
+        await asyncio.sleep(1.5)
+        assert sw.passes - before <= 1                    # quiet again
+    run_with(sw, 0.05, True, body, rescan=30.0)
+
+
+def test_without_events_every_poll_is_a_full_scan(tmp_path):
+    store, sw, _, root, _ = swapper(tmp_path)
+
+    async def body():
+        before = sw.passes
+        await asyncio.sleep(1.0)
+        assert sw.passes - before >= 5 and not sw.events_live
+    run_with(sw, 0.05, False, body, rescan=30.0)
