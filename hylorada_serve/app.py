@@ -258,7 +258,8 @@ def admin_router(swapper: HotSwapper, keys=None) -> APIRouter:
         return JSONResponse({"engine": "dead" if getattr(swapper.engine, "errored", False) else "ok",
                              "adapters": {k: statuses.count(k) for k in sorted(set(statuses))},
                              "private_copies": private_copies(swapper),
-                             "watcher": {"file_events": swapper.events_live, "passes": swapper.passes},
+                             "watcher": {"file_events": swapper.events_live, "passes": swapper.passes,
+                                         "partial_passes": swapper.partial_passes},
                              "keys": keys.status() if keys is not None else None})
 
     return router

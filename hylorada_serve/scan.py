@@ -73,11 +73,15 @@ class Seen:
     over: str | None = None         # the OverBound reason
 
 
-def observe(root: Path) -> list[Seen] | None:
-    """Look at DIR/ once: every non-hidden folder, with its signature (only for names the store can serve).
+def observe(root: Path, names=None) -> list[Seen] | None:
+    """Look at DIR/ once: every non-hidden folder, with its signature (only for names the store can serve); with
+    `names`, only those entries of DIR/ (the ones file events named; a name with no folder is simply not seen).
     Pure I/O, no shared state: the watcher runs it on a worker thread. None when DIR/ itself is unreadable."""
     try:
-        names = os.listdir(root)
+        if names is None:
+            names = os.listdir(root)
+        elif not os.path.isdir(root):
+            return None
     except OSError:
         return None
     out = []

@@ -109,17 +109,22 @@ class AdapterStore:
         """Look at DIR/ once (`observe`, here on the caller's thread) and apply it."""
         return self.apply(observe(self.root))
 
-    def apply(self, seen: list[Seen] | None) -> tuple[list[str], list[str]]:
+    def apply(self, seen: list[Seen] | None, only=None) -> tuple[list[str], list[str]]:
         """Apply one look at DIR/ (`observe`). Returns (names complete and ready to load, names whose folder is gone).
+        With `only` (the names a partial look covered, observe(root, only)), the books of other names stand: a
+        name of `only` not seen is gone, and the case rule compares with the other names the books hold present.
 
         A missing DIR/ itself (seen None) is treated as a transient (unmounted) state: nothing is removed.
         """
         if seen is None:
             return [], []
         now = self.clock()
+        only = None if only is None else set(only)
         # names already serving first, so a later case-clashing folder never displaces them
         seen = sorted(seen, key=lambda s: (s.name not in self.entries or self.entries[s.name].current is None, s.name))
-        to_load, present, lowered = [], set(), {}
+        to_load, present = [], set()
+        lowered = {} if only is None else {n.lower(): n for n, e in self.entries.items()
+                                           if n not in only and e.status != "removed" and not e.blocked}
         for s in seen:
             n = s.name
             present.add(n)
@@ -153,10 +158,11 @@ class AdapterStore:
                 to_load.append(n)
             elif e.current is None:
                 e.status, e.reason = "waiting", "folder changed recently; waiting until it is stable"
-        gone = [n for n, e in self.entries.items()
-                if (n not in present and e.status in ("ready", "waiting", "refused", "unloaded"))
-                or (e.blocked and e.current is not None)]
-        self._forget(present, now)
+        gone = [n for n, e in self.entries.items() if (only is None or n in only) and (
+                (n not in present and e.status in ("ready", "waiting", "refused", "unloaded"))
+                or (e.blocked and e.current is not None))]
+        if only is None:
+            self._forget(present, now)
         return to_load, gone
 
     def waiting_on_time(self) -> bool:

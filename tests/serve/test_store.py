@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -165,6 +166,28 @@ def test_waiting_on_time_is_what_only_time_moves_on(env):
     write(root / "a", b"changed")                       # a rewrite of a serving folder, no marker
     store.scan()
     assert store.waiting_on_time()
+
+
+def test_a_partial_look_changes_only_the_names_it_covers(env):
+    from hylorada_serve.scan import observe
+    root, clock, store = env
+    for n in ("a", "b", "Keep"):
+        write(root / n, marker=True)
+    store.scan()
+    for n in ("a", "b", "Keep"):
+        commit(store, n)
+    shutil.rmtree(root / "a")                           # gone, but not in the look: still served
+    write(root / "c", marker=True)
+    write(root / "keep", marker=True)                   # a case twin of a name the books hold present
+    only = ["c", "keep"]
+    seen = observe(root, only)
+    assert sorted(s.name for s in seen) == ["c", "keep"]
+    to_load, gone = store.apply(seen, only)
+    assert (to_load, gone) == (["c"], []) and "a" in store.serving()
+    assert store.entries["keep"].status == "refused" and "case" in store.entries["keep"].reason
+    to_load, gone = store.apply(observe(root, ["a", "b"]), ["a", "b"])
+    assert (to_load, gone) == ([], ["a"])               # a named folder not seen is gone; b unchanged
+    assert observe(root / "missing", ["a"]) is None     # DIR/ itself gone: no look at all
 
 
 def test_names_hidden_case_and_symlinks(env, tmp_path_factory):

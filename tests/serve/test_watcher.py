@@ -6,7 +6,9 @@
   * DIR/ removed and created again (an unmount, a re-provisioned volume): events come back and a new folder is
     loaded without waiting for the poll;
   * with events working and nothing waiting on time, the full scan runs every `rescan` seconds, not every poll
-    interval, and a folder completed by the stable rule (no marker: no event tells when it is done) still loads.
+    interval, and a folder completed by the stable rule (no marker: no event tells when it is done) still loads;
+  * a pass woken by events looks only at the entries of DIR/ they named (a hot-swap among thousands of folders
+    does not wait for a scan of all of them), and a removal is seen the same way.
 """
 from __future__ import annotations
 
@@ -129,3 +131,42 @@ def test_without_events_every_poll_is_a_full_scan(tmp_path):
         await asyncio.sleep(1.0)
         assert sw.passes - before >= 5 and not sw.events_live
     run_with(sw, 0.05, False, body, rescan=30.0)
+
+
+def test_an_event_pass_looks_only_at_the_folders_the_events_named(tmp_path, demo, monkeypatch):
+    _, built = demo
+    store, sw, _, root, _ = swapper(tmp_path)
+    for i in range(20):
+        publish(built / "demo-lora", root / f"old{i}")
+    looks = []
+    real = watcher_mod.observe
+    monkeypatch.setattr(watcher_mod, "observe", lambda r, names=None: (looks.append(names), real(r, names))[1])
+
+    async def body():
+        t0 = time.monotonic()
+        while not (sw.events_live and len(store.serving()) == 20):
+            assert time.monotonic() - t0 < 20, store.status()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        looks.clear()
+        publish(built / "demo-dora", root / "new")
+        assert await until_ready(store, "new", 10) < 5
+        assert looks and all(n is not None and "new" in n and len(n) <= 3 for n in looks), looks
+        looks.clear()
+        shutil.rmtree(root / "old3")
+        t0 = time.monotonic()
+        while "old3" in store.serving():
+            assert time.monotonic() - t0 < 5, "removal waited for the rescan"
+            await asyncio.sleep(0.05)
+        assert looks and all(n is not None and len(n) <= 3 for n in looks), looks
+        assert len(store.serving()) == 20 and sw.partial_passes >= 2
+    run_with(sw, 30.0, True, body, rescan=30.0)
+
+
+def test_a_changed_path_names_its_entry_of_dir(tmp_path):
+    root = str(tmp_path)
+    assert watcher_mod._entry(f"{root}/a/adapter_model.safetensors", root) == "a"
+    assert watcher_mod._entry(f"{root}/a", root) == "a"
+    assert watcher_mod._entry(f"{root}/.a.tmp-1/x/y", root) == ".a.tmp-1"
+    assert watcher_mod._entry(root, root) is None                      # DIR/ itself: a full pass
+    assert watcher_mod._entry(str(tmp_path.parent / "elsewhere" / "a"), root) is None
