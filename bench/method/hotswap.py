@@ -1,6 +1,7 @@
 """Hot-swap latency: from an adapter folder being complete in DIR/ to the first token served from it.
 
     python -m bench.method.hotswap [--swaps 10] [--modes marker,stable] [--poll-interval 0.5] [--stable-seconds 2]
+                                   [--extra-folders N]
 
 Starts one real `hylorada-serve` (the --demo base and adapters, cached under .cache/), then per mode and swap:
 writes a new version of DIR/bench-swap (alternating the demo-lora and demo-dora weights), notes the instant the
@@ -9,7 +10,8 @@ the same without a marker, so the server waits --stable-seconds), and streams 1-
 `bench-swap` back to back until one carries the new version in x-hylorada-adapter-version; the latency is the
 arrival of that response's first token minus the completion instant. The server's own load time (copy,
 validate, engine add_lora) comes from GET /v1/adapters. Writes bench/results/hotswap.json and hotswap.png;
-the last line printed is a JSON summary.
+the last line printed is a JSON summary. --extra-folders N: N more folders in DIR/, all serving before the first
+swap (a hot-swap among thousands of adapters).
 """
 from __future__ import annotations
 
@@ -58,6 +60,32 @@ def publish(adapters: Path, src: Path, marker: bool) -> float:
     return time.time()
 
 
+def add_extra(adapters: Path, src: Path, n: int) -> None:
+    """DIR/extra-0 .. extra-{n-1} before the server starts: src's files hard-linked (no disk), each with a `.ready`
+    marker; folders the server holds beside the one swapped (issue 18: a hot-swap among thousands)."""
+    files = [f for f in src.iterdir() if f.is_file() and f.name != ".ready"]
+    for i in range(n):
+        d = adapters / f"extra-{i}"
+        d.mkdir()
+        for f in files:
+            os.link(f, d / f.name)
+        (d / ".ready").touch()
+
+
+def wait_serving(http: httpx.Client, n: int, timeout_s: float) -> float:
+    """Seconds until GET /v1/adapters shows n adapters ready (progress every ~10 s); SystemExit after timeout_s."""
+    t0 = last = time.time()
+    while time.time() - t0 < timeout_s:
+        ready = sum(a["status"] == "ready" for a in http.get("/v1/adapters").json()["data"])
+        if ready >= n:
+            return time.time() - t0
+        if time.time() - last > 10:
+            print(f"  {ready}/{n} extra folders serving ({time.time() - t0:.0f} s)", flush=True)
+            last = time.time()
+        time.sleep(0.5)
+    raise SystemExit(f"only {ready} of {n} extra folders serving after {timeout_s:.0f} s")
+
+
 def first_token_of(http: httpx.Client, want: int, deadline: float) -> tuple[float, int]:
     """Stream 1-token requests until one is served by version `want`; (first-token time, requests sent)."""
     n = 0
@@ -86,17 +114,26 @@ def main() -> int:
     ap.add_argument("--stable-seconds", type=float, default=2.0)
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "hylorada-bench-hotswap"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--extra-folders", type=int, default=0,
+                    help="folders in DIR/ beside the swapped one (demo-lora hard-linked), all serving before the "
+                    "first swap (default 0)")
     args = ap.parse_args()
+    if args.extra_folders < 0 or args.swaps < 1:
+        ap.error("--extra-folders must be >= 0 and --swaps >= 1")
 
     from hylorada_serve.demo import prepare
     base, built = prepare(args.cache)
     work = Path(tempfile.mkdtemp(prefix="hotswap-"))
     adapters = work / "adapters"
     adapters.mkdir()
+    add_extra(adapters, built / "demo-lora", args.extra_folders)
     proc, url = start_server(base, adapters, work / "server.log", args)
-    rows, version = [], 0
+    rows, version, settle_s = [], 0, 0.0
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
+            if args.extra_folders:
+                settle_s = wait_serving(http, args.extra_folders, 120 + 0.5 * args.extra_folders)
+                print(f"{args.extra_folders} extra folders serving {settle_s:.0f} s after ready", flush=True)
             for mode in args.modes.split(","):
                 for i in range(args.swaps):
                     src = built / ("demo-lora" if version % 2 == 0 else "demo-dora")
@@ -115,6 +152,7 @@ def main() -> int:
 
     summary = {"bench": "hotswap", "swaps_per_mode": args.swaps, "poll_interval_s": args.poll_interval,
                "stable_seconds": args.stable_seconds, "server_exit_code": code,
+               "extra_folders": args.extra_folders, "extra_serving_after_ready_s": round(settle_s, 1),
                "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "modes": {}}
     for mode in args.modes.split(","):
         lat = sorted(r["latency_s"] for r in rows if r["mode"] == mode)

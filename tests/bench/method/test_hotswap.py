@@ -2,7 +2,7 @@
 with the `.ready` marker only in marker mode, and leaves no temporary or old folder behind. No server."""
 from __future__ import annotations
 
-from bench.method.hotswap import NAME, publish
+from bench.method.hotswap import NAME, add_extra, publish
 
 
 def test_publish_replaces_the_folder_whole_and_leaves_nothing_else(tmp_path):
@@ -19,3 +19,16 @@ def test_publish_replaces_the_folder_whole_and_leaves_nothing_else(tmp_path):
     assert (adapters / NAME / "sub" / "f").read_text() == "two"
     assert [p.name for p in adapters.iterdir()] == [NAME]
     assert (v1 / "adapter_config.json").read_text() == "one"        # the source is copied, never moved
+
+
+def test_extra_folders_are_links_with_a_marker(tmp_path):
+    src, adapters = tmp_path / "src", tmp_path / "adapters"
+    src.mkdir()
+    adapters.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    (src / "adapter_model.safetensors").write_bytes(b"w")
+    add_extra(adapters, src, 3)
+    assert sorted(p.name for p in adapters.iterdir()) == ["extra-0", "extra-1", "extra-2"]
+    d = adapters / "extra-2"
+    assert sorted(p.name for p in d.iterdir()) == [".ready", "adapter_config.json", "adapter_model.safetensors"]
+    assert (d / "adapter_model.safetensors").stat().st_ino == (src / "adapter_model.safetensors").stat().st_ino
