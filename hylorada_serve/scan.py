@@ -71,6 +71,7 @@ class Seen:
     outside_link: bool = False      # DIR/name is a symlink resolving outside DIR/
     signature: Signature | None = None
     over: str | None = None         # the OverBound reason
+    link: bool = False              # DIR/name is a symlink (inside DIR/): a change to its target names the target
 
 
 def observe(root: Path, names=None) -> list[Seen] | None:
@@ -95,10 +96,11 @@ def observe(root: Path, names=None) -> list[Seen] | None:
         if path.is_symlink() and not _inside(path.resolve(), root.resolve()):
             out.append(Seen(n, outside_link=True))
             continue
+        link = path.is_symlink()
         try:
-            out.append(Seen(n, signature=folder_signature(path)))
+            out.append(Seen(n, signature=folder_signature(path), link=link))
         except OverBound as e:
-            out.append(Seen(n, over=str(e)))
+            out.append(Seen(n, over=str(e), link=link))
     return out
 
 

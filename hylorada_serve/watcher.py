@@ -70,6 +70,7 @@ class HotSwapper:
         self.partial_passes = 0                          # of those, the ones that looked only at named folders
         self._dirty: set[str] = set()                    # DIR/ entries file events named since the last pass
         self._dirty_all = False                          # an event outside any one entry: the next pass is full
+        self._links: set[str] = set()                    # entries of DIR/ that are symlinks: in every event pass
 
     # ---- one pass -------------------------------------------------------------------------------------------
     async def step(self, names=None) -> None:
@@ -80,7 +81,12 @@ class HotSwapper:
         """Look at DIR/ once and apply it: removed folders stop serving now; each complete new or changed folder is
         marked loading (pending from here on) and returned as a job for `run_jobs`. names: look only at these
         entries of DIR/ (the ones file events named), else at all of it."""
+        if names is not None:                            # a change inside DIR/a names only 'a', not a link to it
+            names = sorted(set(names) | self._links)
         seen = await asyncio.to_thread(observe, self.store.root, names)
+        if seen is not None:
+            links = {s.name for s in seen if s.link}
+            self._links = links if names is None else (self._links - set(names)) | links
         async with self.lock:
             to_load, gone = self.store.apply(seen, names)
             self._log_scan_refusals()

@@ -170,3 +170,24 @@ def test_a_changed_path_names_its_entry_of_dir(tmp_path):
     assert watcher_mod._entry(f"{root}/.a.tmp-1/x/y", root) == ".a.tmp-1"
     assert watcher_mod._entry(root, root) is None                      # DIR/ itself: a full pass
     assert watcher_mod._entry(str(tmp_path.parent / "elsewhere" / "a"), root) is None
+
+
+def test_a_link_to_a_changed_folder_changes_with_it(tmp_path, demo):
+    _, built = demo
+    store, sw, _, root, _ = swapper(tmp_path)
+    publish(built / "demo-lora", root / "a")
+    (root / "b").symlink_to("a")                          # an alias inside DIR/: a change to a names only 'a'
+
+    async def body():
+        t0 = time.monotonic()
+        while not (sw.events_live and {"a", "b"} <= store.serving().keys()):
+            assert time.monotonic() - t0 < 20, store.status()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        publish(built / "demo-dora", root / "a")
+        t0 = time.monotonic()
+        while store.serving()["b"].number < 2:
+            assert time.monotonic() - t0 < 5, "the alias waited for the rescan"
+            await asyncio.sleep(0.05)
+        assert store.serving()["a"].number == 2 and store.serving()["b"].kind == store.serving()["a"].kind
+    run_with(sw, 30.0, True, body, rescan=30.0)
